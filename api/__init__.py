@@ -1,0 +1,1 @@
+"""The Stripe-compatible HTTP API: validates commands, publishes them as facts, reads from Postgres."""

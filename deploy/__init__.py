@@ -1,0 +1,1 @@
+"""Running drawdown: the embedded local stack (Kafka from Maven Central, Debian's PostgreSQL), container files."""

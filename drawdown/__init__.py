@@ -1,0 +1,1 @@
+"""The command line and the settings every drawdown process reads."""

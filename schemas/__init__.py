@@ -1,0 +1,1 @@
+"""Avro schemas, one .avsc per fact, and the codec that frames facts for Kafka."""
