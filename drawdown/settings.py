@@ -1,0 +1,87 @@
+"""The one typed settings object every drawdown process reads.
+
+Values come from environment variables (names below, case-insensitive) and then from the
+defaults. `make up` and the local stack use the same names, and so do docker-compose.yml and the
+Dockerfile: a test checks that they agree.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Configuration for the local stack, the workers, the projector and the API."""
+
+    model_config = SettingsConfigDict(env_prefix="DRAWDOWN_", extra="ignore", populate_by_name=True)
+
+    # --- where the services are -------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        default="",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "DRAWDOWN_KAFKA_BOOTSTRAP_SERVERS"),
+        description="Kafka bootstrap servers. Empty: the local broker that `make up` starts.",
+    )
+    database_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("DATABASE_URL", "DRAWDOWN_DATABASE_URL"),
+        description="PostgreSQL URL. Empty: the local server that `make up` starts.",
+    )
+    schema_registry_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("SCHEMA_REGISTRY_URL", "DRAWDOWN_SCHEMA_REGISTRY_URL"),
+        description="Confluent Schema Registry URL. Empty: Avro single-object encoding.",
+    )
+
+    # --- the embedded local stack -----------------------------------------------------------
+    state_dir: Path = Field(default=PROJECT_ROOT / ".state", description="Data, logs and pids.")
+    kafka_version: str = Field(default="4.1.1", description="Apache Kafka version from Maven Central.")
+    kafka_port: int = Field(default=19092, description="Local broker's client port.")
+    kafka_controller_port: int = Field(default=19093, description="Local broker's KRaft controller port.")
+    kafka_heap_mb: int = Field(default=512, description="Local broker's JVM heap.")
+    postgres_port: int = Field(default=15432, description="Local PostgreSQL port.")
+    postgres_os_user: str = Field(default="postgres", description="OS user that runs the local PostgreSQL (never root).")
+
+    # --- topics and processing ----------------------------------------------------------------
+    topic_prefix: str = Field(default="drawdown", description="Prefix of every topic name.")
+    partitions: int = Field(default=6, ge=1, description="Partition count of every customer-keyed topic.")
+    replication_factor: int = Field(default=1, ge=1, description="Replication factor of new topics.")
+    grace_period_seconds: int = Field(default=3600, ge=0, le=72 * 3600, description="Period end to finalization.")
+    dedupe_window_seconds: int = Field(default=35 * 86400, ge=86400, description="Meter event identifier uniqueness window.")
+    live_balance_interval_ms: int = Field(default=250, ge=0, description="Least time between live-balance facts per customer.")
+    low_balance_thresholds_minor: list[int] = Field(default=[0], description="Live-balance thresholds that raise an alert when crossed downward.")
+    tick_interval_ms: int = Field(default=1000, ge=10, description="How often the ticker writes a time fact to every partition.")
+    worker_data_dir: Path | None = Field(default=None, description="Faust worker state (rocksdict). Empty: state_dir/worker.")
+    worker_web_port: int = Field(default=6066, description="Faust worker's web port.")
+
+    # --- the API --------------------------------------------------------------------------------
+    api_host: str = Field(default="127.0.0.1", description="API listen address.")
+    api_port: int = Field(default=8000, description="API listen port.")
+    read_your_writes_timeout_ms: int = Field(default=5000, ge=0, description="How long a command waits for its projection.")
+
+    # --- derived ------------------------------------------------------------------------------
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def effective_kafka_bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"postgresql://drawdown@127.0.0.1:{self.postgres_port}/drawdown"
+
+    def topic(self, name: str) -> str:
+        """Full topic name, e.g. topic('customer-facts') -> 'drawdown.customer-facts'."""
+        return f"{self.topic_prefix}.{name}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
