@@ -1,0 +1,468 @@
+"""Every drawdown fact as a frozen, typed class: the Python side of schemas/*.avsc.
+
+schemas/FACTS.md is the contract; field names here are binding. Conventions:
+- times are epoch milliseconds in `int` fields named `*_ms`;
+- money is `int` minor units in `*_minor` fields plus a lowercase ISO 4217 `currency`;
+- quantities, unit prices and meter values are `decimal.Decimal` (never float);
+- optional fields are `T | None = None`; maps default to an empty dict (treat as immutable);
+- arrays are tuples.
+
+Pure: no Avro here. Conversion to and from the wire happens only in schemas/codec.py.
+Classes are keyword-only so that adding an optional field later never shifts positions.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+# Facts are values: frozen, slotted, keyword-only.
+_fact = dataclass(frozen=True, slots=True, kw_only=True)
+
+
+def _empty_map() -> dict[str, str]:
+    return {}
+
+
+# --- enums (values equal the Avro enum symbols) ------------------------------------------------
+
+
+class MeterAggregation(enum.StrEnum):
+    SUM = "sum"
+    COUNT = "count"
+    LAST = "last"
+
+
+class EventTimeWindow(enum.StrEnum):
+    HOUR = "hour"
+    DAY = "day"
+
+
+class UsageType(enum.StrEnum):
+    METERED = "metered"
+    LICENSED = "licensed"
+
+
+class RecurringInterval(enum.StrEnum):
+    MONTH = "month"
+    YEAR = "year"
+
+
+class GrantPriceType(enum.StrEnum):
+    METERED = "metered"
+
+
+class GrantCategory(enum.StrEnum):
+    PAID = "paid"
+    PROMOTIONAL = "promotional"
+
+
+class BillingReason(enum.StrEnum):
+    SUBSCRIPTION_CYCLE = "subscription_cycle"
+    SUBSCRIPTION_CANCEL = "subscription_cancel"
+
+
+class TransactionType(enum.StrEnum):
+    CREDIT = "credit"
+    DEBIT = "debit"
+
+
+class TransactionReason(enum.StrEnum):
+    CREDITS_GRANTED = "credits_granted"
+    CREDITS_APPLICATION_INVOICE_VOIDED = "credits_application_invoice_voided"
+    CREDITS_APPLIED = "credits_applied"
+    CREDITS_EXPIRED = "credits_expired"
+    CREDITS_VOIDED = "credits_voided"
+
+
+# --- nested types --------------------------------------------------------------------------------
+
+
+@_fact
+class SubscriptionItem:
+    item_id: str
+    price_id: str
+    quantity: int = 1  # used by licensed prices only
+
+
+@_fact
+class GrantScope:
+    """Which prices a grant pays for: exactly one of price_type and price_ids is used."""
+
+    price_type: GrantPriceType | None = None
+    price_ids: tuple[str, ...] = ()
+
+
+@_fact
+class AppliedCredit:
+    credit_balance_transaction_id: str
+    grant_id: str
+    amount_minor: int
+
+
+@_fact
+class InvoiceLine:
+    line_id: str
+    subscription_item_id: str
+    price_id: str
+    meter_id: str | None = None
+    quantity: Decimal
+    unit_amount_decimal: Decimal
+    amount_minor: int
+    credits: tuple[AppliedCredit, ...] = ()
+
+
+# --- catalog facts -------------------------------------------------------------------------------
+
+
+@_fact
+class MeterDefined:
+    meter_id: str
+    display_name: str
+    event_name: str
+    aggregation: MeterAggregation
+    customer_payload_key: str = "stripe_customer_id"
+    value_payload_key: str = "value"
+    event_time_window: EventTimeWindow | None = None  # None: raw, no event-time window
+    created_at_ms: int
+
+
+@_fact
+class MeterDisplayNameChanged:
+    meter_id: str
+    display_name: str
+    changed_at_ms: int
+
+
+@_fact
+class MeterDeactivated:
+    meter_id: str
+    deactivated_at_ms: int
+
+
+@_fact
+class MeterReactivated:
+    meter_id: str
+    reactivated_at_ms: int
+
+
+@_fact
+class ProductCreated:
+    product_id: str
+    name: str
+    created_at_ms: int
+    metadata: Mapping[str, str] = field(default_factory=_empty_map)
+
+
+@_fact
+class PriceCreated:
+    price_id: str
+    product_id: str
+    currency: str
+    unit_amount_decimal: Decimal  # minor units (cents) per unit, up to 12 decimal places
+    usage_type: UsageType
+    meter_id: str | None = None  # required when usage_type is metered
+    recurring_interval: RecurringInterval
+    recurring_interval_count: int = 1
+    created_at_ms: int
+
+
+# --- customer facts ------------------------------------------------------------------------------
+
+
+@_fact
+class CustomerCreated:
+    customer_id: str
+    name: str | None = None
+    email: str | None = None
+    test_clock_id: str | None = None
+    created_at_ms: int
+    metadata: Mapping[str, str] = field(default_factory=_empty_map)
+
+
+@_fact
+class SubscriptionCreated:
+    subscription_id: str
+    customer_id: str
+    items: tuple[SubscriptionItem, ...]
+    currency: str
+    billing_cycle_anchor_ms: int
+    created_at_ms: int
+    test_clock_id: str | None = None
+
+
+@_fact
+class SubscriptionItemsChanged:
+    subscription_id: str
+    customer_id: str
+    items: tuple[SubscriptionItem, ...]
+    changed_at_ms: int
+
+
+@_fact
+class SubscriptionCancelScheduled:
+    subscription_id: str
+    customer_id: str
+    cancel_at_period_end: bool
+    scheduled_at_ms: int
+
+
+@_fact
+class SubscriptionCanceled:
+    subscription_id: str
+    customer_id: str
+    invoice_now: bool
+    canceled_at_ms: int
+
+
+@_fact
+class CreditGrantCreated:
+    grant_id: str
+    customer_id: str
+    name: str | None = None
+    amount_minor: int  # > 0
+    currency: str
+    scope: GrantScope
+    category: GrantCategory
+    priority: int = 50  # 0..100
+    effective_at_ms: int
+    expires_at_ms: int | None = None
+    created_at_ms: int
+    metadata: Mapping[str, str] = field(default_factory=_empty_map)
+    test_clock_id: str | None = None
+
+
+@_fact
+class CreditGrantUpdated:
+    grant_id: str
+    customer_id: str
+    expires_at_ms: int | None = None  # the new value; None = never expires
+    metadata: Mapping[str, str] = field(default_factory=_empty_map)  # the new full map
+    updated_at_ms: int
+
+
+@_fact
+class CreditGrantExpired:
+    grant_id: str
+    customer_id: str
+    expired_at_ms: int
+
+
+@_fact
+class CreditGrantVoided:
+    grant_id: str
+    customer_id: str
+    voided_at_ms: int
+
+
+@_fact
+class InvoiceVoidRequested:
+    invoice_id: str
+    customer_id: str
+    requested_at_ms: int
+
+
+@_fact
+class MeterEventRecorded:
+    """One meter event as received: the hot fact (one per usage record)."""
+
+    customer_id: str  # the Kafka key; "" when the producer could not find one
+    event_name: str
+    identifier: str
+    payload: Mapping[str, str] = field(default_factory=_empty_map)  # exactly as received
+    event_time_ms: int
+    received_at_ms: int
+
+
+@_fact
+class MeterEventCanceled:
+    event_name: str
+    identifier: str
+    customer_id: str | None = None  # None: unknown, written to every partition
+    received_at_ms: int
+
+
+# --- time facts (written to every partition of drawdown.customer-facts) -------------------------
+
+
+@_fact
+class TimeTicked:
+    now_ms: int
+
+
+@_fact
+class TestClockCreated:
+    __test__ = False  # not a pytest test class, despite the name
+
+    test_clock_id: str
+    name: str | None = None
+    frozen_time_ms: int
+    created_at_ms: int
+
+
+@_fact
+class TestClockAdvanced:
+    __test__ = False
+
+    test_clock_id: str
+    frozen_time_ms: int
+    advanced_at_ms: int
+
+
+@_fact
+class TestClockDeleted:
+    __test__ = False
+
+    test_clock_id: str
+    deleted_at_ms: int
+
+
+# --- derived facts -------------------------------------------------------------------------------
+
+
+@_fact
+class InvoiceFinalized:
+    invoice_id: str
+    customer_id: str
+    subscription_id: str
+    currency: str
+    period_start_ms: int
+    period_end_ms: int
+    billing_reason: BillingReason
+    finalized_at_ms: int
+    lines: tuple[InvoiceLine, ...]
+    subtotal_minor: int
+    total_credits_minor: int
+    amount_due_minor: int
+
+
+@_fact
+class InvoiceVoided:
+    invoice_id: str
+    customer_id: str
+    voided_at_ms: int
+
+
+@_fact
+class CreditBalanceTransaction:
+    transaction_id: str
+    customer_id: str
+    grant_id: str
+    currency: str
+    amount_minor: int  # > 0; the direction is `type`
+    type: TransactionType
+    reason: TransactionReason
+    invoice_id: str | None = None
+    invoice_line_id: str | None = None
+    effective_at_ms: int
+
+
+@_fact
+class UsageBucketUpdated:
+    customer_id: str
+    meter_id: str
+    bucket_start_ms: int  # minute-aligned
+    value: Decimal  # the bucket's current aggregate after this update
+    event_count: int
+    updated_at_ms: int
+
+
+@_fact
+class LiveBalanceChanged:
+    customer_id: str
+    currency: str
+    available_credits_minor: int
+    accrued_usage_minor: int
+    live_balance_minor: int  # available - accrued; may be negative
+    as_of_ms: int
+
+
+@_fact
+class LowBalanceAlert:
+    alert_id: str
+    customer_id: str
+    currency: str
+    threshold_minor: int
+    live_balance_minor: int
+    alerted_at_ms: int
+
+
+@_fact
+class DeadLetter:
+    original_bytes: bytes
+    topic: str
+    partition: int
+    offset: int
+    reason_code: str  # e.g. meter_event_customer_not_found, undecodable_fact
+    message: str
+    customer_id: str | None = None
+    dead_lettered_at_ms: int
+
+
+ALL_FACTS: tuple[type, ...] = (
+    MeterDefined,
+    MeterDisplayNameChanged,
+    MeterDeactivated,
+    MeterReactivated,
+    ProductCreated,
+    PriceCreated,
+    CustomerCreated,
+    SubscriptionCreated,
+    SubscriptionItemsChanged,
+    SubscriptionCancelScheduled,
+    SubscriptionCanceled,
+    CreditGrantCreated,
+    CreditGrantUpdated,
+    CreditGrantExpired,
+    CreditGrantVoided,
+    InvoiceVoidRequested,
+    MeterEventRecorded,
+    MeterEventCanceled,
+    TimeTicked,
+    TestClockCreated,
+    TestClockAdvanced,
+    TestClockDeleted,
+    InvoiceFinalized,
+    InvoiceVoided,
+    CreditBalanceTransaction,
+    UsageBucketUpdated,
+    LiveBalanceChanged,
+    LowBalanceAlert,
+    DeadLetter,
+)
+"""Every top-level fact class (nested types are not facts)."""
+
+Fact = (
+    MeterDefined
+    | MeterDisplayNameChanged
+    | MeterDeactivated
+    | MeterReactivated
+    | ProductCreated
+    | PriceCreated
+    | CustomerCreated
+    | SubscriptionCreated
+    | SubscriptionItemsChanged
+    | SubscriptionCancelScheduled
+    | SubscriptionCanceled
+    | CreditGrantCreated
+    | CreditGrantUpdated
+    | CreditGrantExpired
+    | CreditGrantVoided
+    | InvoiceVoidRequested
+    | MeterEventRecorded
+    | MeterEventCanceled
+    | TimeTicked
+    | TestClockCreated
+    | TestClockAdvanced
+    | TestClockDeleted
+    | InvoiceFinalized
+    | InvoiceVoided
+    | CreditBalanceTransaction
+    | UsageBucketUpdated
+    | LiveBalanceChanged
+    | LowBalanceAlert
+    | DeadLetter
+)
+"""Any top-level fact, for annotations (`def evolve(state, fact: Fact)`)."""
