@@ -1,0 +1,571 @@
+"""The embedded local stack: a real Kafka broker and a real PostgreSQL server, no Docker.
+
+- Kafka: a KRaft single-node broker (broker + controller in one JVM) assembled from Maven
+  Central with deploy/kafka/pom.xml, cached under the state folder, storage formatted once.
+- PostgreSQL: Debian's postgresql package (installed when missing and we may), run as a
+  non-root OS user because the server refuses root.
+- Engine processes (workers, projector, API) register themselves in ENGINE_PROCESSES.
+
+Everything lives in the git-ignored state folder (settings.state_dir, default .state/):
+data, logs/ and pids/. Processes are stopped by the pid they recorded, never by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from drawdown.settings import PROJECT_ROOT, Settings
+
+POM_FILE = PROJECT_ROOT / "deploy" / "kafka" / "pom.xml"
+KAFKA_READY_TIMEOUT_S = 90.0
+POSTGRES_READY_TIMEOUT_S = 60.0
+LOG_TAIL_LINES = 30
+
+
+class LocalStackError(RuntimeError):
+    """A local service could not be set up or started; the message says what to do."""
+
+
+def say(message: str) -> None:
+    print(f"[drawdown] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# processes: pid files, liveness, stopping
+# --------------------------------------------------------------------------------------------
+
+
+def pid_file(settings: Settings, name: str) -> Path:
+    return settings.state_dir / "pids" / f"{name}.pid"
+
+
+def log_file(settings: Settings, name: str) -> Path:
+    return settings.logs_dir / f"{name}.log"
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"(no log at {path})"
+
+
+def spawn(settings: Settings, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
+          cwd: Path | None = None, user: str | None = None) -> int:
+    """Start `argv` in the background in its own session, stdout+stderr to logs/<name>.log."""
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    pid_file(settings, name).parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_file(settings, name), "ab")
+    process = subprocess.Popen(
+        list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        cwd=cwd or PROJECT_ROOT, env={**os.environ, **(env or {})}, start_new_session=True,
+        user=user,
+    )
+    pid_file(settings, name).write_text(f"{process.pid}\n")
+    return process.pid
+
+
+def stop_pid(pid: int, name: str, timeout_s: float = 20.0) -> None:
+    """SIGTERM, wait, then SIGKILL: the process group we started, by its recorded pid."""
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            if not pid_alive(pid):
+                say(f"stopped {name} (pid {pid})")
+                return
+            time.sleep(0.1)
+    raise LocalStackError(f"{name} (pid {pid}) did not stop; check it with `ps -p {pid}`")
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, alive: Callable[[], bool],
+               what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if not alive():
+            raise LocalStackError(f"{what} exited during start-up. Last lines of {log}:\n{tail(log)}")
+        time.sleep(0.3)
+    raise LocalStackError(f"{what} did not become healthy in {timeout_s:.0f} s. Last lines of {log}:\n{tail(log)}")
+
+
+def require_free_port(port: int, setting: str, owner: str) -> None:
+    if port_open(port):
+        raise LocalStackError(
+            f"port {port} is already taken by another program, so {owner} cannot listen there; "
+            f"free it or move {owner} with the setting {setting}=<port>")
+
+
+# --------------------------------------------------------------------------------------------
+# Kafka
+# --------------------------------------------------------------------------------------------
+
+
+def kafka_dir(settings: Settings) -> Path:
+    return settings.state_dir / "kafka"
+
+
+def kafka_libs_dir(settings: Settings) -> Path:
+    return kafka_dir(settings) / f"libs-{settings.kafka_version}"
+
+
+def require_tool(tool: str, install_hint: str) -> str:
+    found = shutil.which(tool)
+    if not found:
+        raise LocalStackError(f"`{tool}` is not installed; {install_hint}")
+    return found
+
+
+def java_major_version(java: str) -> int:
+    output = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    quoted = output.split('"')[1] if '"' in output else "0"
+    major = quoted.split(".")[0]
+    return int(major) if major.isdigit() else 0
+
+
+def ensure_kafka_jars(settings: Settings) -> Path:
+    """Resolve the broker's jars from Maven Central once; later runs reuse the cache."""
+    libs = kafka_libs_dir(settings)
+    done_marker = libs / ".complete"
+    if done_marker.exists():
+        return libs
+    java = require_tool("java", "install Java 17 or newer (Debian: apt-get install openjdk-17-jre-headless)")
+    if java_major_version(java) < 17:
+        raise LocalStackError("Kafka needs Java 17 or newer; install it (Debian: apt-get install openjdk-17-jre-headless)")
+    mvn = require_tool("mvn", "install Maven (Debian: apt-get install maven)")
+    say(f"resolving Apache Kafka {settings.kafka_version} from Maven Central into {libs} (once) ...")
+    shutil.rmtree(libs, ignore_errors=True)
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    maven_log = log_file(settings, "maven")
+    with open(maven_log, "w") as log:
+        result = subprocess.run(
+            [mvn, "-B", "-q", "-f", str(POM_FILE), "dependency:copy-dependencies",
+             f"-Dkafka.version={settings.kafka_version}", "-DincludeScope=runtime",
+             f"-DoutputDirectory={libs}"],
+            stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
+        raise LocalStackError(
+            f"Maven could not resolve Kafka {settings.kafka_version}. Last lines of {maven_log}:\n{tail(maven_log)}\n"
+            "Check that Maven Central is reachable, or set DRAWDOWN_KAFKA_VERSION to a published version.")
+    done_marker.write_text(settings.kafka_version)
+    return libs
+
+
+def kafka_server_properties(settings: Settings) -> str:
+    data = kafka_dir(settings) / "data"
+    return "\n".join([
+        "# Written by deploy/local.py: a single-node KRaft broker+controller for development and tests.",
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@127.0.0.1:{settings.kafka_controller_port}",
+        f"listeners=PLAINTEXT://127.0.0.1:{settings.kafka_port},CONTROLLER://127.0.0.1:{settings.kafka_controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{settings.kafka_port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"log.dirs={data}",
+        "num.partitions=1",
+        # One node: every internal topic at replication factor 1, and few partitions, because the
+        # defaults (50 partitions for offsets/transactions) make the first group join slow on 2 cores.
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=3",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "transaction.state.log.num.partitions=3",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        # Topics are created explicitly with their partition count and retention (co-partitioning).
+        "auto.create.topics.enable=false",
+        # Meter events must stay replayable for the whole 35-day lateness window and beyond.
+        "log.retention.hours=-1",
+        "",
+    ])
+
+
+def kafka_log4j_properties(settings: Settings) -> str:
+    return "\n".join([
+        "status = warn",
+        "appender.file.type = File",
+        "appender.file.name = file",
+        f"appender.file.fileName = {log_file(settings, 'kafka')}",
+        "appender.file.layout.type = PatternLayout",
+        "appender.file.layout.pattern = [%d] %p %m (%c)%n",
+        "rootLogger.level = INFO",
+        "rootLogger.appenderRef.file.ref = file",
+        "logger.state.name = state.change.logger",
+        "logger.state.level = WARN",
+        "",
+    ])
+
+
+def kafka_ready(bootstrap: str) -> bool:
+    from confluent_kafka.admin import AdminClient
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    # Probe the socket first: a client against a closed port floods stderr with connect errors.
+    if port.isdigit() and not port_open(int(port), host or "127.0.0.1"):
+        return False
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000})
+        admin.list_topics(timeout=2)
+        return True
+    except Exception:  # noqa: BLE001 - any failure just means "not yet"
+        return False
+
+
+def kafka_running(settings: Settings) -> bool:
+    return pid_alive(read_pid(pid_file(settings, "kafka")))
+
+
+def start_kafka(settings: Settings) -> str:
+    """Start the local broker unless it already runs; return its bootstrap address."""
+    bootstrap = f"127.0.0.1:{settings.kafka_port}"
+    if kafka_running(settings):
+        wait_until(lambda: kafka_ready(bootstrap), KAFKA_READY_TIMEOUT_S, lambda: kafka_running(settings),
+                   "Kafka", log_file(settings, "kafka"))
+        return bootstrap
+    require_free_port(settings.kafka_port, "DRAWDOWN_KAFKA_PORT", "the local Kafka broker")
+    require_free_port(settings.kafka_controller_port, "DRAWDOWN_KAFKA_CONTROLLER_PORT", "the local Kafka controller")
+    libs = ensure_kafka_jars(settings)
+    java = require_tool("java", "install Java 17 or newer")
+    home = kafka_dir(settings)
+    (home / "data").mkdir(parents=True, exist_ok=True)
+    properties = home / "server.properties"
+    properties.write_text(kafka_server_properties(settings))
+    log4j = home / "log4j2.properties"
+    log4j.write_text(kafka_log4j_properties(settings))
+    classpath = f"{libs}/*"
+    logging_flag = f"-Dlog4j2.configurationFile={log4j}"
+    if not (home / "data" / "meta.properties").exists():
+        say("formatting Kafka storage (once) ...")
+        cluster_id = base64_uuid()
+        result = subprocess.run(
+            [java, "-cp", classpath, logging_flag, "kafka.tools.StorageTool", "format",
+             "-t", cluster_id, "-c", str(properties)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise LocalStackError(f"Kafka storage format failed:\n{result.stdout}{result.stderr}")
+    say(f"starting Kafka on {bootstrap} ...")
+    pid = spawn(settings, "kafka", [
+        java, f"-Xms{min(256, settings.kafka_heap_mb)}m", f"-Xmx{settings.kafka_heap_mb}m", "-XX:+UseG1GC",
+        "-XX:TieredStopAtLevel=1",  # faster start-up on 2 cores; the broker is I/O bound here
+        "-cp", classpath, logging_flag, "kafka.Kafka", str(properties)],
+    )
+    # log4j2 and the JVM's own stdout/stderr both append (O_APPEND) to logs/kafka.log.
+    wait_until(lambda: kafka_ready(bootstrap), KAFKA_READY_TIMEOUT_S, lambda: pid_alive(pid),
+               "Kafka", log_file(settings, "kafka"))
+    return bootstrap
+
+
+def base64_uuid() -> str:
+    import base64
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL
+# --------------------------------------------------------------------------------------------
+
+
+def postgres_bin_dir() -> Path | None:
+    """Debian's server binaries live in /usr/lib/postgresql/<major>/bin; take the newest."""
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+                        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    if candidates:
+        return candidates[-1].parent
+    pg_ctl = shutil.which("pg_ctl")
+    return Path(pg_ctl).resolve().parent if pg_ctl else None
+
+
+def ensure_postgres_installed() -> Path:
+    found = postgres_bin_dir()
+    if found:
+        return found
+    if os.geteuid() != 0 and not shutil.which("sudo"):
+        raise LocalStackError("PostgreSQL is not installed; install Debian's package: sudo apt-get install postgresql, "
+                              "or set DATABASE_URL to a server you have")
+    say("installing PostgreSQL from Debian's packages (once) ...")
+    prefix = [] if os.geteuid() == 0 else ["sudo"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "postgresql"]):
+        result = subprocess.run(prefix + argv, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise LocalStackError(f"`{' '.join(argv)}` failed:\n{result.stderr[-2000:]}\n"
+                                  "Install PostgreSQL yourself or set DATABASE_URL.")
+    found = postgres_bin_dir()
+    if not found:
+        raise LocalStackError("PostgreSQL installed but pg_ctl not found under /usr/lib/postgresql/*/bin")
+    return found
+
+
+def postgres_os_user(settings: Settings) -> str | None:
+    """The user that runs the server: ourselves, or (as root, which it refuses) a system user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(settings.postgres_os_user)
+    except KeyError as exc:
+        raise LocalStackError(f"PostgreSQL refuses to run as root and there is no OS user "
+                              f"{settings.postgres_os_user!r}; create one or set DRAWDOWN_POSTGRES_OS_USER") from exc
+    return settings.postgres_os_user
+
+
+def run_as(user: str | None, argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), user=user, capture_output=True, text=True, **kwargs)
+
+
+def postgres_home(settings: Settings) -> Path:
+    """Where the cluster lives: in the state folder, unless the server's OS user cannot reach it
+    (a clone under /root, say); then in a folder of its own under /var/tmp, recorded in a link."""
+    in_state = settings.state_dir / "postgres"
+    user = postgres_os_user(settings)
+    if user is None:
+        return in_state
+    link = settings.state_dir / "postgres-home"
+    if link.is_symlink() or link.exists():
+        return Path(os.readlink(link)) if link.is_symlink() else link
+    in_state.mkdir(parents=True, exist_ok=True)
+    os.chown(in_state, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+    if run_as(user, ["test", "-w", str(in_state)]).returncode == 0:
+        return in_state
+    digest = hashlib.sha256(str(settings.state_dir.resolve()).encode()).hexdigest()[:12]
+    elsewhere = Path("/var/tmp") / f"drawdown-postgres-{digest}"
+    elsewhere.mkdir(parents=True, exist_ok=True)
+    os.chown(elsewhere, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+    link.symlink_to(elsewhere)
+    return elsewhere
+
+
+def postgres_ready(settings: Settings, url: str) -> bool:
+    import psycopg
+    try:
+        with psycopg.connect(url, connect_timeout=2) as connection:
+            connection.execute("select 1")
+        return True
+    except Exception:  # noqa: BLE001 - any failure just means "not yet"
+        return False
+
+
+def postgres_pid(settings: Settings) -> int | None:
+    return read_pid(postgres_home(settings) / "data" / "postmaster.pid")
+
+
+def start_postgres(settings: Settings) -> str:
+    """Start the local server unless DATABASE_URL points elsewhere; return the URL to use."""
+    if settings.database_url:
+        if not postgres_ready(settings, settings.database_url):
+            raise LocalStackError("DATABASE_URL is set but the server does not answer; start it or unset DATABASE_URL")
+        return settings.database_url
+    url = settings.effective_database_url
+    bin_dir = ensure_postgres_installed()
+    user = postgres_os_user(settings)
+    home = postgres_home(settings)
+    data = home / "data"
+    sockets = home / "run"
+    log = log_file(settings, "postgres")
+    if pid_alive(postgres_pid(settings)):
+        wait_until(lambda: postgres_ready(settings, url), POSTGRES_READY_TIMEOUT_S,
+                   lambda: pid_alive(postgres_pid(settings)), "PostgreSQL", log)
+        return url
+    require_free_port(settings.postgres_port, "DRAWDOWN_POSTGRES_PORT", "the local PostgreSQL server")
+    home.mkdir(parents=True, exist_ok=True)
+    sockets.mkdir(parents=True, exist_ok=True)
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    log.touch()
+    if user:
+        owner = pwd.getpwnam(user)
+        for path in (home, sockets, log):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+    if not (data / "PG_VERSION").exists():
+        say(f"creating a PostgreSQL cluster in {data} (once) ...")
+        result = run_as(user, [str(bin_dir / "initdb"), "-D", str(data), "-U", "drawdown",
+                               "--auth=trust", "--encoding=UTF8", "--no-instructions"])
+        if result.returncode != 0:
+            raise LocalStackError(f"initdb failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    say(f"starting PostgreSQL on 127.0.0.1:{settings.postgres_port} ...")
+    options = (f"-p {settings.postgres_port} -c listen_addresses=127.0.0.1 -k {sockets} "
+               # Development and test server: durability of single commits is not worth the fsyncs.
+               "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+    result = run_as(user, [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
+                           "-w", "-t", str(int(POSTGRES_READY_TIMEOUT_S)), "start"])
+    if result.returncode != 0:
+        raise LocalStackError(f"PostgreSQL did not start. Last lines of {log}:\n{tail(log)}\n{result.stderr}")
+    wait_until(lambda: postgres_ready(settings, url.rsplit("/", 1)[0] + "/postgres"), POSTGRES_READY_TIMEOUT_S,
+               lambda: pid_alive(postgres_pid(settings)), "PostgreSQL", log)
+    ensure_database(url)
+    return url
+
+
+def ensure_database(url: str) -> None:
+    """Create the URL's database if it does not exist yet."""
+    import psycopg
+    from psycopg import sql
+    server_url, database = url.rsplit("/", 1)
+    with psycopg.connect(server_url + "/postgres", autocommit=True) as connection:
+        exists = connection.execute("select 1 from pg_database where datname = %s", (database,)).fetchone()
+        if not exists:
+            connection.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
+
+
+def stop_postgres(settings: Settings) -> None:
+    if settings.database_url:
+        return
+    bin_dir = postgres_bin_dir()
+    pid = postgres_pid(settings) if bin_dir else None
+    if not pid_alive(pid):
+        return
+    data = postgres_home(settings) / "data"
+    result = run_as(postgres_os_user(settings), [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])
+    if result.returncode != 0:
+        stop_pid(pid, "postgres")
+    else:
+        say(f"stopped postgres (pid {pid})")
+
+
+# --------------------------------------------------------------------------------------------
+# engine processes and the whole stack
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineProcess:
+    """A drawdown process that `make up` runs: `drawdown <command>`, healthy when `ready()`."""
+
+    name: str
+    command: tuple[str, ...]
+    describe: Callable[[Settings], str]
+    ready: Callable[[Settings], bool] = lambda settings: True
+
+
+# Filled in as the engine grows (stream worker, ticker, projector, API).
+ENGINE_PROCESSES: list[EngineProcess] = []
+
+
+def engine_env(settings: Settings, bootstrap: str, database_url: str) -> dict[str, str]:
+    return {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
+            "DRAWDOWN_STATE_DIR": str(settings.state_dir), "PYTHONUNBUFFERED": "1"}
+
+
+def start_engine(settings: Settings, bootstrap: str, database_url: str) -> None:
+    for process in ENGINE_PROCESSES:
+        if pid_alive(read_pid(pid_file(settings, process.name))):
+            continue
+        say(f"starting {process.name} ...")
+        pid = spawn(settings, process.name, [sys.executable, "-m", "drawdown", *process.command],
+                    env=engine_env(settings, bootstrap, database_url))
+        wait_until(lambda p=process: p.ready(settings), 60, lambda: pid_alive(pid), process.name,
+                   log_file(settings, process.name))
+
+
+def up(settings: Settings, with_engine: bool = True) -> dict[str, str]:
+    """Bring the stack up (idempotent) and return what listens where."""
+    started_at = time.monotonic()
+    bootstrap = settings.kafka_bootstrap_servers or start_kafka(settings)
+    if settings.kafka_bootstrap_servers and not kafka_ready(bootstrap):
+        raise LocalStackError(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} does not answer; start that broker or unset the variable")
+    database_url = start_postgres(settings)
+    if with_engine:
+        start_engine(settings, bootstrap, database_url)
+    say(f"up in {time.monotonic() - started_at:.1f} s")
+    return {"kafka": bootstrap, "postgres": database_url}
+
+
+def down(settings: Settings) -> None:
+    """Stop what `up` started, newest first, by recorded pid."""
+    for process in reversed(ENGINE_PROCESSES):
+        stop_recorded(settings, process.name)
+    stop_postgres(settings)
+    stop_recorded(settings, "kafka")
+
+
+def stop_recorded(settings: Settings, name: str) -> None:
+    path = pid_file(settings, name)
+    pid = read_pid(path)
+    if pid_alive(pid):
+        stop_pid(pid, name)
+    path.unlink(missing_ok=True)
+
+
+def status_lines(settings: Settings) -> list[str]:
+    lines = []
+    kafka_pid = read_pid(pid_file(settings, "kafka"))
+    lines.append(_status("kafka", pid_alive(kafka_pid), kafka_pid,
+                         settings.effective_kafka_bootstrap_servers, log_file(settings, "kafka")))
+    if settings.database_url:
+        lines.append(f"  postgres   external        {settings.database_url}")
+    else:
+        pg_pid = postgres_pid(settings) if postgres_bin_dir() else None
+        lines.append(_status("postgres", pid_alive(pg_pid), pg_pid, settings.effective_database_url,
+                             log_file(settings, "postgres")))
+    for process in ENGINE_PROCESSES:
+        pid = read_pid(pid_file(settings, process.name))
+        lines.append(_status(process.name, pid_alive(pid), pid, process.describe(settings),
+                             log_file(settings, process.name)))
+    return lines
+
+
+def _status(name: str, alive: bool, pid: int | None, where: str, log: Path) -> str:
+    state = f"up (pid {pid})" if alive else "down"
+    return f"  {name:<10} {state:<15} {where}\n  {'':<10} {'':<15} log: {log}"
+
+
+def reset(settings: Settings) -> None:
+    """Stop everything and delete all local state (including a Postgres home outside it)."""
+    down(settings)
+    link = settings.state_dir / "postgres-home"
+    if link.is_symlink():
+        shutil.rmtree(os.readlink(link), ignore_errors=True)
+    shutil.rmtree(settings.state_dir, ignore_errors=True)
+    say(f"deleted {settings.state_dir}")

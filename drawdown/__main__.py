@@ -1,0 +1,5 @@
+"""`python -m drawdown` is the `drawdown` command."""
+
+from drawdown.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""The `drawdown` command line: one entry point for every process and tool."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from drawdown.settings import get_settings
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from deploy import local
+
+    settings = get_settings()
+    local.up(settings, with_engine=not args.services_only)
+    print("\ndrawdown is up:")
+    print("\n".join(local.status_lines(settings)))
+    print(f"\nstate and logs: {settings.state_dir}   stop: make down   reset: make reset")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from deploy import local
+
+    local.down(get_settings())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from deploy import local
+
+    print("\n".join(local.status_lines(get_settings())))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drawdown", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="start Kafka, PostgreSQL and the engine in the background (idempotent)")
+    up.add_argument("--services-only", action="store_true", help="only Kafka and PostgreSQL")
+    up.set_defaults(run=cmd_up)
+    commands.add_parser("down", help="stop what `up` started").set_defaults(run=cmd_down)
+    commands.add_parser("status", help="what runs, where it listens, where its log is").set_defaults(run=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the local stack's errors say what to do; show them without a traceback
+        from deploy.local import LocalStackError
+
+        if isinstance(exc, LocalStackError):
+            print(f"drawdown: {exc}", file=sys.stderr)
+            return 1
+        raise
