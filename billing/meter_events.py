@@ -1,0 +1,130 @@
+"""Meter event validation with Stripe's error codes. Bad input is a typed rejection, never an exception.
+
+Checks run in a fixed order, so an event with several faults always gets the same code:
+name and identifier length, meter exists, meter active, customer key present, customer known,
+value present, value valid, timestamp not too old, timestamp not in the future.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+
+from billing.facts import MeterAggregation, MeterDefined, MeterEventRecorded
+from billing.meters import MeterReading
+from billing.money import parse_decimal
+from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_MINUTE
+
+MAX_EVENT_NAME_LENGTH = 100
+MAX_IDENTIFIER_LENGTH = 100
+MAX_EVENT_AGE_MS = 35 * MILLISECONDS_PER_DAY  # Stripe: at most 35 days in the past
+MAX_EVENT_LEAD_MS = 5 * MILLISECONDS_PER_MINUTE  # Stripe: at most 5 minutes in the future
+# OURS: bounds that keep every sum exact in billing.money.EXACT_CONTEXT.
+MAX_VALUE_DECIMAL_PLACES = 12
+MAX_VALUE_INTEGER_DIGITS = 18
+
+
+class MeterEventRejectionCode(StrEnum):
+    """Stable snake_case reasons, Stripe's codes where Stripe has one."""
+
+    EVENT_NAME_TOO_LONG = "event_name_too_long"
+    IDENTIFIER_TOO_LONG = "identifier_too_long"
+    NO_METER = "no_meter"
+    ARCHIVED_METER = "archived_meter"
+    NO_CUSTOMER_DEFINED = "meter_event_no_customer_defined"
+    CUSTOMER_NOT_FOUND = "meter_event_customer_not_found"
+    VALUE_NOT_FOUND = "meter_event_value_not_found"
+    INVALID_VALUE = "meter_event_invalid_value"
+    TIMESTAMP_TOO_FAR_IN_PAST = "timestamp_too_far_in_past"
+    TIMESTAMP_IN_FUTURE = "timestamp_in_future"
+
+
+@dataclass(frozen=True, slots=True)
+class MeterEventRejected:
+    """Why a meter event is not counted; `code` goes to the dead letter's reason_code."""
+
+    code: MeterEventRejectionCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class MeterEventAccepted:
+    """A valid event: which meter and customer it counts for, and its reading."""
+
+    meter_id: str
+    customer_id: str
+    reading: MeterReading
+
+
+def customer_now_ms(wall_clock_now_ms: int, test_clock_frozen_time_ms: int | None) -> int:
+    """A customer's "now": its test clock's frozen time when it has one, else the wall clock."""
+    return wall_clock_now_ms if test_clock_frozen_time_ms is None else test_clock_frozen_time_ms
+
+
+def _parse_value(text: str) -> Decimal | None:
+    value = parse_decimal(text)
+    if value is None:
+        return None
+    _, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):
+        return None
+    decimal_places = max(0, -exponent)
+    integer_digits = max(0, len(digits) + exponent)
+    if decimal_places > MAX_VALUE_DECIMAL_PLACES or integer_digits > MAX_VALUE_INTEGER_DIGITS:
+        return None
+    return value
+
+
+def validate_meter_event(
+    event: MeterEventRecorded,
+    meters_by_event_name: Mapping[str, MeterDefined],
+    inactive_meter_ids: Container[str],
+    known_customer_ids: Container[str],
+    now_ms: int,
+) -> MeterEventAccepted | MeterEventRejected:
+    """Accept or reject one meter event against the catalog, the known customers and `now_ms`.
+
+    The customer comes from the payload under the meter's customer_payload_key, the value from its
+    value_payload_key (a decimal string; negative values are corrections). Count meters need no value
+    (OURS: each event counts 1; a value, if present, must still be valid). `now_ms` is the customer's
+    now (see `customer_now_ms`): events are accepted from now - 35 days to now + 5 minutes inclusive.
+    """
+
+    def reject(code: MeterEventRejectionCode, message: str) -> MeterEventRejected:
+        return MeterEventRejected(code=code, message=message)
+
+    if len(event.event_name) > MAX_EVENT_NAME_LENGTH:
+        return reject(MeterEventRejectionCode.EVENT_NAME_TOO_LONG, f"event_name is longer than {MAX_EVENT_NAME_LENGTH}")
+    if len(event.identifier) > MAX_IDENTIFIER_LENGTH:
+        return reject(MeterEventRejectionCode.IDENTIFIER_TOO_LONG, f"identifier is longer than {MAX_IDENTIFIER_LENGTH}")
+    meter = meters_by_event_name.get(event.event_name)
+    if meter is None:
+        return reject(MeterEventRejectionCode.NO_METER, f"no meter has event_name {event.event_name!r}")
+    if meter.meter_id in inactive_meter_ids:
+        return reject(MeterEventRejectionCode.ARCHIVED_METER, f"meter {meter.meter_id} is inactive")
+    customer_id = event.payload.get(meter.customer_payload_key, "")
+    if not customer_id:
+        return reject(
+            MeterEventRejectionCode.NO_CUSTOMER_DEFINED, f"payload has no {meter.customer_payload_key!r}"
+        )
+    if customer_id not in known_customer_ids:
+        return reject(MeterEventRejectionCode.CUSTOMER_NOT_FOUND, f"no customer {customer_id!r}")
+    value_text = event.payload.get(meter.value_payload_key)
+    if value_text is None and meter.aggregation != MeterAggregation.COUNT:
+        return reject(MeterEventRejectionCode.VALUE_NOT_FOUND, f"payload has no {meter.value_payload_key!r}")
+    value = Decimal(1) if value_text is None else _parse_value(value_text)
+    if value is None:
+        return reject(MeterEventRejectionCode.INVALID_VALUE, f"{meter.value_payload_key!r} is not a decimal number")
+    if event.event_time_ms < now_ms - MAX_EVENT_AGE_MS:
+        return reject(MeterEventRejectionCode.TIMESTAMP_TOO_FAR_IN_PAST, "timestamp is more than 35 days in the past")
+    if event.event_time_ms > now_ms + MAX_EVENT_LEAD_MS:
+        return reject(MeterEventRejectionCode.TIMESTAMP_IN_FUTURE, "timestamp is more than 5 minutes in the future")
+    reading = MeterReading(
+        event_time_ms=event.event_time_ms,
+        received_at_ms=event.received_at_ms,
+        identifier=event.identifier,
+        value=value,
+    )
+    return MeterEventAccepted(meter_id=meter.meter_id, customer_id=customer_id, reading=reading)
