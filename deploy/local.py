@@ -489,8 +489,11 @@ class EngineProcess:
     ready: Callable[[Settings], bool] = lambda settings: True
 
 
-# Filled in as the engine grows (stream worker, ticker, projector, API).
-ENGINE_PROCESSES: list[EngineProcess] = []
+def engine_processes() -> list[EngineProcess]:
+    """The engine's long-running processes, in start order, from each package's commands module."""
+    from drawdown.cli import command_modules
+
+    return [process for module in command_modules() for process in getattr(module, "ENGINE_PROCESSES", ())]
 
 
 def engine_env(settings: Settings, bootstrap: str, database_url: str) -> dict[str, str]:
@@ -499,7 +502,7 @@ def engine_env(settings: Settings, bootstrap: str, database_url: str) -> dict[st
 
 
 def start_engine(settings: Settings, bootstrap: str, database_url: str) -> None:
-    for process in ENGINE_PROCESSES:
+    for process in engine_processes():
         if pid_alive(read_pid(pid_file(settings, process.name))):
             continue
         say(f"starting {process.name} ...")
@@ -524,7 +527,7 @@ def up(settings: Settings, with_engine: bool = True) -> dict[str, str]:
 
 def down(settings: Settings) -> None:
     """Stop what `up` started, newest first, by recorded pid."""
-    for process in reversed(ENGINE_PROCESSES):
+    for process in reversed(engine_processes()):
         stop_recorded(settings, process.name)
     stop_postgres(settings)
     stop_recorded(settings, "kafka")
@@ -549,7 +552,7 @@ def status_lines(settings: Settings) -> list[str]:
         pg_pid = postgres_pid(settings) if postgres_bin_dir() else None
         lines.append(_status("postgres", pid_alive(pg_pid), pg_pid, settings.effective_database_url,
                              log_file(settings, "postgres")))
-    for process in ENGINE_PROCESSES:
+    for process in engine_processes():
         pid = read_pid(pid_file(settings, process.name))
         lines.append(_status(process.name, pid_alive(pid), pid, process.describe(settings),
                              log_file(settings, process.name)))

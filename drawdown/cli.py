@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
 from drawdown.settings import get_settings
 
 Command = Callable[[argparse.Namespace], int]
+
+# Each package that adds commands has a `commands` module with `add_commands(subparsers)`
+# (and, for long-running processes, ENGINE_PROCESSES for `make up`). Commands import their heavy
+# modules (faust, fastapi) inside their run function so that `drawdown --help` stays fast.
+COMMAND_MODULES = ("streams.commands", "projections.commands", "api.commands", "producers.commands",
+                   "benchmarks.commands")
+
+
+def command_modules() -> list:
+    modules = []
+    for name in COMMAND_MODULES:
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a missing dependency inside the module is a real error
+                raise
+    return modules
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -45,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(run=cmd_up)
     commands.add_parser("down", help="stop what `up` started").set_defaults(run=cmd_down)
     commands.add_parser("status", help="what runs, where it listens, where its log is").set_defaults(run=cmd_status)
+    for module in command_modules():
+        module.add_commands(commands)
     return parser
 
 

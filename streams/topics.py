@@ -1,0 +1,79 @@
+"""drawdown's topics: names, partitioning, creation. See schemas/FACTS.md for what each carries.
+
+Every customer-keyed topic has the same partition count (settings.partitions), and every
+producer partitions by the customer id with the same hash, so one worker owns all of a
+customer's facts: co-partitioning. Faust (aiokafka) and Java use murmur2; librdkafka's default
+is crc32, so every confluent-kafka producer must be configured with PRODUCER_PARTITIONER.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from drawdown.settings import Settings
+
+# librdkafka's name for the Java/aiokafka-compatible partitioner (murmur2 of the key bytes).
+PRODUCER_PARTITIONER = "murmur2_random"
+
+# Facts are the source of truth and projections are rebuilt from them: keep them forever.
+KEEP_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str  # without the prefix
+    customer_keyed: bool
+    purpose: str
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec("catalog", False, "meters, products, prices: small, global, one partition for one order"),
+    TopicSpec("customer-facts", True, "every input fact about a customer, one ordered log per customer; "
+                                      "time facts go to every partition"),
+    TopicSpec("invoices", True, "InvoiceFinalized, InvoiceVoided"),
+    TopicSpec("credit-balance-transactions", True, "CreditBalanceTransaction"),
+    TopicSpec("usage-buckets", True, "UsageBucketUpdated"),
+    TopicSpec("live-balances", True, "LiveBalanceChanged, LowBalanceAlert"),
+    TopicSpec("dead-letters", True, "DeadLetter: the original bytes and a reason code"),
+)
+
+
+class TopicLayoutError(RuntimeError):
+    """An existing topic does not have the partition count co-partitioning needs."""
+
+
+def partitions_of(spec: TopicSpec, settings: Settings) -> int:
+    return settings.partitions if spec.customer_keyed else 1
+
+
+def topic_names(settings: Settings) -> dict[str, str]:
+    """Short name -> full topic name, e.g. 'invoices' -> 'drawdown.invoices'."""
+    return {spec.name: settings.topic(spec.name) for spec in TOPICS}
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
+    """Create the missing topics; check the partition counts of the existing ones."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": settings.effective_kafka_bootstrap_servers})
+    existing = admin.list_topics(timeout=timeout_s).topics
+    missing = []
+    for spec in TOPICS:
+        name, wanted = settings.topic(spec.name), partitions_of(spec, settings)
+        if name in existing:
+            actual = len(existing[name].partitions)
+            if actual != wanted:
+                raise TopicLayoutError(
+                    f"topic {name} has {actual} partitions but DRAWDOWN_PARTITIONS needs {wanted}; "
+                    "customer topics must be co-partitioned (recreate them, or set DRAWDOWN_PARTITIONS to match)")
+            continue
+        missing.append(NewTopic(name, num_partitions=wanted, replication_factor=settings.replication_factor,
+                                config=dict(KEEP_FOREVER)))
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, operation_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+        except Exception as exc:  # a concurrent creator is fine; anything else is not
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
