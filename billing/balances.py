@@ -39,13 +39,15 @@ def live_balance(
     """The customer's live balance in `currency` at `as_of_ms`.
 
     Available credits: the ledger balance of grants in `currency`, neither voided nor expired at
-    `as_of_ms`, that are effective by then or eligible for an uninvoiced period. Accrued usage: the
+    `as_of_ms`, that are eligible for an uninvoiced period (with no such period: effective by
+    `as_of_ms`). Accrued usage: the
     line amounts of uninvoiced periods whose price some grant eligible for that period covers.
     """
     live_grants = [state for state in grants if _grant_is_live(state, currency, as_of_ms)]
-    counted_grant_ids: set[str] = {
-        state.grant_id for state in live_grants if state.grant.effective_at_ms <= as_of_ms and state.ledger_balance_minor > 0
-    }
+    # With usage to pay, count the grants that will pay it; with none, the grants usable now.
+    counted_grant_ids: set[str] = set()
+    if not uninvoiced_periods:
+        counted_grant_ids = {state.grant_id for state in live_grants if state.grant.effective_at_ms <= as_of_ms}
     accrued_usage_minor = 0
     for period in uninvoiced_periods:
         eligible = [state for state in live_grants if grant_is_eligible(state, period.period_end_ms, currency)]

@@ -304,6 +304,8 @@ def credit_balance_summary(
             state, now_ms, held.get(state.grant_id, 0)
         )
     return tuple(
-        CreditBalance(currency=currency, available_balance_minor=available[currency], ledger_balance_minor=ledger[currency])
+        CreditBalance(
+            currency=currency, available_balance_minor=available[currency], ledger_balance_minor=ledger[currency]
+        )
         for currency in sorted(ledger)
     )
