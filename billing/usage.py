@@ -1,0 +1,227 @@
+"""The usage fold: meter events -> deduplicated, cancellable, event-time minute buckets.
+
+This is THE definition of usage. The stream workers call it for every accepted meter event and
+every cancellation, and the analysts' replay calls it over the raw log, so both compute usage
+exactly the same way. It does no I/O: the ledger reads and writes two mappings that the caller
+provides (plain dicts for a replay, write-back caches over changelogged tables in the workers).
+
+    ledger = UsageLedger(dedupe_window_ms=35 * 86_400_000)
+    outcome = ledger.apply_event(offset, accepted, event_name, aggregator)   # per accepted event
+    outcome = ledger.apply_cancel(offset, cancel, aggregators_by_meter_id)   # per MeterEventCanceled
+    ledger.bucket(customer_id, meter_id, bucket_start_ms)                    # one minute bucket
+    ledger.usage(customer_id, meter_id, start_ms, end_ms, aggregator)        # [start, end) folded
+
+Rules:
+- Dedupe on (customer, event name, identifier) for `dedupe_window_ms` after the first receipt: a
+  later event with the same key is a duplicate and counts nothing.
+- A cancellation removes an event's value if it arrives within 24 hours of the event's receipt
+  (Stripe), once. Cancelling needs subtraction, so it is supported for raw sum and count meters;
+  for `last` and hour/day-windowed meters it is refused (`CancelOutcome.refused_code`).
+- Exactly once under replays: every record carries the last log offset it applied, and `offset`
+  (the fact's position in its customer's log) is passed in. A fact at or below a record's offset
+  has already been applied to that record and changes nothing. So feeding the same log prefix
+  twice (a worker crashed and re-reads) gives the same state as feeding it once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, replace
+from decimal import Decimal
+
+from billing.facts import MeterAggregation, MeterEventCanceled
+from billing.meter_events import MeterEventAccepted
+from billing.meters import MeterAggregator, MeterReading, MeterUsage
+from billing.money import EXACT_CONTEXT
+from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_MINUTE, minute_bucket_start_ms
+
+CANCEL_WINDOW_MS = MILLISECONDS_PER_DAY  # Stripe: cancel only events received in the last 24 hours
+DEFAULT_DEDUPE_WINDOW_MS = 35 * MILLISECONDS_PER_DAY
+
+SeenKey = tuple[str, str]  # (event_name, identifier): also finds events of cancels without a customer
+BucketKey = tuple[str, str, int]  # (customer_id, meter_id, bucket_start_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class SeenEvent:
+    """The first accepted occurrence of one (customer, event name, identifier)."""
+
+    offset: int
+    meter_id: str
+    reading: MeterReading
+    canceled_offset: int | None = None  # offset of the cancellation that removed it
+
+    @property
+    def bucket_start_ms(self) -> int:
+        return minute_bucket_start_ms(self.reading.event_time_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageBucket:
+    """One customer's usage of one meter in one event-time minute, and the last offset applied."""
+
+    usage: MeterUsage
+    applied_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventOutcome:
+    """What one accepted event did.
+
+    `counts`: this offset is the event's first occurrence (True also when the fact is replayed),
+    so per-period totals guarded by their own offsets must add it. `duplicate`: an earlier event
+    had the key. `bucket`: the bucket after the change, None when the bucket already had it.
+    """
+
+    counts: bool
+    duplicate: bool
+    bucket_key: BucketKey | None
+    bucket: UsageBucket | None
+
+
+@dataclass(frozen=True, slots=True)
+class CanceledEvent:
+    """One event a cancellation removed (or re-applies on replay)."""
+
+    customer_id: str
+    seen: SeenEvent
+    bucket_key: BucketKey
+    bucket: UsageBucket | None  # None when the bucket already had the removal
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    canceled: tuple[CanceledEvent, ...] = ()
+    refused_code: str | None = None  # set when the cancel names a customer and cannot apply
+    refused_message: str = ""
+
+
+def _subtract(usage: MeterUsage, reading: MeterReading) -> MeterUsage:
+    return replace(
+        usage,
+        value_sum=EXACT_CONTEXT.subtract(usage.value_sum, reading.value),
+        event_count=usage.event_count - 1,
+    )
+
+
+def supports_cancel(aggregator: MeterAggregator) -> bool:
+    """Whether events of a meter with these rules can be cancelled (subtraction exists)."""
+    return aggregator.event_time_window is None and aggregator.aggregation in (
+        MeterAggregation.SUM,
+        MeterAggregation.COUNT,
+    )
+
+
+def subtract_reading(aggregator: MeterAggregator, usage: MeterUsage, reading: MeterReading) -> MeterUsage:
+    """`usage` without `reading` (only where `supports_cancel`)."""
+    assert supports_cancel(aggregator)
+    return _subtract(usage, reading)
+
+
+class UsageLedger:
+    """Deduplicated minute buckets of every customer on one log (see the module docstring)."""
+
+    def __init__(
+        self,
+        seen: MutableMapping[SeenKey, Mapping[str, SeenEvent]] | None = None,
+        buckets: MutableMapping[BucketKey, UsageBucket] | None = None,
+        dedupe_window_ms: int = DEFAULT_DEDUPE_WINDOW_MS,
+    ) -> None:
+        self.seen = {} if seen is None else seen
+        self.buckets = {} if buckets is None else buckets
+        self.dedupe_window_ms = dedupe_window_ms
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def bucket(self, customer_id: str, meter_id: str, bucket_start_ms: int) -> UsageBucket | None:
+        return self.buckets.get((customer_id, meter_id, bucket_start_ms))
+
+    def usage(
+        self, customer_id: str, meter_id: str, start_ms: int, end_ms: int, aggregator: MeterAggregator
+    ) -> MeterUsage:
+        """The meter's usage of events with event time in [start_ms, end_ms) (minute-aligned bounds)."""
+        total = aggregator.initialize()
+        for bucket_start_ms in range(minute_bucket_start_ms(start_ms), end_ms, MILLISECONDS_PER_MINUTE):
+            bucket = self.buckets.get((customer_id, meter_id, bucket_start_ms))
+            if bucket is not None:
+                total = aggregator.merge(total, bucket.usage)
+        return total
+
+    # --- writes --------------------------------------------------------------------------------
+
+    def apply_event(
+        self, offset: int, accepted: MeterEventAccepted, event_name: str, aggregator: MeterAggregator
+    ) -> EventOutcome:
+        """Fold one accepted meter event at log position `offset` into its minute bucket."""
+        reading, customer_id = accepted.reading, accepted.customer_id
+        seen_key = (event_name, reading.identifier)
+        by_customer = self.seen.get(seen_key) or {}
+        first = by_customer.get(customer_id)
+        if first is not None and first.offset != offset:
+            expired = reading.received_at_ms - first.reading.received_at_ms > self.dedupe_window_ms
+            if not expired or offset < first.offset:
+                return EventOutcome(counts=False, duplicate=True, bucket_key=None, bucket=None)
+            first = None  # outside the dedupe window: a new event with a reused identifier
+        if first is None:
+            first = SeenEvent(offset=offset, meter_id=accepted.meter_id, reading=reading)
+            self.seen[seen_key] = {**by_customer, customer_id: first}
+        bucket_key = (customer_id, accepted.meter_id, first.bucket_start_ms)
+        current = self.buckets.get(bucket_key)
+        if current is not None and current.applied_offset >= offset:
+            return EventOutcome(counts=True, duplicate=False, bucket_key=bucket_key, bucket=None)
+        usage = aggregator.add(current.usage if current else aggregator.initialize(), reading)
+        bucket = UsageBucket(usage=usage, applied_offset=offset)
+        self.buckets[bucket_key] = bucket
+        return EventOutcome(counts=True, duplicate=False, bucket_key=bucket_key, bucket=bucket)
+
+    def apply_cancel(
+        self, offset: int, cancel: MeterEventCanceled, aggregators_by_meter_id: Mapping[str, MeterAggregator]
+    ) -> CancelOutcome:
+        """Remove the event that `cancel` names, if it is here, cancellable and received <= 24 h before.
+
+        With `cancel.customer_id` None, every customer here with that event name and identifier is
+        a match (normally one); nothing matching is not an error, the event lives on another log.
+        """
+        seen_key = (cancel.event_name, cancel.identifier)
+        by_customer = dict(self.seen.get(seen_key) or {})
+        if cancel.customer_id is not None:
+            by_customer = {k: v for k, v in by_customer.items() if k == cancel.customer_id}
+        refuse = cancel.customer_id is not None
+        if not by_customer:
+            if refuse:
+                return CancelOutcome(refused_code="meter_event_not_found",
+                                     refused_message=f"no event {cancel.identifier!r} for this customer")
+            return CancelOutcome()
+        canceled = []
+        updated = dict(self.seen.get(seen_key) or {})
+        for customer_id, first in sorted(by_customer.items()):
+            if first.canceled_offset is not None and first.canceled_offset != offset:
+                continue  # already canceled by an earlier cancellation
+            if first.canceled_offset is None:
+                if cancel.received_at_ms - first.reading.received_at_ms > CANCEL_WINDOW_MS:
+                    if refuse:
+                        return CancelOutcome(refused_code="meter_event_cancel_window_passed",
+                                             refused_message="events can be canceled only within 24 hours")
+                    continue
+                aggregator = aggregators_by_meter_id.get(first.meter_id)
+                if aggregator is None or not supports_cancel(aggregator):
+                    if refuse:
+                        return CancelOutcome(refused_code="meter_event_cancel_unsupported",
+                                             refused_message="only sum and count meters without window can cancel")
+                    continue
+                first = replace(first, canceled_offset=offset)
+                updated[customer_id] = first
+            bucket_key = (customer_id, first.meter_id, first.bucket_start_ms)
+            current = self.buckets.get(bucket_key)
+            bucket = None
+            if current is not None and current.applied_offset < offset:
+                bucket = UsageBucket(usage=_subtract(current.usage, first.reading), applied_offset=offset)
+                self.buckets[bucket_key] = bucket
+            canceled.append(CanceledEvent(customer_id=customer_id, seen=first, bucket_key=bucket_key, bucket=bucket))
+        self.seen[seen_key] = updated
+        return CancelOutcome(canceled=tuple(canceled))
+
+
+def bucket_value(aggregator: MeterAggregator, bucket: UsageBucket) -> tuple[Decimal, int]:
+    """A bucket's aggregated value and counted events (what UsageBucketUpdated carries)."""
+    return aggregator.result(bucket.usage), aggregator.event_count(bucket.usage)
