@@ -1,0 +1,46 @@
+"""Fixtures for the producer SDK tests: topics of their own, a meter catalog, a reader."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from billing.facts import MeterAggregation, MeterDefined
+from drawdown.settings import Settings
+from producers.catalog import MeterCatalog
+from schemas.codec import FactCodec
+from streams.topics import ensure_topics
+from tests.integration.producers.kafka_reading import read_records
+
+
+@pytest.fixture(scope="module")
+def producer_settings(settings: Settings) -> Settings:
+    """This module's own topics (3 partitions), created."""
+    own = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}-p{uuid.uuid4().hex[:6]}",
+                                      "partitions": 3})
+    ensure_topics(own)
+    return own
+
+
+@pytest.fixture(scope="module")
+def tokens_meter() -> MeterDefined:
+    return MeterDefined(meter_id="mtr_tokens", display_name="LLM tokens", event_name="llm_tokens",
+                        aggregation=MeterAggregation.SUM, created_at_ms=1_700_000_000_000)
+
+
+@pytest.fixture(scope="module")
+def catalog(tokens_meter: MeterDefined) -> MeterCatalog:
+    return MeterCatalog.of([tokens_meter])
+
+
+@pytest.fixture(scope="module")
+def codec() -> FactCodec:
+    return FactCodec()
+
+
+@pytest.fixture
+def records(producer_settings: Settings) -> Callable[..., list]:
+    """records(short_topic_name) -> every record of that topic (all partitions), as Kafka messages."""
+    return lambda name, **kwargs: read_records(producer_settings, producer_settings.topic(name), **kwargs)
