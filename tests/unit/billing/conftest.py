@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from hypothesis import settings
-
 from billing.facts import (
     CreditGrantCreated,
     GrantCategory,
@@ -20,9 +18,6 @@ from billing.facts import (
     UsageType,
 )
 from billing.grants import GrantState, create_grant
-
-settings.register_profile("billing_unit", max_examples=60, deadline=None)
-settings.load_profile("billing_unit")
 
 CUSTOMER_ID = "cus_jenny"
 SUBSCRIPTION_ID = "sub_1"

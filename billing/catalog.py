@@ -1,0 +1,67 @@
+"""The global catalog (meters and prices) as a frozen state folded from catalog facts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from billing.facts import (
+    MeterDeactivated,
+    MeterDefined,
+    MeterDisplayNameChanged,
+    MeterReactivated,
+    PriceCreated,
+    ProductCreated,
+)
+from billing.meters import MeterAggregator
+
+
+def _empty() -> Mapping:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """Meters by id and by event name, inactive meter ids, prices by id."""
+
+    meters: Mapping[str, MeterDefined] = field(default_factory=_empty)
+    meters_by_event_name: Mapping[str, MeterDefined] = field(default_factory=_empty)
+    inactive_meter_ids: frozenset[str] = frozenset()
+    prices: Mapping[str, PriceCreated] = field(default_factory=_empty)
+
+    def aggregator(self, meter_id: str) -> MeterAggregator:
+        """The aggregation rules of a meter."""
+        meter = self.meters[meter_id]
+        return MeterAggregator(meter.aggregation, meter.event_time_window)
+
+
+CatalogFact = (
+    MeterDefined | MeterDisplayNameChanged | MeterDeactivated | MeterReactivated | ProductCreated | PriceCreated
+)
+
+
+def evolve_catalog(catalog: Catalog, fact: CatalogFact) -> Catalog:
+    """The catalog after one catalog fact (unknown ids are ignored: facts are already accepted)."""
+    match fact:
+        case MeterDefined():
+            return replace(
+                catalog,
+                meters=MappingProxyType({**catalog.meters, fact.meter_id: fact}),
+                meters_by_event_name=MappingProxyType({**catalog.meters_by_event_name, fact.event_name: fact}),
+            )
+        case MeterDisplayNameChanged() if fact.meter_id in catalog.meters:
+            renamed = replace(catalog.meters[fact.meter_id], display_name=fact.display_name)
+            return replace(
+                catalog,
+                meters=MappingProxyType({**catalog.meters, fact.meter_id: renamed}),
+                meters_by_event_name=MappingProxyType({**catalog.meters_by_event_name, renamed.event_name: renamed}),
+            )
+        case MeterDeactivated():
+            return replace(catalog, inactive_meter_ids=catalog.inactive_meter_ids | {fact.meter_id})
+        case MeterReactivated():
+            return replace(catalog, inactive_meter_ids=catalog.inactive_meter_ids - {fact.meter_id})
+        case PriceCreated():
+            return replace(catalog, prices=MappingProxyType({**catalog.prices, fact.price_id: fact}))
+        case _:
+            return catalog

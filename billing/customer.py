@@ -1,0 +1,421 @@
+"""One customer's state and its fold: (state, fact, catalog, now) -> (state, facts emitted).
+
+The stream workers call this for every fact in a customer's log, and the fault test's brute-force
+reference calls the very same functions over the log read back from Kafka, so the engine and the
+reference cannot disagree by construction of two implementations.
+
+For speed the state is a mutable record that `evolve` updates in place and returns (the worker
+writes it back to its table once per batch); treat a state passed to evolve as consumed.
+
+Exactly once: `CustomerState.applied_offset` is the last position in the customer's log this
+record has applied. The caller skips facts at or below it (`already_applied`), and the record
+and its guard are written together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from billing.balances import LowBalanceWatch, UninvoicedPeriod, detect_low_balances, live_balance
+from billing.errors import BillingError
+from billing.facts import (
+    BillingReason,
+    CreditGrantCreated,
+    CreditGrantExpired,
+    CreditGrantUpdated,
+    CreditGrantVoided,
+    CustomerCreated,
+    InvoiceFinalized,
+    InvoiceVoidRequested,
+    MeterDeactivated,
+    MeterDefined,
+    MeterDisplayNameChanged,
+    MeterReactivated,
+    PriceCreated,
+    ProductCreated,
+    SubscriptionCancelScheduled,
+    SubscriptionCanceled,
+    SubscriptionCreated,
+    SubscriptionItem,
+    SubscriptionItemsChanged,
+    UsageType,
+)
+from billing.grants import GrantState, create_grant, expire_grant, update_grant, void_grant
+from billing.invoices import compute_invoice, rate_lines, void_invoice
+from billing.meters import MeterAggregator, MeterReading, MeterUsage
+from billing.periods import (
+    BillingPeriod,
+    cancel_immediately,
+    next_period,
+    subscription_period_containing,
+)
+from billing import ids
+from billing.usage import subtract_reading
+
+
+# --- the catalog (global, small) ---------------------------------------------------------------
+
+
+class Catalog:
+    """Meters, products and prices folded from the catalog facts."""
+
+    def __init__(self) -> None:
+        self.meters: dict[str, MeterDefined] = {}
+        self.meters_by_event_name: dict[str, MeterDefined] = {}
+        self.inactive_meter_ids: set[str] = set()
+        self.prices: dict[str, PriceCreated] = {}
+        self.products: dict[str, ProductCreated] = {}
+        self.aggregators: dict[str, MeterAggregator] = {}
+
+    def apply(self, fact: object) -> None:
+        """Fold one catalog fact (others are ignored)."""
+        if isinstance(fact, MeterDefined):
+            self.meters[fact.meter_id] = fact
+            self.meters_by_event_name[fact.event_name] = fact
+            self.aggregators[fact.meter_id] = MeterAggregator(fact.aggregation, fact.event_time_window)
+        elif isinstance(fact, MeterDeactivated):
+            self.inactive_meter_ids.add(fact.meter_id)
+        elif isinstance(fact, MeterReactivated):
+            self.inactive_meter_ids.discard(fact.meter_id)
+        elif isinstance(fact, MeterDisplayNameChanged) and fact.meter_id in self.meters:
+            pass  # display names do not affect billing
+        elif isinstance(fact, PriceCreated):
+            self.prices[fact.price_id] = fact
+        elif isinstance(fact, ProductCreated):
+            self.products[fact.product_id] = fact
+
+
+# --- state ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SubscriptionState:
+    created: SubscriptionCreated
+    items: tuple[SubscriptionItem, ...]
+    interval: object  # RecurringInterval of its prices
+    interval_count: int
+    open_period: BillingPeriod  # the oldest period not yet invoiced
+    final_period_end_ms: int | None = None  # canceled: the last period ends here (then no more)
+    final_reason: BillingReason | None = None
+    ended: bool = False
+
+    @property
+    def subscription_id(self) -> str:
+        return self.created.subscription_id
+
+    def current_end_ms(self) -> int:
+        if self.final_period_end_ms is not None:
+            return min(self.final_period_end_ms, self.open_period.end_ms)
+        return self.open_period.end_ms
+
+
+@dataclass(slots=True)
+class CustomerState:
+    """Everything the engine keeps about one customer, and the last log offset it applied."""
+
+    customer_id: str
+    applied_offset: int = -1
+    created: CustomerCreated | None = None
+    grants: dict[str, GrantState] = field(default_factory=dict)
+    subscriptions: dict[str, SubscriptionState] = field(default_factory=dict)
+    # Usage of periods not yet invoiced: (subscription_id, period_start_ms, meter_id) -> usage.
+    period_usage: dict[tuple[str, int, str], MeterUsage] = field(default_factory=dict)
+    invoices: dict[str, InvoiceFinalized] = field(default_factory=dict)
+    voided_invoice_ids: set[str] = field(default_factory=set)
+    live_pending: bool = False
+    live_published_ms: int | None = None
+    low_balance_watches: dict[str, tuple[LowBalanceWatch, ...]] = field(default_factory=dict)
+
+    @property
+    def test_clock_id(self) -> str | None:
+        return self.created.test_clock_id if self.created else None
+
+    def already_applied(self, offset: int) -> bool:
+        return offset <= self.applied_offset
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A fact the rules refuse: the worker turns it into a DeadLetter with this code."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class FoldConfig:
+    grace_period_ms: int
+    live_balance_interval_ms: int = 250
+    low_balance_thresholds_minor: tuple[int, ...] = (0,)
+
+
+# --- subscriptions -------------------------------------------------------------------------------
+
+
+def _subscription_interval(items: Iterable[SubscriptionItem], catalog: Catalog) -> tuple[object, int]:
+    for item in items:
+        price = catalog.prices.get(item.price_id)
+        if price is not None:
+            return price.recurring_interval, price.recurring_interval_count
+    raise BillingError(f"subscription has no known price")
+
+
+def _meter_subscriptions(state: CustomerState, meter_id: str, catalog: Catalog) -> Iterable[SubscriptionState]:
+    for sub in state.subscriptions.values():
+        if sub.ended:
+            continue
+        for item in sub.items:
+            price = catalog.prices.get(item.price_id)
+            if price is not None and price.usage_type == UsageType.METERED and price.meter_id == meter_id:
+                yield sub
+                break
+
+
+def _period_of(sub: SubscriptionState, instant_ms: int) -> BillingPeriod | None:
+    start_ms = sub.created.created_at_ms
+    if instant_ms < start_ms:
+        return None
+    if sub.final_period_end_ms is not None and instant_ms >= sub.final_period_end_ms:
+        return None
+    period = subscription_period_containing(
+        start_ms, sub.created.billing_cycle_anchor_ms, sub.interval, sub.interval_count, instant_ms)
+    if period.start_ms < sub.open_period.start_ms:
+        return None  # already invoiced: late usage is not billed (replay still reports it)
+    return period
+
+
+def add_usage(state: CustomerState, meter_id: str, reading: MeterReading, aggregator: MeterAggregator,
+              catalog: Catalog) -> None:
+    """Count one accepted, first-seen reading toward every open period that bills its meter."""
+    for sub in _meter_subscriptions(state, meter_id, catalog):
+        period = _period_of(sub, reading.event_time_ms)
+        if period is None:
+            continue
+        key = (sub.subscription_id, period.start_ms, meter_id)
+        state.period_usage[key] = aggregator.add(state.period_usage.get(key) or aggregator.initialize(), reading)
+    state.live_pending = True
+
+
+def remove_usage(state: CustomerState, meter_id: str, reading: MeterReading, aggregator: MeterAggregator,
+                 catalog: Catalog) -> None:
+    """Take a canceled reading back out of the open periods that counted it."""
+    for sub in _meter_subscriptions(state, meter_id, catalog):
+        period = _period_of(sub, reading.event_time_ms)
+        if period is None:
+            continue
+        key = (sub.subscription_id, period.start_ms, meter_id)
+        if key in state.period_usage:
+            state.period_usage[key] = subtract_reading(aggregator, state.period_usage[key], reading)
+    state.live_pending = True
+
+
+def _period_usage_by_meter(state: CustomerState, sub: SubscriptionState, period_start_ms: int,
+                           catalog: Catalog) -> dict[str, Decimal]:
+    usage = {}
+    for (sub_id, start_ms, meter_id), meter_usage in state.period_usage.items():
+        if sub_id == sub.subscription_id and start_ms == period_start_ms:
+            usage[meter_id] = catalog.aggregators[meter_id].result(meter_usage)
+    return usage
+
+
+# --- the fold ------------------------------------------------------------------------------------
+
+
+def evolve(state: CustomerState, fact: object, catalog: Catalog, now_ms: int,
+           config: FoldConfig) -> tuple[CustomerState, list]:
+    """Apply one customer fact (not a meter event: see add_usage) and then let time reach `now_ms`.
+
+    Returns the state and what to emit: derived facts and `Rejected` markers.
+    """
+    emitted: list = []
+    try:
+        if isinstance(fact, CustomerCreated):
+            state.created = fact
+        elif isinstance(fact, SubscriptionCreated):
+            interval, count = _subscription_interval(fact.items, catalog)
+            open_period = subscription_period_containing(
+                fact.created_at_ms, fact.billing_cycle_anchor_ms, interval, count, fact.created_at_ms)
+            state.subscriptions[fact.subscription_id] = SubscriptionState(
+                created=fact, items=tuple(fact.items), interval=interval, interval_count=count,
+                open_period=open_period)
+        elif isinstance(fact, SubscriptionItemsChanged):
+            sub = state.subscriptions.get(fact.subscription_id)
+            if sub is None:
+                emitted.append(Rejected("resource_missing", f"no subscription {fact.subscription_id}"))
+            else:
+                sub.items = tuple(fact.items)
+        elif isinstance(fact, SubscriptionCancelScheduled):
+            sub = state.subscriptions.get(fact.subscription_id)
+            if sub is not None and fact.cancel_at_period_end:
+                sub.final_period_end_ms = sub.open_period.end_ms
+                sub.final_reason = BillingReason.SUBSCRIPTION_CANCEL
+            elif sub is not None:
+                sub.final_period_end_ms = None
+                sub.final_reason = None
+        elif isinstance(fact, SubscriptionCanceled):
+            sub = state.subscriptions.get(fact.subscription_id)
+            if sub is not None and not sub.ended:
+                plan = cancel_immediately(sub.open_period, fact.canceled_at_ms, fact.invoice_now)
+                if plan.period is None:
+                    _end_subscription(state, sub)
+                else:
+                    sub.final_period_end_ms = plan.period.end_ms
+                    sub.final_reason = plan.billing_reason
+        elif isinstance(fact, CreditGrantCreated):
+            grant, transactions = create_grant(fact)
+            state.grants[fact.grant_id] = grant
+            emitted.extend(transactions)
+            state.live_pending = True
+        elif isinstance(fact, CreditGrantUpdated):
+            if fact.grant_id in state.grants:
+                state.grants[fact.grant_id] = update_grant(state.grants[fact.grant_id], fact)
+        elif isinstance(fact, CreditGrantExpired):
+            grant, transactions = expire_grant(_grant(state, fact.grant_id), fact.expired_at_ms)
+            state.grants[fact.grant_id] = grant
+            emitted.extend(transactions)
+            state.live_pending = True
+        elif isinstance(fact, CreditGrantVoided):
+            grant, transactions = void_grant(_grant(state, fact.grant_id), fact.voided_at_ms)
+            state.grants[fact.grant_id] = grant
+            emitted.extend(transactions)
+            state.live_pending = True
+        elif isinstance(fact, InvoiceVoidRequested):
+            invoice = state.invoices.get(fact.invoice_id)
+            if invoice is None:
+                emitted.append(Rejected("resource_missing", f"no finalized invoice {fact.invoice_id}"))
+            else:
+                voiding = void_invoice(invoice, state.grants, fact.requested_at_ms,
+                                       frozenset(state.voided_invoice_ids))
+                state.grants = dict(voiding.grants)
+                state.voided_invoice_ids.add(fact.invoice_id)
+                emitted.append(voiding.voided)
+                emitted.extend(voiding.transactions)
+                state.live_pending = True
+    except BillingError as error:
+        emitted.append(Rejected(error.code, str(error)))
+    emitted.extend(advance_time(state, now_ms, catalog, config))
+    return state, emitted
+
+
+def _grant(state: CustomerState, grant_id: str) -> GrantState:
+    grant = state.grants.get(grant_id)
+    if grant is None:
+        raise BillingError(f"no credit grant {grant_id}")
+    return grant
+
+
+def _end_subscription(state: CustomerState, sub: SubscriptionState) -> None:
+    sub.ended = True
+    for key in [key for key in state.period_usage if key[0] == sub.subscription_id]:
+        del state.period_usage[key]
+
+
+# --- time ----------------------------------------------------------------------------------------
+
+
+def _due_items(state: CustomerState, config: FoldConfig) -> list[tuple[int, int, str]]:
+    """(due_ms, kind order, id): finalizations (0) and grant expiries (1)."""
+    due = []
+    for sub in state.subscriptions.values():
+        if not sub.ended:
+            due.append((sub.current_end_ms() + config.grace_period_ms, 0, sub.subscription_id))
+    for grant in state.grants.values():
+        if grant.expires_at_ms is not None and not grant.is_voided() and grant.expired_at_ms is None:
+            due.append((grant.expires_at_ms, 1, grant.grant_id))
+    return due
+
+
+def next_due_ms(state: CustomerState, config: FoldConfig) -> int | None:
+    """When time next changes this customer (an invoice to finalize, a grant to expire), or None."""
+    due = _due_items(state, config)
+    return min(due)[0] if due else None
+
+
+def advance_time(state: CustomerState, now_ms: int, catalog: Catalog, config: FoldConfig) -> list:
+    """Everything due at or before `now_ms`, in due order: finalized invoices and expired grants."""
+    emitted: list = []
+    while True:
+        due = [item for item in _due_items(state, config) if item[0] <= now_ms]
+        if not due:
+            return emitted
+        due_ms, kind, item_id = min(due)
+        if kind == 1:
+            grant, transactions = expire_grant(state.grants[item_id], due_ms)
+            state.grants[item_id] = grant
+            emitted.extend(transactions)
+        else:
+            emitted.extend(_finalize(state, state.subscriptions[item_id], due_ms, catalog))
+        state.live_pending = True
+
+
+def _finalize(state: CustomerState, sub: SubscriptionState, due_ms: int, catalog: Catalog) -> list:
+    period = BillingPeriod(sub.open_period.start_ms, sub.current_end_ms())
+    final = sub.final_period_end_ms is not None and period.end_ms >= sub.final_period_end_ms
+    computation = compute_invoice(
+        customer_id=state.customer_id,
+        subscription_id=sub.subscription_id,
+        currency=sub.created.currency,
+        period=period,
+        billing_reason=(sub.final_reason or BillingReason.SUBSCRIPTION_CANCEL) if final
+        else BillingReason.SUBSCRIPTION_CYCLE,
+        finalized_at_ms=due_ms,
+        items=sub.items,
+        prices=catalog.prices,
+        usage_by_meter_id=_period_usage_by_meter(state, sub, period.start_ms, catalog),
+        grants=state.grants,
+    )
+    state.grants = dict(computation.grants)
+    state.invoices[computation.invoice.invoice_id] = computation.invoice
+    for key in [key for key in state.period_usage if key[0] == sub.subscription_id and key[1] == period.start_ms]:
+        del state.period_usage[key]
+    if final:
+        _end_subscription(state, sub)
+    else:
+        sub.open_period = next_period(sub.open_period, sub.created.billing_cycle_anchor_ms, sub.interval,
+                                      sub.interval_count)
+    return [computation.invoice, *computation.transactions]
+
+
+# --- live balance --------------------------------------------------------------------------------
+
+
+def live_balance_facts(state: CustomerState, catalog: Catalog, as_of_ms: int, config: FoldConfig,
+                       force: bool = False) -> list:
+    """LiveBalanceChanged per currency (and LowBalanceAlerts) if a change is pending and the
+    throttle interval has passed since the last one (or `force`)."""
+    if not state.live_pending:
+        return []
+    if not force and state.live_published_ms is not None and \
+            as_of_ms - state.live_published_ms < config.live_balance_interval_ms:
+        return []
+    currencies = sorted({grant.currency for grant in state.grants.values()}
+                        | {sub.created.currency for sub in state.subscriptions.values() if not sub.ended})
+    emitted: list = []
+    for currency in currencies:
+        periods = []
+        for sub in state.subscriptions.values():
+            if sub.ended or sub.created.currency != currency:
+                continue
+            starts = sorted({key[1] for key in state.period_usage if key[0] == sub.subscription_id})
+            for start_ms in starts:
+                period = subscription_period_containing(
+                    sub.created.created_at_ms, sub.created.billing_cycle_anchor_ms, sub.interval,
+                    sub.interval_count, start_ms)
+                invoice_id = ids.invoice_id(sub.subscription_id, start_ms)
+                lines = rate_lines(invoice_id, sub.items, catalog.prices,
+                                   _period_usage_by_meter(state, sub, start_ms, catalog), currency)
+                periods.append(UninvoicedPeriod(period_end_ms=period.end_ms, lines=lines))
+        balance = live_balance(state.customer_id, currency, state.grants.values(), periods, catalog.prices,
+                               as_of_ms)
+        emitted.append(balance)
+        watches = state.low_balance_watches.get(currency) or tuple(
+            LowBalanceWatch(customer_id=state.customer_id, currency=currency, threshold_minor=threshold)
+            for threshold in config.low_balance_thresholds_minor)
+        watches, alerts = detect_low_balances(watches, balance.live_balance_minor, as_of_ms)
+        state.low_balance_watches[currency] = watches
+        emitted.extend(alerts)
+    state.live_pending = False
+    state.live_published_ms = as_of_ms
+    return emitted
