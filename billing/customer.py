@@ -29,12 +29,6 @@ from billing.facts import (
     CustomerCreated,
     InvoiceFinalized,
     InvoiceVoidRequested,
-    MeterDeactivated,
-    MeterDefined,
-    MeterDisplayNameChanged,
-    MeterReactivated,
-    PriceCreated,
-    ProductCreated,
     SubscriptionCancelScheduled,
     SubscriptionCanceled,
     SubscriptionCreated,
@@ -52,39 +46,8 @@ from billing.periods import (
     subscription_period_containing,
 )
 from billing import ids
+from billing.catalog import Catalog
 from billing.usage import subtract_reading
-
-
-# --- the catalog (global, small) ---------------------------------------------------------------
-
-
-class Catalog:
-    """Meters, products and prices folded from the catalog facts."""
-
-    def __init__(self) -> None:
-        self.meters: dict[str, MeterDefined] = {}
-        self.meters_by_event_name: dict[str, MeterDefined] = {}
-        self.inactive_meter_ids: set[str] = set()
-        self.prices: dict[str, PriceCreated] = {}
-        self.products: dict[str, ProductCreated] = {}
-        self.aggregators: dict[str, MeterAggregator] = {}
-
-    def apply(self, fact: object) -> None:
-        """Fold one catalog fact (others are ignored)."""
-        if isinstance(fact, MeterDefined):
-            self.meters[fact.meter_id] = fact
-            self.meters_by_event_name[fact.event_name] = fact
-            self.aggregators[fact.meter_id] = MeterAggregator(fact.aggregation, fact.event_time_window)
-        elif isinstance(fact, MeterDeactivated):
-            self.inactive_meter_ids.add(fact.meter_id)
-        elif isinstance(fact, MeterReactivated):
-            self.inactive_meter_ids.discard(fact.meter_id)
-        elif isinstance(fact, MeterDisplayNameChanged) and fact.meter_id in self.meters:
-            pass  # display names do not affect billing
-        elif isinstance(fact, PriceCreated):
-            self.prices[fact.price_id] = fact
-        elif isinstance(fact, ProductCreated):
-            self.products[fact.product_id] = fact
 
 
 # --- state ---------------------------------------------------------------------------------------
@@ -216,7 +179,7 @@ def _period_usage_by_meter(state: CustomerState, sub: SubscriptionState, period_
     usage = {}
     for (sub_id, start_ms, meter_id), meter_usage in state.period_usage.items():
         if sub_id == sub.subscription_id and start_ms == period_start_ms:
-            usage[meter_id] = catalog.aggregators[meter_id].result(meter_usage)
+            usage[meter_id] = catalog.aggregator(meter_id).result(meter_usage)
     return usage
 
 
