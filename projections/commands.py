@@ -1,0 +1,70 @@
+"""`drawdown projector` (the long-running projector) and `drawdown projections rebuild`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from deploy.local import EngineProcess
+from drawdown.settings import Settings, get_settings
+
+
+def _projector_ready(settings: Settings) -> bool:
+    ready_file = settings.state_dir / "projector.ready"
+    return ready_file.exists()
+
+
+ENGINE_PROCESSES = (
+    EngineProcess(
+        name="projector",
+        command=("projector",),
+        describe=lambda settings: "projector: Kafka facts -> PostgreSQL (offsets stored with the rows)",
+        ready=_projector_ready,
+    ),
+)
+
+
+def run_projector(args: argparse.Namespace) -> int:
+    from streams.topics import ensure_topics
+    from projections.migrate import migrate
+    from projections.projector import Projector
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = get_settings()
+    ensure_topics(settings)
+    migrate(settings.effective_database_url)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    ready_file = settings.state_dir / "projector.ready"
+    ready_file.parent.mkdir(parents=True, exist_ok=True)
+    ready_file.touch()
+    try:
+        Projector(settings).run(stop)
+    finally:
+        ready_file.unlink(missing_ok=True)
+    return 0
+
+
+def run_rebuild(args: argparse.Namespace) -> int:
+    from streams.topics import ensure_topics
+    from projections.projector import rebuild
+
+    settings = get_settings()
+    ensure_topics(settings)
+    applied = rebuild(settings, schema=args.schema)
+    print(f"rebuilt schema {args.schema}: {applied} facts applied")
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    subparsers.add_parser("projector", help="project the topics into PostgreSQL (runs until stopped)").set_defaults(
+        run=run_projector)
+    projections = subparsers.add_parser("projections", help="projection maintenance")
+    actions = projections.add_subparsers(dest="action", required=True)
+    rebuild = actions.add_parser("rebuild", help="empty the projection tables and replay every topic into them "
+                                                 "(stop the projector first)")
+    rebuild.add_argument("--schema", default="public", help="PostgreSQL schema to rebuild (default: public)")
+    rebuild.set_defaults(run=run_rebuild)

@@ -1,0 +1,261 @@
+"""The projector: Kafka facts -> PostgreSQL rows, exactly once.
+
+Each consumed batch is written in ONE transaction together with each partition's next offset
+(table projection_offset). On assignment the consumer starts from the stored offsets, not from
+Kafka's committed ones, so a crash anywhere either loses the whole batch (it is read again) or
+keeps it with its offsets (it is not read again). The offset update is fenced with the offset we
+expect to find: a zombie projector whose partitions moved to another one updates zero rows, rolls
+back, and re-reads its position.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from drawdown.settings import Settings
+from projections.migrate import migrate
+from projections.writers import IGNORED_FACTS, Batch
+from schemas.catalogue import load_catalogue
+from schemas.codec import SINGLE_OBJECT_MAGIC, FactCodec
+from schemas.errors import UndecodableFact
+
+log = logging.getLogger("drawdown.projector")
+
+PROJECTION = "main"
+SOURCE_TOPICS = ("catalog", "customer-facts", "invoices", "credit-balance-transactions", "usage-buckets",
+                 "live-balances", "dead-letters")
+# Projection tables (what a rebuild empties and what must come out identical).
+PROJECTION_TABLES = ("test_clocks", "meters", "products", "prices", "customers", "subscriptions",
+                     "subscription_items", "credit_grants", "credit_balance_transactions", "invoices", "invoice_lines",
+                     "invoice_line_credits", "usage_buckets", "live_balances", "low_balance_alerts", "dead_letters")
+MAX_BATCH_MESSAGES = 5000
+
+
+class OffsetFenced(RuntimeError):
+    """The stored offset is not the one this projector expected: another projector owns the partition."""
+
+
+def connect(database_url: str, schema: str, **kwargs: Any) -> psycopg.Connection:
+    """A connection whose search_path is the projection's schema."""
+    conn = psycopg.connect(database_url, **kwargs)
+    conn.execute(sql.SQL("set search_path to {}").format(sql.Identifier(schema)))
+    conn.commit()
+    return conn
+
+
+class Projector:
+    """Projects the topics of FACTS.md into the tables of projections/migrations."""
+
+    def __init__(self, settings: Settings, *, schema: str = "public", projection: str = PROJECTION,
+                 codec: FactCodec | None = None) -> None:
+        self.settings = settings
+        self.schema = schema
+        self.projection = projection
+        self.codec = codec or FactCodec(settings.schema_registry_url or None)
+        self.topics = {settings.topic(name): name for name in SOURCE_TOPICS}
+        # Skipped facts are recognised from the single-object header, without decoding their body.
+        self._ignored_fingerprints = {
+            fingerprint for fingerprint, fact_schema in load_catalogue().by_fingerprint.items()
+            if issubclass(fact_schema.fact_class, IGNORED_FACTS)}
+        self._positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset as stored
+        self._conn: psycopg.Connection | None = None
+        self.rows_written = 0
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            migrate(self.settings.effective_database_url, self.schema)
+            self._conn = connect(self.settings.effective_database_url, self.schema)
+        return self._conn
+
+    def _consumer(self, group: bool) -> Any:
+        from confluent_kafka import Consumer
+
+        config = {
+            "bootstrap.servers": self.settings.effective_kafka_bootstrap_servers,
+            "group.id": f"{self.settings.topic_prefix}.projector.{self.schema}.{self.projection}",
+            # Offsets live in Postgres, in the same transaction as the rows: Kafka's are never used.
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            # Only facts of committed producer transactions are facts.
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "range",
+            "fetch.wait.max.ms": 50,
+        }
+        return Consumer(config)
+
+    def stored_offsets(self) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> next offset, as stored in projection_offset."""
+        conn = self._connection()
+        with conn.transaction():
+            rows = conn.execute("select topic, partition, next_offset from projection_offset where projection = %s",
+                                (self.projection,)).fetchall()
+        return {(topic, partition): next_offset for topic, partition, next_offset in rows}
+
+    def _seek_positions(self, partitions: Iterable[Any]) -> list[Any]:
+        from confluent_kafka import OFFSET_BEGINNING
+
+        stored = self.stored_offsets()
+        assigned = []
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            self._positions[key] = stored.get(key, -1)  # -1: no row yet
+            tp.offset = stored[key] if key in stored else OFFSET_BEGINNING
+            assigned.append(tp)
+        return assigned
+
+    def run(self, stop: threading.Event, on_batch: Callable[[int], None] | None = None) -> None:
+        """Project until `stop` is set, as a member of the projector consumer group."""
+        self._connection()  # migrate before the first assignment reads offsets
+        consumer = self._consumer(group=True)
+
+        def on_assign(consumer_: Any, partitions: list[Any]) -> None:
+            consumer_.assign(self._seek_positions(partitions))
+
+        def on_revoke(consumer_: Any, partitions: list[Any]) -> None:
+            for tp in partitions:
+                self._positions.pop((tp.topic, tp.partition), None)
+
+        consumer.subscribe(list(self.topics), on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
+        try:
+            while not stop.is_set():
+                messages = consumer.consume(num_messages=MAX_BATCH_MESSAGES, timeout=0.2)
+                if not messages:
+                    continue
+                try:
+                    written = self.project(messages)
+                except OffsetFenced as exc:
+                    log.warning("%s; re-reading positions", exc)
+                    consumer.assign(self._seek_positions(consumer.assignment()))
+                    continue
+                if on_batch is not None:
+                    on_batch(written)
+        finally:
+            consumer.close()
+            if self._conn is not None:
+                self._conn.close()
+
+    def catch_up(self, timeout_s: float = 300.0) -> int:
+        """Project every partition from its stored offset to the end offset seen at the start,
+        without a consumer group (used by rebuild and by tests); returns the facts applied."""
+        from confluent_kafka import TopicPartition
+
+        consumer = self._consumer(group=False)
+        try:
+            metadata = consumer.list_topics(timeout=10)
+            partitions = [TopicPartition(topic, partition)
+                          for topic in self.topics for partition in metadata.topics[topic].partitions]
+            ends = {(tp.topic, tp.partition): end_offset(consumer, tp) for tp in partitions}
+            consumer.assign(self._seek_positions(partitions))
+            applied = 0
+            deadline = time.monotonic() + timeout_s
+            while any(max(self._positions[key], 0) < end for key, end in ends.items()):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("projection did not reach the end offsets in time")
+                messages = consumer.consume(num_messages=MAX_BATCH_MESSAGES, timeout=0.5)
+                if messages:
+                    applied += self.project(messages)
+                elif self._only_gaps_left(consumer, ends):
+                    break
+            return applied
+        finally:
+            consumer.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _only_gaps_left(self, consumer: Any, ends: dict[tuple[str, int], int]) -> bool:
+        # Transaction markers take offsets no message carries: the consumer position tells us.
+        positions = consumer.position([tp for tp in consumer.assignment()])
+        return all(tp.offset < 0 or tp.offset >= ends[(tp.topic, tp.partition)] for tp in positions)
+
+    # --- one batch, one transaction -----------------------------------------------------------
+
+    def project(self, messages: list[Any]) -> int:
+        """Write a batch of consumed messages and their partitions' next offsets in one transaction.
+
+        Returns the number of facts applied. Raises OffsetFenced (and writes nothing) when a stored
+        offset is not the one expected.
+        """
+        batch = Batch()
+        next_offsets: dict[tuple[str, int], int] = {}
+        ignored = self._ignored_fingerprints
+        for message in messages:
+            if message.error() is not None:
+                if message.error().code() == -191:  # _PARTITION_EOF: not an error
+                    continue
+                raise RuntimeError(f"kafka: {message.error()}")
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            key = (topic, partition)
+            if key not in self._positions:
+                continue  # revoked while the batch was in flight
+            next_offsets[key] = offset + 1
+            value = message.value()
+            if value is not None and value[:2] == SINGLE_OBJECT_MAGIC and value[2:10] in ignored:
+                continue
+            try:
+                fact = self.codec.decode(value or b"")
+            except UndecodableFact as error:
+                # The record's own timestamp, not the clock: a rebuild must write the same row.
+                batch.add_undecodable(topic, partition, offset, value, error.reason_code, str(error),
+                                      message.timestamp()[1])
+                continue
+            batch.add(fact, partition, offset)
+        if not next_offsets:
+            return 0
+        conn = self._connection()
+        with conn.transaction():  # rows and offsets together, or neither
+            batch.write(conn)
+            self._store_offsets(conn, next_offsets)
+        self._positions.update(next_offsets)
+        self.rows_written += batch.row_count
+        return batch.facts_applied
+
+    def _store_offsets(self, conn: psycopg.Connection, next_offsets: dict[tuple[str, int], int]) -> None:
+        with conn.cursor() as cursor:
+            for (topic, partition), next_offset in next_offsets.items():
+                expected = self._positions[(topic, partition)]
+                if expected < 0:
+                    cursor.execute("insert into projection_offset (projection, topic, partition, next_offset)"
+                                   " values (%s, %s, %s, %s) on conflict do nothing",
+                                   (self.projection, topic, partition, next_offset))
+                else:
+                    cursor.execute("update projection_offset set next_offset = %s where projection = %s and topic = %s"
+                                   " and partition = %s and next_offset = %s",
+                                   (next_offset, self.projection, topic, partition, expected))
+                if cursor.rowcount != 1:
+                    raise OffsetFenced(f"{topic}[{partition}]: stored offset is not {expected}")
+
+
+def end_offset(consumer: Any, tp: Any, attempts: int = 50) -> int:
+    """The partition's high watermark, retried while a new topic's leader is being elected."""
+    from confluent_kafka import KafkaException
+
+    for attempt in range(attempts):
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=10)[1]
+        except KafkaException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+def rebuild(settings: Settings, schema: str = "public", timeout_s: float = 600.0) -> int:
+    """Empty the projection tables of `schema` and replay every topic into them up to the end
+    offsets seen at the start. Stop the live projector of that schema first."""
+    migrate(settings.effective_database_url, schema)
+    with connect(settings.effective_database_url, schema) as conn:
+        with conn.transaction():
+            conn.execute("truncate " + ", ".join(PROJECTION_TABLES))
+            conn.execute("delete from projection_offset where projection = %s", (PROJECTION,))
+    return Projector(settings, schema=schema).catch_up(timeout_s)

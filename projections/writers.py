@@ -1,0 +1,303 @@
+"""Facts -> rows: what the projector writes for each fact, collected per batch.
+
+Low-volume facts (catalog, customers, subscriptions, grants, invoices, clocks) become SQL
+statements executed in log order inside the batch's transaction. The high-volume facts (usage
+buckets, credit balance transactions) are collected as rows and merged with one binary COPY into
+a staging table each. Every write is an idempotent upsert keyed by the fact's deterministic id,
+so replaying a fact changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import singledispatchmethod
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from billing import facts as f
+
+Statement = tuple[str, tuple[Any, ...]]
+
+USAGE_BUCKET_COLUMNS = ("customer_id", "meter_id", "bucket_start_ms", "value", "event_count", "updated_at_ms",
+                        "source_partition", "source_offset")
+USAGE_BUCKET_TYPES = ("text", "text", "int8", "numeric", "int8", "int8", "int4", "int8")
+TRANSACTION_COLUMNS = ("id", "customer_id", "grant_id", "currency", "amount_minor", "type", "reason", "invoice_id",
+                       "invoice_line_id", "effective_at_ms")
+TRANSACTION_TYPES = ("text", "text", "text", "text", "int8", "text", "text", "text", "text", "int8")
+
+# Facts the projector reads past: the hot meter events (the workers fold them into usage buckets)
+# and time facts other than test clocks.
+IGNORED_FACTS = (f.MeterEventRecorded, f.MeterEventCanceled, f.TimeTicked, f.InvoiceVoidRequested)
+
+
+@dataclass
+class Batch:
+    """The rows one consumed batch writes; `add` in log order, then `write` in one transaction."""
+
+    statements: list[Statement] = field(default_factory=list)
+    usage_buckets: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
+    transactions: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    live_balances: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
+    facts_applied: int = 0
+
+    @property
+    def row_count(self) -> int:
+        return len(self.statements) + len(self.usage_buckets) + len(self.transactions) + len(self.live_balances)
+
+    def add(self, fact: Any, partition: int, offset: int) -> None:
+        """Collect what `fact` (read at partition/offset) writes."""
+        if isinstance(fact, IGNORED_FACTS):
+            return
+        self.facts_applied += 1
+        self._add(fact, partition, offset)
+
+    def add_undecodable(self, topic: str, partition: int, offset: int, value: bytes, reason_code: str,
+                        message: str, now_ms: int) -> None:
+        """A record the projector cannot decode becomes a dead-letter row, so it is seen, not lost."""
+        self.statements.append((
+            "insert into dead_letters (topic, partition, \"offset\", reason_code, message, customer_id, original_bytes,"
+            " dead_lettered_at_ms) values (%s, %s, %s, %s, %s, null, %s, %s) on conflict do nothing",
+            (topic, partition, offset, reason_code, message[:1000], value or b"", now_ms)))
+
+    @singledispatchmethod
+    def _add(self, fact: Any, partition: int, offset: int) -> None:
+        raise TypeError(f"the projector has no rule for {type(fact).__name__}")
+
+    # --- catalog ----------------------------------------------------------------------------
+
+    @_add.register
+    def _(self, fact: f.MeterDefined, partition: int, offset: int) -> None:
+        self.statements.append((
+            "insert into meters (id, display_name, event_name, aggregation, customer_payload_key, value_payload_key,"
+            " event_time_window, status, created_ms, updated_ms) values (%s, %s, %s, %s, %s, %s, %s, 'active', %s, %s)"
+            " on conflict do nothing",
+            (fact.meter_id, fact.display_name, fact.event_name, str(fact.aggregation), fact.customer_payload_key,
+             fact.value_payload_key, _text(fact.event_time_window), fact.created_at_ms, fact.created_at_ms)))
+
+    @_add.register
+    def _(self, fact: f.MeterDisplayNameChanged, partition: int, offset: int) -> None:
+        self.statements.append(("update meters set display_name = %s, updated_ms = %s where id = %s",
+                                (fact.display_name, fact.changed_at_ms, fact.meter_id)))
+
+    @_add.register
+    def _(self, fact: f.MeterDeactivated, partition: int, offset: int) -> None:
+        self.statements.append(("update meters set status = 'inactive', updated_ms = %s where id = %s",
+                                (fact.deactivated_at_ms, fact.meter_id)))
+
+    @_add.register
+    def _(self, fact: f.MeterReactivated, partition: int, offset: int) -> None:
+        self.statements.append(("update meters set status = 'active', updated_ms = %s where id = %s",
+                                (fact.reactivated_at_ms, fact.meter_id)))
+
+    @_add.register
+    def _(self, fact: f.ProductCreated, partition: int, offset: int) -> None:
+        self.statements.append(("insert into products (id, name, metadata, created_ms) values (%s, %s, %s, %s)"
+                                " on conflict do nothing",
+                                (fact.product_id, fact.name, Jsonb(dict(fact.metadata)), fact.created_at_ms)))
+
+    @_add.register
+    def _(self, fact: f.PriceCreated, partition: int, offset: int) -> None:
+        self.statements.append((
+            "insert into prices (id, product_id, currency, unit_amount_decimal, usage_type, meter_id, recurring_interval,"
+            " recurring_interval_count, created_ms) values (%s, %s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+            (fact.price_id, fact.product_id, fact.currency, fact.unit_amount_decimal, str(fact.usage_type),
+             fact.meter_id, str(fact.recurring_interval), fact.recurring_interval_count, fact.created_at_ms)))
+
+    # --- customers, subscriptions, grants ---------------------------------------------------
+
+    @_add.register
+    def _(self, fact: f.CustomerCreated, partition: int, offset: int) -> None:
+        self.statements.append((
+            "insert into customers (id, name, email, test_clock_id, metadata, created_ms) values (%s, %s, %s, %s, %s, %s)"
+            " on conflict do nothing",
+            (fact.customer_id, fact.name, fact.email, fact.test_clock_id, Jsonb(dict(fact.metadata)), fact.created_at_ms)))
+
+    @_add.register
+    def _(self, fact: f.SubscriptionCreated, partition: int, offset: int) -> None:
+        self.statements.append((
+            "insert into subscriptions (id, customer_id, currency, billing_cycle_anchor_ms, test_clock_id, status,"
+            " created_ms) values (%s, %s, %s, %s, %s, 'active', %s) on conflict do nothing",
+            (fact.subscription_id, fact.customer_id, fact.currency, fact.billing_cycle_anchor_ms, fact.test_clock_id,
+             fact.created_at_ms)))
+        self._items(fact.subscription_id, fact.items)
+
+    @_add.register
+    def _(self, fact: f.SubscriptionItemsChanged, partition: int, offset: int) -> None:
+        self.statements.append(("delete from subscription_items where subscription_id = %s", (fact.subscription_id,)))
+        self._items(fact.subscription_id, fact.items)
+
+    def _items(self, subscription_id: str, items: tuple[f.SubscriptionItem, ...]) -> None:
+        for position, item in enumerate(items):
+            self.statements.append((
+                "insert into subscription_items (id, subscription_id, price_id, quantity, position)"
+                " values (%s, %s, %s, %s, %s) on conflict (id) do update set price_id = excluded.price_id,"
+                " quantity = excluded.quantity, position = excluded.position",
+                (item.item_id, subscription_id, item.price_id, item.quantity, position)))
+
+    @_add.register
+    def _(self, fact: f.SubscriptionCancelScheduled, partition: int, offset: int) -> None:
+        self.statements.append(("update subscriptions set cancel_at_period_end = %s where id = %s",
+                                (fact.cancel_at_period_end, fact.subscription_id)))
+
+    @_add.register
+    def _(self, fact: f.SubscriptionCanceled, partition: int, offset: int) -> None:
+        self.statements.append((
+            "update subscriptions set status = 'canceled', canceled_ms = %s, invoice_now = %s where id = %s",
+            (fact.canceled_at_ms, fact.invoice_now, fact.subscription_id)))
+
+    @_add.register
+    def _(self, fact: f.CreditGrantCreated, partition: int, offset: int) -> None:
+        self.statements.append((
+            "insert into credit_grants (id, customer_id, name, amount_minor, currency, scope_price_type, scope_price_ids,"
+            " category, priority, effective_at_ms, expires_at_ms, metadata, test_clock_id, created_ms, updated_ms)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+            (fact.grant_id, fact.customer_id, fact.name, fact.amount_minor, fact.currency,
+             _text(fact.scope.price_type), list(fact.scope.price_ids), str(fact.category), fact.priority,
+             fact.effective_at_ms, fact.expires_at_ms, Jsonb(dict(fact.metadata)), fact.test_clock_id,
+             fact.created_at_ms, fact.created_at_ms)))
+
+    @_add.register
+    def _(self, fact: f.CreditGrantUpdated, partition: int, offset: int) -> None:
+        self.statements.append((
+            "update credit_grants set expires_at_ms = %s, metadata = %s, updated_ms = %s where id = %s",
+            (fact.expires_at_ms, Jsonb(dict(fact.metadata)), fact.updated_at_ms, fact.grant_id)))
+
+    @_add.register
+    def _(self, fact: f.CreditGrantExpired, partition: int, offset: int) -> None:
+        self.statements.append(("update credit_grants set expired_ms = coalesce(expired_ms, %s), updated_ms = %s"
+                                " where id = %s", (fact.expired_at_ms, fact.expired_at_ms, fact.grant_id)))
+
+    @_add.register
+    def _(self, fact: f.CreditGrantVoided, partition: int, offset: int) -> None:
+        self.statements.append(("update credit_grants set voided_ms = coalesce(voided_ms, %s), updated_ms = %s"
+                                " where id = %s", (fact.voided_at_ms, fact.voided_at_ms, fact.grant_id)))
+
+    # --- test clocks (one copy per partition: the upserts make the copies one row) ----------
+
+    @_add.register
+    def _(self, fact: f.TestClockCreated, partition: int, offset: int) -> None:
+        self.statements.append(("insert into test_clocks (id, name, frozen_time_ms, created_ms) values (%s, %s, %s, %s)"
+                                " on conflict do nothing",
+                                (fact.test_clock_id, fact.name, fact.frozen_time_ms, fact.created_at_ms)))
+
+    @_add.register
+    def _(self, fact: f.TestClockAdvanced, partition: int, offset: int) -> None:
+        self.statements.append(("update test_clocks set frozen_time_ms = greatest(frozen_time_ms, %s) where id = %s",
+                                (fact.frozen_time_ms, fact.test_clock_id)))
+
+    @_add.register
+    def _(self, fact: f.TestClockDeleted, partition: int, offset: int) -> None:
+        self.statements.append(("update test_clocks set deleted_ms = coalesce(deleted_ms, %s) where id = %s",
+                                (fact.deleted_at_ms, fact.test_clock_id)))
+
+    # --- derived facts ----------------------------------------------------------------------
+
+    @_add.register
+    def _(self, fact: f.InvoiceFinalized, partition: int, offset: int) -> None:
+        status = "paid" if fact.amount_due_minor == 0 else "open"
+        self.statements.append((
+            "insert into invoices (id, customer_id, subscription_id, currency, period_start_ms, period_end_ms,"
+            " billing_reason, finalized_ms, subtotal_minor, total_credits_minor, amount_due_minor, status)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+            (fact.invoice_id, fact.customer_id, fact.subscription_id, fact.currency, fact.period_start_ms,
+             fact.period_end_ms, str(fact.billing_reason), fact.finalized_at_ms, fact.subtotal_minor,
+             fact.total_credits_minor, fact.amount_due_minor, status)))
+        for position, line in enumerate(fact.lines):
+            self.statements.append((
+                "insert into invoice_lines (id, invoice_id, position, subscription_item_id, price_id, meter_id, quantity,"
+                " unit_amount_decimal, amount_minor) values (%s, %s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+                (line.line_id, fact.invoice_id, position, line.subscription_item_id, line.price_id, line.meter_id,
+                 line.quantity, line.unit_amount_decimal, line.amount_minor)))
+            for credit_position, credit in enumerate(line.credits):
+                self.statements.append((
+                    "insert into invoice_line_credits (credit_balance_transaction_id, invoice_id, invoice_line_id,"
+                    " grant_id, amount_minor, position) values (%s, %s, %s, %s, %s, %s) on conflict do nothing",
+                    (credit.credit_balance_transaction_id, fact.invoice_id, line.line_id, credit.grant_id,
+                     credit.amount_minor, credit_position)))
+
+    @_add.register
+    def _(self, fact: f.InvoiceVoided, partition: int, offset: int) -> None:
+        self.statements.append(("update invoices set status = 'void', voided_ms = coalesce(voided_ms, %s) where id = %s",
+                                (fact.voided_at_ms, fact.invoice_id)))
+
+    @_add.register
+    def _(self, fact: f.CreditBalanceTransaction, partition: int, offset: int) -> None:
+        self.transactions[fact.transaction_id] = (
+            fact.transaction_id, fact.customer_id, fact.grant_id, fact.currency, fact.amount_minor, str(fact.type),
+            str(fact.reason), fact.invoice_id, fact.invoice_line_id, fact.effective_at_ms)
+
+    @_add.register
+    def _(self, fact: f.UsageBucketUpdated, partition: int, offset: int) -> None:
+        # The fact carries the bucket's whole current aggregate: the last one in the batch wins.
+        self.usage_buckets[(fact.customer_id, fact.meter_id, fact.bucket_start_ms)] = (
+            fact.customer_id, fact.meter_id, fact.bucket_start_ms, fact.value, fact.event_count, fact.updated_at_ms,
+            partition, offset)
+
+    @_add.register
+    def _(self, fact: f.LiveBalanceChanged, partition: int, offset: int) -> None:
+        self.live_balances[(fact.customer_id, fact.currency)] = (
+            fact.customer_id, fact.currency, fact.available_credits_minor, fact.accrued_usage_minor,
+            fact.live_balance_minor, fact.as_of_ms)
+
+    @_add.register
+    def _(self, fact: f.LowBalanceAlert, partition: int, offset: int) -> None:
+        self.statements.append((
+            "insert into low_balance_alerts (id, customer_id, currency, threshold_minor, live_balance_minor,"
+            " alerted_at_ms) values (%s, %s, %s, %s, %s, %s) on conflict do nothing",
+            (fact.alert_id, fact.customer_id, fact.currency, fact.threshold_minor, fact.live_balance_minor,
+             fact.alerted_at_ms)))
+
+    @_add.register
+    def _(self, fact: f.DeadLetter, partition: int, offset: int) -> None:
+        self.statements.append((
+            "insert into dead_letters (topic, partition, \"offset\", reason_code, message, customer_id, original_bytes,"
+            " dead_lettered_at_ms) values (%s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+            (fact.topic, fact.partition, fact.offset, fact.reason_code, fact.message, fact.customer_id,
+             fact.original_bytes, fact.dead_lettered_at_ms)))
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def write(self, conn: Any) -> None:
+        """Write everything collected, inside the caller's open transaction on `conn`."""
+        with conn.cursor() as cursor:
+            if self.statements:
+                with conn.pipeline():
+                    for statement, params in self.statements:
+                        cursor.execute(statement, params)
+            if self.usage_buckets:
+                _copy_merge(cursor, "usage_buckets", USAGE_BUCKET_COLUMNS, USAGE_BUCKET_TYPES,
+                            self.usage_buckets.values(),
+                            "on conflict (customer_id, meter_id, bucket_start_ms) do update set value = excluded.value,"
+                            " event_count = excluded.event_count, updated_at_ms = excluded.updated_at_ms,"
+                            " source_partition = excluded.source_partition, source_offset = excluded.source_offset"
+                            " where usage_buckets.source_offset < excluded.source_offset")
+            if self.transactions:
+                _copy_merge(cursor, "credit_balance_transactions", TRANSACTION_COLUMNS, TRANSACTION_TYPES,
+                            self.transactions.values(), "on conflict (id) do nothing")
+            if self.live_balances:
+                cursor.executemany(
+                    "insert into live_balances (customer_id, currency, available_credits_minor, accrued_usage_minor,"
+                    " live_balance_minor, as_of_ms) values (%s, %s, %s, %s, %s, %s) on conflict (customer_id, currency)"
+                    " do update set available_credits_minor = excluded.available_credits_minor,"
+                    " accrued_usage_minor = excluded.accrued_usage_minor, live_balance_minor = excluded.live_balance_minor,"
+                    " as_of_ms = excluded.as_of_ms", list(self.live_balances.values()))
+
+
+def _copy_merge(cursor: Any, table: str, columns: tuple[str, ...], types: tuple[str, ...], rows: Any,
+                conflict_clause: str) -> None:
+    """Binary COPY into a temp staging table, then one INSERT ... SELECT ... ON CONFLICT merge
+    (measured ~160k rows/s against ~10k for row-by-row upserts; see STACK.md section 5)."""
+    staging = f"staging_{table}"
+    column_list = ", ".join(columns)
+    cursor.execute(f"create temp table if not exists {staging} (like {table}) on commit delete rows")
+    with cursor.copy(f"copy {staging} ({column_list}) from stdin (format binary)") as copy:
+        copy.set_types(list(types))
+        for row in rows:
+            copy.write_row(row)
+    cursor.execute(f"insert into {table} ({column_list}) select {column_list} from {staging} {conflict_clause}")
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
