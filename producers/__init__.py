@@ -1,7 +1,7 @@
 """The high-volume producer SDK for meter events and the other input facts, the load generator, and
 exact replay of the meter-event log for analysts."""
 
-from producers.catalog import MeterCatalog, read_catalog
+from producers.catalog import fold_catalog, read_catalog
 from producers.errors import DeliveryFailed, MeterEventInvalid, NotAnInputFact, ProducerError, ProducerQueueFull
 from producers.producer import DeliveryReport, FactProducer, FlushResult
 
@@ -10,7 +10,7 @@ __all__ = [
     "DeliveryReport",
     "FactProducer",
     "FlushResult",
-    "MeterCatalog",
+    "fold_catalog",
     "MeterEventInvalid",
     "NotAnInputFact",
     "ProducerError",

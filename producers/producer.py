@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from billing.catalog import Catalog
 from billing.facts import (
     CreditGrantCreated,
     CreditGrantExpired,
@@ -47,7 +48,7 @@ from billing.facts import (
 )
 from billing.meter_events import MeterEventRejected, validate_meter_event
 from drawdown.settings import Settings
-from producers.catalog import MeterCatalog, read_catalog
+from producers.catalog import read_catalog
 from producers.errors import DeliveryFailed, MeterEventInvalid, NotAnInputFact, ProducerQueueFull, UnknownTopic
 from streams.topics import PRODUCER_PARTITIONER
 
@@ -169,7 +170,7 @@ class FactProducer:
         self,
         settings: Settings,
         *,
-        catalog: MeterCatalog | None = None,
+        catalog: Catalog | None = None,
         validate: bool = True,
         known_customer_ids: Container[str] | None = None,
         on_delivery: Callable[[DeliveryReport], None] | None = None,
@@ -187,7 +188,7 @@ class FactProducer:
         self._validate = validate
         if catalog is None and validate:
             catalog = read_catalog(settings, codec=self._codec)
-        self._catalog = catalog or MeterCatalog()
+        self._catalog = catalog or Catalog()
         self._meters_by_event_name = self._catalog.meters_by_event_name
         self._known_customer_ids = _EveryCustomer() if known_customer_ids is None else known_customer_ids
         self._user_on_delivery = on_delivery
@@ -307,8 +308,13 @@ class FactProducer:
         return result
 
     def __len__(self) -> int:
-        """Records waiting in the local queue or in flight."""
+        """Records (and protocol requests) waiting in the local queue or in flight."""
         return len(self._producer)
+
+    @property
+    def sent_since_flush(self) -> int:
+        """Records handed to Kafka since the previous flush (those still in flight included)."""
+        return self._sent_count
 
     def close(self, timeout_s: float = 60.0) -> FlushResult:
         """Flush before the producer is dropped (librdkafka needs no other shutdown)."""

@@ -9,7 +9,7 @@ import pytest
 
 from billing.facts import MeterAggregation, MeterDefined
 from drawdown.settings import Settings
-from producers.catalog import MeterCatalog
+from producers.catalog import fold_catalog
 from schemas.codec import FactCodec
 from streams.topics import ensure_topics
 from tests.integration.producers.kafka_reading import read_records
@@ -31,8 +31,8 @@ def tokens_meter() -> MeterDefined:
 
 
 @pytest.fixture(scope="module")
-def catalog(tokens_meter: MeterDefined) -> MeterCatalog:
-    return MeterCatalog.of([tokens_meter])
+def catalog(tokens_meter: MeterDefined) -> Catalog:
+    return fold_catalog([tokens_meter])
 
 
 @pytest.fixture(scope="module")

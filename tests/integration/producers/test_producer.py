@@ -67,7 +67,7 @@ def test_invalid_meter_event_fails_fast_with_the_stripe_code_and_sends_nothing(
     with FactProducer(producer_settings, catalog=catalog) as producer:
         with pytest.raises(MeterEventInvalid) as raised:
             producer.send_meter_event(event_name, payload, event_time_ms=int(time.time() * 1000) - age_ms)
-        assert len(producer) == 0
+        assert producer.sent_since_flush == 0
         result = producer.flush(10)
     assert raised.value.code == code
     assert result.delivered_count == 0
@@ -162,7 +162,7 @@ def test_catalog_facts_written_by_the_sdk_are_read_back_for_validation(producer_
     with FactProducer(producer_settings, validate=False) as producer:
         producer.send(meter)
         producer.send(customer)
-    assert read_catalog(producer_settings).meters_by_id[meter.meter_id] == meter
+    assert read_catalog(producer_settings).meters[meter.meter_id] == meter
     with FactProducer(producer_settings) as producer:  # reads the catalog topic itself
         event = producer.send_meter_event(meter.event_name, {"stripe_customer_id": customer.customer_id})
     assert event.customer_id == customer.customer_id
