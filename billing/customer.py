@@ -88,6 +88,7 @@ class CustomerState:
     invoices: dict[str, InvoiceFinalized] = field(default_factory=dict)
     voided_invoice_ids: set[str] = field(default_factory=set)
     live_pending: bool = False
+    last_received_ms: int = 0  # latest receipt time of a counted meter event (live balance as-of)
     live_published_ms: int | None = None
     low_balance_watches: dict[str, tuple[LowBalanceWatch, ...]] = field(default_factory=dict)
 
@@ -345,13 +346,15 @@ def _finalize(state: CustomerState, sub: SubscriptionState, due_ms: int, catalog
 
 
 def live_balance_facts(state: CustomerState, catalog: Catalog, as_of_ms: int, config: FoldConfig,
-                       force: bool = False) -> list:
-    """LiveBalanceChanged per currency (and LowBalanceAlerts) if a change is pending and the
-    throttle interval has passed since the last one (or `force`)."""
+                       arrival_ms: int, force: bool = False) -> list:
+    """LiveBalanceChanged per currency (and LowBalanceAlerts) as of the customer's now `as_of_ms`,
+    if a change is pending and at least the throttle interval of arrival time (`arrival_ms`: the
+    wall clock as the log tells it, also for customers on a frozen test clock) has passed since
+    the last one (or `force`)."""
     if not state.live_pending:
         return []
     if not force and state.live_published_ms is not None and \
-            as_of_ms - state.live_published_ms < config.live_balance_interval_ms:
+            arrival_ms - state.live_published_ms < config.live_balance_interval_ms:
         return []
     currencies = sorted({grant.currency for grant in state.grants.values()}
                         | {sub.created.currency for sub in state.subscriptions.values() if not sub.ended})
@@ -380,5 +383,5 @@ def live_balance_facts(state: CustomerState, catalog: Catalog, as_of_ms: int, co
         state.low_balance_watches[currency] = watches
         emitted.extend(alerts)
     state.live_pending = False
-    state.live_published_ms = as_of_ms
+    state.live_published_ms = arrival_ms
     return emitted
