@@ -243,8 +243,10 @@ class FactCodec:
         self._writers: dict[type, _Writer] = {}
         # Frame header -> reader, for both framings (see decode).
         self._readers_by_header: dict[bytes, _Reader] = {
-            SINGLE_OBJECT_MAGIC + schema.fingerprint: self._reader(SINGLE_OBJECT_HEADER_BYTES, schema.parsed, schema.fact_class)
-            for schema in self._catalogue.by_fingerprint.values()
+            SINGLE_OBJECT_MAGIC + version.fingerprint: self._reader(
+                SINGLE_OBJECT_HEADER_BYTES, version.parsed, version.fact_class
+            )
+            for version in self._catalogue.by_fingerprint.values()
         }
         self.schema_ids: dict[type, int] = {}  # fact class -> registry id of its current schema
         if registry_client is None:

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import copy
+import json
+
+import avro.schema
+import pytest
+from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
+
+from billing.facts import ALL_FACTS, CustomerCreated
+from schemas.catalogue import load_catalogue
+
+VERSION_PAIRS = [
+    pytest.param(older, newer, id=f"{newer.fact_class.__name__}-v{older.version}-to-v{newer.version}")
+    for fact_class in ALL_FACTS
+    for older, newer in zip(load_catalogue().versions[fact_class], load_catalogue().versions[fact_class][1:])
+]
+
+
+def compatibility(reader_schema: dict, writer_schema: dict) -> SchemaCompatibilityType:
+    """Can a reader with reader_schema read data written with writer_schema (Apache avro's check)?"""
+    reader = avro.schema.parse(json.dumps(reader_schema))
+    writer = avro.schema.parse(json.dumps(writer_schema))
+    return ReaderWriterCompatibilityChecker().get_compatibility(reader, writer).compatibility
+
+
+def test_the_schema_history_holds_at_least_one_older_version():
+    assert VERSION_PAIRS, "no schemas/history/*.v<N>.avsc: the BACKWARD check below would check nothing"
+
+
+@pytest.mark.parametrize(("older", "newer"), VERSION_PAIRS)
+def test_every_schema_version_is_backward_compatible_with_its_predecessor(older, newer):
+    # BACKWARD: consumers on the newer schema read everything written with the older one.
+    assert compatibility(reader_schema=newer.schema, writer_schema=older.schema) is SchemaCompatibilityType.compatible
+
+
+def test_the_check_rejects_a_new_required_field_without_a_default():
+    current = load_catalogue().current[CustomerCreated].schema
+    breaking = copy.deepcopy(current)
+    breaking["fields"].append({"name": "tax_id", "type": "string", "doc": "Required, no default: breaks old data."})
+
+    assert compatibility(reader_schema=breaking, writer_schema=current) is SchemaCompatibilityType.incompatible
+
+
+def test_the_check_rejects_changing_a_field_type_incompatibly():
+    current = load_catalogue().current[CustomerCreated].schema
+    breaking = copy.deepcopy(current)
+    next(field for field in breaking["fields"] if field["name"] == "created_at_ms")["type"] = "string"
+
+    assert compatibility(reader_schema=breaking, writer_schema=current) is SchemaCompatibilityType.incompatible
