@@ -16,11 +16,6 @@ def registry_client():
     return SchemaRegistryClient.new_client({"url": f"mock://drawdown-test-{next(_registry_names)}"})
 
 
-@pytest.fixture(scope="session")
-def single_object_codec() -> FactCodec:
-    return FactCodec()
-
-
 @pytest.fixture
 def registry_codec(registry_client) -> FactCodec:
     return FactCodec(registry_client=registry_client)

@@ -200,3 +200,22 @@ def test_to_avro_and_from_avro_are_inverse_and_from_avro_does_not_keep_the_calle
 
     assert fact == SAMPLE
     assert json.dumps(to_avro(fact), sort_keys=True) == json.dumps(to_avro(SAMPLE), sort_keys=True)
+
+
+@pytest.mark.parametrize(
+    ("registry_url", "magic"), [("", SINGLE_OBJECT_MAGIC), ("mock://default-codec", CONFLUENT_MAGIC)], ids=["none", "mock"]
+)
+def test_the_module_level_codec_frames_by_the_configured_registry_url(monkeypatch, registry_url, magic):
+    from drawdown.settings import get_settings
+    from schemas import codec as codec_module
+
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", registry_url)
+    monkeypatch.setattr(codec_module, "_default_codec", None)
+    get_settings.cache_clear()
+    try:
+        framed = codec_module.encode(SAMPLE)
+
+        assert framed.startswith(magic)
+        assert codec_module.decode(framed) == SAMPLE
+    finally:
+        get_settings.cache_clear()
