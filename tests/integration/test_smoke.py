@@ -51,6 +51,25 @@ def test_bytes_produced_to_the_broker_come_back_intact(kafka_bootstrap: str) -> 
     assert {m.key() for m in received} == {b"cus_1"}
 
 
+def test_an_avro_encoded_fact_produced_to_the_broker_is_consumed_back_intact(kafka_bootstrap: str) -> None:
+    from billing.facts import MeterEventRecorded
+    from schemas.codec import decode, encode
+
+    topic = f"smoke-facts-{uuid.uuid4().hex[:8]}"
+    create_topic(kafka_bootstrap, topic)
+    fact = MeterEventRecorded(
+        customer_id="cus_jenny", event_name="hypernian_input_tokens", identifier="evt_1",
+        payload={"stripe_customer_id": "cus_jenny", "value": "3000"},
+        event_time_ms=1_795_000_000_000, received_at_ms=1_795_000_000_123,
+    )
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+    producer.produce(topic, key=fact.customer_id.encode(), value=encode(fact))
+    assert producer.flush(30) == 0
+    [message] = consume_all(kafka_bootstrap, topic, 1)
+    assert decode(message.value()) == fact
+    assert message.key() == b"cus_jenny"
+
+
 def test_a_row_written_to_postgres_reads_back_the_same(database_url: str) -> None:
     with psycopg.connect(database_url) as connection:
         connection.execute("create table smoke (id text primary key, amount_minor bigint not null)")
