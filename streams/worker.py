@@ -1,0 +1,253 @@
+"""The Faust worker: decode, group by partition, fold (streams/processor.py), emit, write state.
+
+Exactly once by construction (DESIGN.md), not Faust's transactional mode:
+1. each batch (`take_events`) is folded per partition in offset order; every state record carries
+   the last offset it applied, so facts a crash makes us read again change nothing twice;
+2. the batch's output facts are sent and their acks AWAITED before any state record is written
+   back, so a crash in between re-emits the same facts (deterministic ids) instead of losing them;
+3. each touched record is then written once (one changelog record: value and guard together);
+4. Faust flushes its producer (the changelog) before it commits the source offsets.
+
+State lives in two rocksdict-backed, changelogged tables: `customers` (CustomerState per customer
+plus one PartitionState per partition) and `usage` (seen events and minute buckets). Writes go to
+the changelog partition of the source partition (we set Faust's current event per partition).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from billing.customer import CustomerState, FoldConfig
+from billing.facts import MeterEventRecorded
+from billing.usage import UsageLedger
+from drawdown.settings import Settings
+from streams import state as records
+from streams.catalog import CatalogFollower
+from streams.processor import PartitionProcessor, PartitionState, output_key, output_topic
+
+log = logging.getLogger("drawdown.worker")
+
+BATCH_MAX_EVENTS = 5000
+BATCH_WITHIN_S = 0.05
+CATALOG_REFRESH_S = 1.0
+
+
+def worker_data_dir(settings: Settings) -> Path:
+    return Path(settings.worker_data_dir or settings.state_dir / "worker")
+
+
+def fold_config(settings: Settings) -> FoldConfig:
+    return FoldConfig(grace_period_ms=settings.grace_period_seconds * 1000,
+                      live_balance_interval_ms=settings.live_balance_interval_ms,
+                      low_balance_thresholds_minor=tuple(settings.low_balance_thresholds_minor))
+
+
+class Engine:
+    """Everything one worker process holds besides Faust: codec, catalog, per-partition processors."""
+
+    def __init__(self, app: Any, settings: Settings, customers_table: Any, usage_table: Any) -> None:
+        from schemas.codec import FactCodec
+
+        self.app = app
+        self.settings = settings
+        self.codec = FactCodec(settings.schema_registry_url or None)
+        self.catalog_follower = CatalogFollower(settings, self.codec)
+        self.customers_table = customers_table
+        self.usage_table = usage_table
+        self.config = fold_config(settings)
+        self.source_topic = settings.topic("customer-facts")
+        self.topic_names = {name: settings.topic(name) for name in
+                            ("invoices", "credit-balance-transactions", "usage-buckets", "live-balances",
+                             "dead-letters")}
+        self.processors: dict[int, PartitionProcessor] = {}
+        self.caches: dict[int, tuple[records.BatchCache, records.BatchCache, records.BatchCache]] = {}
+        self.batches = 0
+        self.facts_in = 0
+
+    # --- per partition -----------------------------------------------------------------------
+
+    def forget_partitions(self) -> None:
+        """After a rebalance: rebuild each partition's index from its table on next use."""
+        self.processors.clear()
+        self.caches.clear()
+
+    def _processor(self, partition: int) -> PartitionProcessor:
+        processor = self.processors.get(partition)
+        if processor is None:
+            customers = records.BatchCache(self.customers_table, records.customer_key)
+            seen = records.BatchCache(self.usage_table, records.seen_key)
+            buckets = records.BatchCache(self.usage_table, records.bucket_key)
+            raw = self.customers_table.get(records.PARTITION_KEY)
+            partition_state = records.loads(raw) if raw is not None else PartitionState()
+            processor = PartitionProcessor(
+                topic=self.source_topic, partition=partition, customers=customers,
+                ledger=UsageLedger(seen, buckets, self.settings.dedupe_window_seconds * 1000),
+                partition_state=partition_state, catalog=self.catalog_follower.catalog, config=self.config,
+                existing_customers=self._stored_customers(partition))
+            self.processors[partition] = processor
+            self.caches[partition] = (customers, seen, buckets)
+        processor.catalog = self.catalog_follower.catalog
+        return processor
+
+    def _stored_customers(self, partition: int) -> list[CustomerState]:
+        """Every customer state in this partition's store (to build the due-time index)."""
+        store = self.customers_table.data
+        db = store._db_for_partition(partition)  # rocksdict per partition (Faust's layout)
+        found = []
+        for key, value in db.items():
+            if key == records.PARTITION_KEY or key.startswith(b"__faust"):
+                continue
+            try:
+                state = records.loads(value)
+            except Exception:  # noqa: BLE001 - not one of our records (e.g. Faust's offset key)
+                continue
+            if isinstance(state, CustomerState):
+                found.append(state)
+        return found
+
+    # --- one batch ---------------------------------------------------------------------------
+
+    async def process_batch(self, events: list) -> None:
+        by_partition: dict[int, list] = defaultdict(list)
+        for event in events:
+            by_partition[event.message.partition].append(event)
+        if time.monotonic() - self.catalog_follower.caught_up_at > CATALOG_REFRESH_S:
+            self.catalog_follower.catch_up()
+        decoded: dict[int, list] = {}
+        for partition, partition_events in by_partition.items():
+            items = []
+            for event in partition_events:
+                raw = event.message.value or b""
+                try:
+                    items.append((event, self.codec.decode(raw), None))
+                except Exception as error:  # UndecodableFact (SchemaRegistryUnavailable: crash, retry)
+                    if not hasattr(error, "reason_code") or error.reason_code == "schema_registry_unavailable":
+                        raise
+                    items.append((event, None, error))
+            decoded[partition] = items
+        self._catch_up_if_unknown(decoded)
+        outputs: list = []
+        for partition, items in decoded.items():
+            self._set_current_event(items[-1][0])
+            processor = self._processor(partition)
+            for event, fact, error in items:
+                key = event.message.key.decode("utf-8", "replace") if event.message.key else None
+                outputs.extend(processor.process(event.message.offset, fact, event.message.value or b"", key, error))
+            outputs.extend(processor.finish_batch())
+        await self._send_and_wait(outputs)
+        for partition, items in decoded.items():
+            self._set_current_event(items[-1][0])
+            processor = self.processors[partition]
+            customers, seen, buckets = self.caches[partition]
+            customers.flush()
+            seen.flush()
+            buckets.flush()
+            self.customers_table[records.PARTITION_KEY] = records.dumps(processor.state)
+        self.batches += 1
+        self.facts_in += len(events)
+
+    def _catch_up_if_unknown(self, decoded: dict[int, list]) -> None:
+        catalog = self.catalog_follower.catalog
+        for items in decoded.values():
+            for _, fact, _ in items:
+                if isinstance(fact, MeterEventRecorded) and fact.event_name not in catalog.meters_by_event_name:
+                    self.catalog_follower.catch_up()
+                    return
+                items_prices = getattr(fact, "items", ())
+                if any(item.price_id not in catalog.prices for item in items_prices):
+                    self.catalog_follower.catch_up()
+                    return
+
+    @staticmethod
+    def _set_current_event(event: Any) -> None:
+        # Faust's rocksdb store and changelog pick the partition of "the current event"; a batch
+        # mixes partitions, so point it at one of the partition we are reading or writing.
+        from faust.streams import _current_event
+
+        _current_event.set(weakref.ref(event))
+
+    async def _send_and_wait(self, facts: list) -> None:
+        if not facts:
+            return
+        producer = self.app.producer
+        encode = self.codec.encode
+        futures = []
+        for fact in facts:
+            futures.append(await producer.send(
+                self.topic_names[output_topic(fact)], output_key(fact).encode(), encode(fact),
+                partition=None, timestamp=None, headers=None))
+        await asyncio.gather(*futures)
+
+
+def create_app(settings: Settings) -> tuple[Any, Engine]:
+    """The Faust app (consumer group = topic prefix) and its engine."""
+    import faust
+    from mode import CrashingSupervisor
+
+    app = faust.App(
+        f"{settings.topic_prefix}.worker",
+        broker=f"kafka://{settings.effective_kafka_bootstrap_servers}",
+        store="rocksdb://",
+        datadir=str(worker_data_dir(settings)),
+        web_port=settings.worker_web_port,
+        web_host="127.0.0.1",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,  # outputs and changelog: acknowledged by all in-sync replicas
+        table_standby_replicas=0,
+        stream_buffer_maxsize=BATCH_MAX_EVENTS * 4,
+        broker_commit_interval=1.0,
+        broker_max_poll_records=BATCH_MAX_EVENTS,
+        stream_wait_empty=False,
+    )
+    source = app.topic(settings.topic("customer-facts"), key_type=bytes, value_type=bytes,
+                       key_serializer="raw", value_serializer="raw")
+    # Keys and values are bytes (the app's serializers are "raw"): we pickle records ourselves.
+    customers_table = app.Table("customers", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    usage_table = app.Table("usage", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    engine = Engine(app, settings, customers_table, usage_table)
+
+    # A failed batch must stop the worker (it restarts from the committed offsets), never be skipped
+    # by an agent restart: CrashingSupervisor instead of Faust's default restart-the-agent.
+    @app.agent(source, supervisor_strategy=CrashingSupervisor)
+    async def fold(stream: Any) -> None:
+        async for events in stream.take_events(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S):
+            await engine.process_batch(list(events))
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(*args: Any, **kwargs: Any) -> None:
+        engine.forget_partitions()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(*args: Any, **kwargs: Any) -> None:
+        engine.forget_partitions()
+
+    @app.page("/drawdown/ready/")
+    async def ready(web: Any, request: Any) -> Any:
+        return web.json({"ready": True, "batches": engine.batches, "facts": engine.facts_in})
+
+    return app, engine
+
+
+def run_worker(settings: Settings, loglevel: str = "warning") -> int:
+    """Run one worker until it is stopped (SIGTERM/SIGINT)."""
+    import faust
+
+    from streams.topics import ensure_topics
+
+    ensure_topics(settings)
+    worker_data_dir(settings).mkdir(parents=True, exist_ok=True)
+    app, engine = create_app(settings)
+    engine.catalog_follower.catch_up()
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()
+    return 0
