@@ -1,0 +1,343 @@
+"""Exact replay of the meter-event log for analysts: usage of any window, as the engine computes it.
+
+    result = replay_usage(settings, start_ms, end_ms, group_by="hour")
+    for row in result.rows: print(row.customer_id, row.meter_id, row.period_start_ms, row.value)
+
+How (DESIGN.md, Reads): an event's time is at most 5 minutes after its arrival, and the Kafka record
+timestamp is the arrival time, so every event of [start, end) arrived after start - 5 minutes:
+seek each partition of customer-facts there by arrival time (offsets_for_times) and read to
+end + the lateness limit (35 days) or the log end, whichever comes first. Each partition is folded
+on its own, in log order, exactly as the stream worker folds it (streams/processor.py): meter events
+validated with billing.meter_events (the customer's now is the arrival time, or its test clock's
+frozen time), then deduplicated, cancelled and bucketed by billing.usage.UsageLedger, the one
+definition of usage. Buckets whose minute lies in [start, end) are then grouped.
+
+What the engine knows from before the seek point (which customers exist, on which test clock) is
+read from the start of each partition, decoding only those facts (picked by schema fingerprint).
+Limits, stated: events are validated against the catalog as it is now (the engine used the
+catalog of the moment); an identifier first used more than 5 minutes before the window and
+reused for an event inside it would be deduplicated by the engine but counted here.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+from billing.catalog import Catalog
+from billing.facts import (
+    CustomerCreated,
+    MeterEventCanceled,
+    MeterEventRecorded,
+    TestClockAdvanced,
+    TestClockCreated,
+    TestClockDeleted,
+)
+from billing.meter_events import MAX_EVENT_AGE_MS, MAX_EVENT_LEAD_MS, customer_now_ms, validate_meter_event
+from billing.meters import MeterAggregator, MeterUsage
+from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_HOUR, MILLISECONDS_PER_MINUTE
+from billing.usage import DEFAULT_DEDUPE_WINDOW_MS, UsageLedger
+from drawdown.settings import Settings
+
+GROUP_SIZES_MS = {"minute": MILLISECONDS_PER_MINUTE, "hour": MILLISECONDS_PER_HOUR, "day": MILLISECONDS_PER_DAY}
+SEEK_BACK_MS = MAX_EVENT_LEAD_MS  # an event's time is at most this much after its arrival
+LATENESS_LIMIT_MS = MAX_EVENT_AGE_MS  # an event may arrive up to this much after its time
+CONSUME_BATCH_RECORDS = 10_000
+# Facts the fold needs from before the seek point: who exists, and test clocks' frozen times.
+_DIRECTORY_FACTS = (CustomerCreated, TestClockCreated, TestClockAdvanced, TestClockDeleted)
+
+Progress = Callable[[int, int], None]  # (records read, records to read)
+
+
+class ReplayWindowError(ValueError):
+    """The window is empty or not minute-aligned (usage is kept per event-time minute)."""
+
+    code = "replay_window_invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One customer's usage of one meter in one group (a minute, hour or UTC day)."""
+
+    customer_id: str
+    meter_id: str
+    period_start_ms: int
+    value: Decimal
+    event_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionRange:
+    """Read [first_offset, stop_offset) of one partition; fold meter events from fold_offset on."""
+
+    partition: int
+    first_offset: int
+    fold_offset: int
+    stop_offset: int
+
+    @property
+    def record_count(self) -> int:
+        return max(0, self.stop_offset - self.first_offset)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    start_ms: int
+    end_ms: int
+    group_by: str
+    rows: tuple[UsageRow, ...]
+    records_read: int
+    meter_events: int
+    rejected: Mapping[str, int]  # reason code -> events the engine would reject
+    seconds: float
+
+
+class PartitionFold:
+    """One partition of customer-facts folded for usage, as the stream worker folds it."""
+
+    def __init__(self, catalog: Catalog, dedupe_window_ms: int = DEFAULT_DEDUPE_WINDOW_MS) -> None:
+        self.catalog = catalog
+        self.ledger = UsageLedger(dedupe_window_ms=dedupe_window_ms)
+        self.customers: dict[str, str | None] = {}  # created customer -> its test clock id
+        self.clocks: dict[str, int] = {}  # test clock -> frozen time
+        self.aggregators = {meter_id: catalog.aggregator(meter_id) for meter_id in catalog.meters}
+        self.meter_events = 0
+        self.rejected: Counter[str] = Counter()
+
+    def apply(self, offset: int, fact: object) -> None:
+        """Fold the fact at `offset` (facts that do not bear on usage change nothing)."""
+        fact_class = type(fact)
+        if fact_class is MeterEventRecorded:
+            self._meter_event(offset, fact)
+        elif fact_class is MeterEventCanceled:
+            self.ledger.apply_cancel(offset, fact, self.aggregators)
+        else:
+            self.apply_directory(fact)
+
+    def apply_directory(self, fact: object) -> None:
+        """Fold a fact that says who exists or what time a test clock shows."""
+        fact_class = type(fact)
+        if fact_class is CustomerCreated:
+            self.customers.setdefault(fact.customer_id, fact.test_clock_id)
+        elif fact_class is TestClockCreated or fact_class is TestClockAdvanced:
+            self.clocks[fact.test_clock_id] = max(self.clocks.get(fact.test_clock_id, fact.frozen_time_ms),
+                                                  fact.frozen_time_ms)
+        elif fact_class is TestClockDeleted:
+            self.clocks.pop(fact.test_clock_id, None)
+
+    def _meter_event(self, offset: int, event: MeterEventRecorded) -> None:
+        self.meter_events += 1
+        catalog = self.catalog
+        meter = catalog.meters_by_event_name.get(event.event_name)
+        frozen_ms = None
+        if meter is not None:
+            clock = self.customers.get(event.payload.get(meter.customer_payload_key, ""))
+            if clock is not None:
+                frozen_ms = self.clocks.get(clock, 0)
+        verdict = validate_meter_event(event, catalog.meters_by_event_name, catalog.inactive_meter_ids,
+                                       self.customers, customer_now_ms(event.received_at_ms, frozen_ms))
+        meter_id = getattr(verdict, "meter_id", None)
+        if meter_id is None:
+            self.rejected[str(verdict.code)] += 1
+            return
+        self.ledger.apply_event(offset, verdict, event.event_name, self.aggregators[meter_id])
+
+
+def group_rows(ledgers: Iterable[UsageLedger], catalog: Catalog, start_ms: int, end_ms: int, group_by: str,
+               customer_ids: Collection[str] = (), meter_ids: Collection[str] = ()) -> tuple[UsageRow, ...]:
+    """Minute buckets with start in [start_ms, end_ms), merged per (customer, meter, group), sorted."""
+    size_ms = GROUP_SIZES_MS[group_by]
+    groups: dict[tuple[str, str, int], MeterUsage] = {}
+    aggregators: dict[str, MeterAggregator] = {}
+    for ledger in ledgers:
+        for (customer_id, meter_id, bucket_start_ms), bucket in ledger.buckets.items():
+            if not start_ms <= bucket_start_ms < end_ms:
+                continue
+            if (customer_ids and customer_id not in customer_ids) or (meter_ids and meter_id not in meter_ids):
+                continue
+            aggregator = aggregators.get(meter_id) or aggregators.setdefault(meter_id, catalog.aggregator(meter_id))
+            key = (customer_id, meter_id, bucket_start_ms - bucket_start_ms % size_ms)
+            current = groups.get(key)
+            groups[key] = bucket.usage if current is None else aggregator.merge(current, bucket.usage)
+    rows = []
+    for (customer_id, meter_id, period_start_ms), usage in sorted(groups.items()):
+        aggregator = aggregators[meter_id]
+        rows.append(UsageRow(customer_id, meter_id, period_start_ms, aggregator.result(usage),
+                             aggregator.event_count(usage)))
+    return tuple(rows)
+
+
+def check_window(start_ms: int, end_ms: int) -> None:
+    if end_ms <= start_ms:
+        raise ReplayWindowError(f"the window's end ({end_ms}) must be after its start ({start_ms})")
+    if start_ms % MILLISECONDS_PER_MINUTE or end_ms % MILLISECONDS_PER_MINUTE:
+        raise ReplayWindowError("start and end must be whole minutes: usage is kept per event-time minute")
+
+
+def partition_of(customer_id: str, partition_count: int) -> int:
+    """The partition a customer's facts are in (murmur2, as streams.topics.PRODUCER_PARTITIONER)."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(customer_id.encode()) & 0x7FFFFFFF) % partition_count
+
+
+def plan_ranges(consumer, topic: str, partitions: Iterable[int], start_ms: int, end_ms: int,
+                lateness_ms: int = LATENESS_LIMIT_MS, with_history: bool = True,
+                timeout_s: float = 30.0) -> list[PartitionRange]:
+    """Per partition: fold from the first record that arrived at or after start - 5 minutes, stop
+    before the first that arrived after end + lateness (or at the log end as of now)."""
+    from confluent_kafka import TopicPartition
+
+    partitions = sorted(partitions)
+    seek_at = consumer.offsets_for_times([TopicPartition(topic, p, start_ms - SEEK_BACK_MS) for p in partitions],
+                                         timeout=timeout_s)
+    stop_at = consumer.offsets_for_times([TopicPartition(topic, p, end_ms + lateness_ms + 1) for p in partitions],
+                                         timeout=timeout_s)
+    ranges = []
+    for partition, seek, stop in zip(partitions, seek_at, stop_at, strict=True):
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+        stop_offset = high if stop.offset < 0 else min(stop.offset, high)
+        fold_offset = stop_offset if seek.offset < 0 else max(seek.offset, low)
+        first_offset = low if with_history else fold_offset
+        ranges.append(PartitionRange(partition, first_offset, fold_offset, stop_offset))
+    return ranges
+
+
+def directory_fingerprints() -> frozenset[bytes]:
+    """Single-object headers (magic + fingerprint) of the facts read from before the seek point."""
+    from schemas.catalogue import load_catalogue
+    from schemas.codec import SINGLE_OBJECT_MAGIC
+
+    return frozenset(SINGLE_OBJECT_MAGIC + fingerprint for fingerprint, schema in load_catalogue().by_fingerprint.items()
+                     if schema.fact_class in _DIRECTORY_FACTS)
+
+
+def scan(settings: Settings, ranges: list[PartitionRange], folds: Mapping[int, PartitionFold], *,
+         customer_keys: Collection[bytes] = (), codec=None, progress: Progress | None = None,
+         timeout_s: float = 60.0) -> int:
+    """Read every range and fold it; returns the records read. `customer_keys` (when given) skips
+    records of other customers without decoding them (records with an empty key are kept: time
+    facts and cancellations without a customer)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from schemas.errors import UndecodableFact
+
+    topic = settings.topic("customer-facts")
+    wanted = [r for r in ranges if r.record_count > 0]
+    total = sum(r.record_count for r in wanted)
+    if not wanted:
+        return 0
+    decode = codec.decode
+    history_headers = directory_fingerprints()
+    fold_from = {r.partition: r.fold_offset for r in wanted}
+    stop = {r.partition: r.stop_offset for r in wanted}
+    remaining = {r.partition for r in wanted}
+    consumer = Consumer({
+        "bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+        "group.id": f"drawdown-replay-{uuid.uuid4().hex[:8]}",  # assign() only: never joins a group
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+        "fetch.max.bytes": 64 * 1024 * 1024,  # long sequential reads: large fetches
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+    })
+    read = 0
+    try:
+        consumer.assign([TopicPartition(topic, r.partition, r.first_offset) for r in wanted])
+        idle_since_s = time.monotonic()
+        while remaining:
+            batch = consumer.consume(num_messages=CONSUME_BATCH_RECORDS, timeout=0.5)
+            if not batch:
+                # Offsets can skip (transaction markers): the position tells when a partition is done.
+                for position in consumer.position([TopicPartition(topic, p) for p in remaining]):
+                    if position.offset >= stop[position.partition]:
+                        remaining.discard(position.partition)
+                if remaining and time.monotonic() - idle_since_s > timeout_s:
+                    raise TimeoutError(f"replay: no records for {timeout_s} s; partitions {sorted(remaining)} unfinished")
+                continue
+            idle_since_s = time.monotonic()
+            for message in batch:
+                if message.error() is not None:
+                    continue
+                partition, offset = message.partition(), message.offset()
+                if offset >= stop[partition]:
+                    remaining.discard(partition)
+                    continue
+                if offset + 1 >= stop[partition]:
+                    remaining.discard(partition)
+                read += 1
+                if customer_keys:
+                    key = message.key()
+                    if key and key not in customer_keys:
+                        continue
+                value = message.value()
+                before_window = offset < fold_from[partition]
+                if before_window and value[:10] not in history_headers and value[:1] != b"\x00":
+                    continue  # not a directory fact: nothing to learn from before the window
+                try:
+                    fact = decode(value)
+                except UndecodableFact:
+                    continue  # the engine dead-letters it: it counts nothing
+                if before_window:
+                    folds[partition].apply_directory(fact)
+                else:
+                    folds[partition].apply(offset, fact)
+            if progress is not None:
+                progress(read, total)
+    finally:
+        consumer.close()
+    return read
+
+
+def replay_usage(
+    settings: Settings,
+    start_ms: int,
+    end_ms: int,
+    *,
+    customer_ids: Collection[str] = (),
+    meter_ids: Collection[str] = (),
+    group_by: str = "minute",
+    catalog: Catalog | None = None,
+    codec=None,
+    progress: Progress | None = None,
+    with_history: bool = True,
+    lateness_ms: int = LATENESS_LIMIT_MS,
+) -> ReplayResult:
+    """Usage per (customer, meter, group) of events with event time in [start_ms, end_ms), exactly
+    as the engine counts it (see the module docstring). `with_history=False` skips reading who
+    exists from before the window (faster; then customers created before it count as unknown)."""
+    from confluent_kafka import Consumer
+
+    from producers.catalog import read_catalog
+    from schemas.codec import FactCodec
+
+    check_window(start_ms, end_ms)
+    if group_by not in GROUP_SIZES_MS:
+        raise ReplayWindowError(f"group_by must be one of {', '.join(GROUP_SIZES_MS)}, not {group_by!r}")
+    started_s = time.monotonic()
+    codec = codec or FactCodec(settings.schema_registry_url or None)
+    catalog = catalog if catalog is not None else read_catalog(settings, codec=codec)
+    topic = settings.topic("customer-facts")
+    planner = Consumer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+                        "group.id": f"drawdown-replay-plan-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
+    try:
+        partition_count = len(planner.list_topics(topic, timeout=30).topics[topic].partitions)
+        partitions = ({partition_of(c, partition_count) for c in customer_ids} if customer_ids
+                      else set(range(partition_count)))
+        ranges = plan_ranges(planner, topic, partitions, start_ms, end_ms, lateness_ms, with_history)
+    finally:
+        planner.close()
+    folds = {r.partition: PartitionFold(catalog, settings.dedupe_window_seconds * 1000) for r in ranges}
+    read = scan(settings, ranges, folds, customer_keys={c.encode() for c in customer_ids}, codec=codec,
+                progress=progress)
+    rows = group_rows((fold.ledger for fold in folds.values()), catalog, start_ms, end_ms, group_by,
+                      set(customer_ids), set(meter_ids))
+    rejected: Counter[str] = Counter()
+    for fold in folds.values():
+        rejected.update(fold.rejected)
+    return ReplayResult(start_ms=start_ms, end_ms=end_ms, group_by=group_by, rows=rows, records_read=read,
+                        meter_events=sum(fold.meter_events for fold in folds.values()), rejected=dict(rejected),
+                        seconds=time.monotonic() - started_s)
