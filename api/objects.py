@@ -1,0 +1,176 @@
+"""Projection rows -> Stripe-shaped objects (times in unix seconds, money in minor units)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+
+def seconds(ms: int | None) -> int | None:
+    return None if ms is None else ms // 1000
+
+
+def decimal_text(value: Decimal) -> str:
+    """Canonical decimal string without exponent or trailing zeros ("3", "0.0125")."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def number(value: Decimal) -> int | str:
+    """An exact JSON value for a decimal: an integer when whole, else its decimal string (never float)."""
+    return int(value) if value == value.to_integral_value() else decimal_text(value)
+
+
+def monetary(amount_minor: int, currency: str) -> dict[str, Any]:
+    return {"type": "monetary", "monetary": {"currency": currency, "value": amount_minor}}
+
+
+def meter(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"], "object": "billing.meter", "created": seconds(row["created_ms"]),
+        "customer_mapping": {"event_payload_key": row["customer_payload_key"], "type": "by_id"},
+        "default_aggregation": {"formula": row["aggregation"]}, "display_name": row["display_name"],
+        "event_name": row["event_name"], "event_time_window": row["event_time_window"], "livemode": False,
+        "status": row["status"],
+        "status_transitions": {"deactivated_at": seconds(row["updated_ms"]) if row["status"] == "inactive" else None},
+        "updated": seconds(row["updated_ms"]), "value_settings": {"event_payload_key": row["value_payload_key"]},
+    }
+
+
+def product(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "object": "product", "active": True, "created": seconds(row["created_ms"]),
+            "description": None, "livemode": False, "metadata": row["metadata"], "name": row["name"],
+            "type": "service", "updated": seconds(row["created_ms"])}
+
+
+def price(row: dict[str, Any]) -> dict[str, Any]:
+    unit = row["unit_amount_decimal"]
+    return {
+        "id": row["id"], "object": "price", "active": True, "billing_scheme": "per_unit",
+        "created": seconds(row["created_ms"]), "currency": row["currency"], "livemode": False, "lookup_key": None,
+        "metadata": {}, "nickname": None, "product": row["product_id"],
+        "recurring": {"interval": row["recurring_interval"], "interval_count": row["recurring_interval_count"],
+                      "meter": row["meter_id"], "usage_type": row["usage_type"], "aggregate_usage": None,
+                      "trial_period_days": None},
+        "tax_behavior": "unspecified", "type": "recurring",
+        "unit_amount": int(unit) if unit == unit.to_integral_value() else None,
+        "unit_amount_decimal": decimal_text(unit),
+    }
+
+
+def customer(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "object": "customer", "balance": 0, "created": seconds(row["created_ms"]),
+            "currency": None, "email": row["email"], "livemode": False, "metadata": row["metadata"],
+            "name": row["name"], "test_clock": row["test_clock_id"]}
+
+
+def subscription(row: dict[str, Any], items: list[dict[str, Any]], prices: dict[str, dict[str, Any]],
+                 period: tuple[int, int] | None) -> dict[str, Any]:
+    period_start, period_end = (seconds(period[0]), seconds(period[1])) if period else (None, None)
+    url = f"/v1/subscription_items?subscription={row['id']}"
+    return {
+        "id": row["id"], "object": "subscription", "billing_cycle_anchor": seconds(row["billing_cycle_anchor_ms"]),
+        "cancel_at_period_end": row["cancel_at_period_end"], "canceled_at": seconds(row["canceled_ms"]),
+        "created": seconds(row["created_ms"]), "currency": row["currency"], "current_period_start": period_start,
+        "current_period_end": period_end, "customer": row["customer_id"], "ended_at": seconds(row["canceled_ms"]),
+        "items": {"object": "list", "has_more": False, "url": url, "data": [
+            {"id": item["id"], "object": "subscription_item", "created": seconds(row["created_ms"]),
+             "current_period_start": period_start, "current_period_end": period_end, "metadata": {},
+             "price": price(prices[item["price_id"]]) if item["price_id"] in prices else None,
+             "quantity": item["quantity"], "subscription": row["id"]} for item in items]},
+        "livemode": False, "metadata": {}, "start_date": seconds(row["created_ms"]), "status": row["status"],
+        "test_clock": row["test_clock_id"],
+    }
+
+
+def credit_grant(row: dict[str, Any]) -> dict[str, Any]:
+    scope: dict[str, Any] = ({"price_type": row["scope_price_type"]} if row["scope_price_type"]
+                             else {"prices": [{"id": price_id} for price_id in row["scope_price_ids"]]})
+    return {
+        "id": row["id"], "object": "billing.credit_grant", "amount": monetary(row["amount_minor"], row["currency"]),
+        "applicability_config": {"scope": scope}, "category": row["category"], "created": seconds(row["created_ms"]),
+        "customer": row["customer_id"], "effective_at": seconds(row["effective_at_ms"]),
+        "expires_at": seconds(row["expires_at_ms"]), "livemode": False, "metadata": row["metadata"],
+        "name": row["name"], "priority": row["priority"], "test_clock": row["test_clock_id"],
+        "updated": seconds(row["updated_ms"]), "voided_at": seconds(row["voided_ms"]),
+    }
+
+
+def credit_balance_transaction(row: dict[str, Any], test_clock_id: str | None = None) -> dict[str, Any]:
+    amount = monetary(row["amount_minor"], row["currency"])
+    credit = debit = None
+    if row["type"] == "credit":
+        credit = {"amount": amount, "type": row["reason"],
+                  "credits_application_invoice_voided": (
+                      {"invoice": row["invoice_id"], "invoice_line_item": row["invoice_line_id"]}
+                      if row["reason"] == "credits_application_invoice_voided" else None)}
+    else:
+        debit = {"amount": amount, "type": row["reason"],
+                 "credits_applied": ({"invoice": row["invoice_id"], "invoice_line_item": row["invoice_line_id"]}
+                                     if row["reason"] == "credits_applied" else None)}
+    return {"id": row["id"], "object": "billing.credit_balance_transaction",
+            "created": seconds(row["effective_at_ms"]), "credit": credit, "credit_grant": row["grant_id"],
+            "debit": debit, "effective_at": seconds(row["effective_at_ms"]), "livemode": False,
+            "test_clock": test_clock_id, "type": row["type"]}
+
+
+def invoice_line(line: dict[str, Any], credits: list[dict[str, Any]], invoice_row: dict[str, Any],
+                 subscription_id: str | None) -> dict[str, Any]:
+    quantity = line["quantity"]
+    return {
+        "id": line["id"], "object": "line_item", "amount": line["amount_minor"], "currency": invoice_row["currency"],
+        "description": None, "invoice": invoice_row.get("id"), "livemode": False, "metadata": {},
+        "period": {"start": seconds(invoice_row["period_start_ms"]), "end": seconds(invoice_row["period_end_ms"])},
+        "pretax_credit_amounts": [
+            {"amount": credit["amount_minor"], "credit_balance_transaction": credit["credit_balance_transaction_id"],
+             "type": "credit_balance_transaction"} for credit in credits],
+        "pricing": {"type": "price_details", "price_details": {"price": line["price_id"], "product": None},
+                    "unit_amount_decimal": decimal_text(line["unit_amount_decimal"])},
+        "price": line["price_id"],
+        "quantity": int(quantity) if quantity == quantity.to_integral_value() else None,
+        "quantity_decimal": decimal_text(quantity),
+        "subscription": subscription_id, "subscription_item": line["subscription_item_id"],
+    }
+
+
+def invoice(row: dict[str, Any], lines: list[dict[str, Any]], credits: list[dict[str, Any]],
+            test_clock_id: str | None = None) -> dict[str, Any]:
+    by_line: dict[str, list[dict[str, Any]]] = {}
+    for credit in credits:
+        by_line.setdefault(credit["invoice_line_id"], []).append(credit)
+    invoice_id = row.get("id")
+    line_objects = [invoice_line(line, by_line.get(line["id"], []), row, row["subscription_id"]) for line in lines]
+    paid = row["status"] == "paid"
+    return {
+        "id": invoice_id, "object": "invoice", "amount_due": row["amount_due_minor"],
+        "amount_paid": row["amount_due_minor"] if paid else 0,
+        "amount_remaining": 0 if paid or row["status"] == "void" else row["amount_due_minor"],
+        "billing_reason": row["billing_reason"], "created": seconds(row["finalized_ms"]),
+        "currency": row["currency"], "customer": row["customer_id"],
+        "lines": {"object": "list", "data": line_objects, "has_more": False,
+                  "url": f"/v1/invoices/{invoice_id}/lines" if invoice_id else "/v1/invoices/create_preview/lines"},
+        "livemode": False, "metadata": {},
+        "parent": {"type": "subscription_details",
+                   "subscription_details": {"subscription": row["subscription_id"], "metadata": {}}},
+        "period_start": seconds(row["period_start_ms"]), "period_end": seconds(row["period_end_ms"]),
+        "status": row["status"],
+        "status_transitions": {"finalized_at": seconds(row["finalized_ms"]) if invoice_id else None,
+                               "voided_at": seconds(row.get("voided_ms"))},
+        "subscription": row["subscription_id"], "subtotal": row["subtotal_minor"],
+        "subtotal_excluding_tax": row["subtotal_minor"], "test_clock": test_clock_id,
+        "total": row["amount_due_minor"], "total_excluding_tax": row["amount_due_minor"],
+        "total_pretax_credit_amounts": [
+            {"amount": credit["amount_minor"], "credit_balance_transaction": credit["credit_balance_transaction_id"],
+             "type": "credit_balance_transaction"} for credit in credits],
+    }
+
+
+def test_clock(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "object": "test_helpers.test_clock", "created": seconds(row["created_ms"]),
+            "deletes_after": seconds(row["created_ms"] + 30 * 86_400_000), "frozen_time": seconds(row["frozen_time_ms"]),
+            "livemode": False, "name": row["name"], "status": "ready", "status_details": {}}
+
+
+test_clock.__test__ = False  # type: ignore[attr-defined]  # not a pytest test

@@ -1,0 +1,241 @@
+"""Request parameters the Stripe way: form-encoded bracket notation or JSON, read into one tree.
+
+`items[0][price]=p&amount[monetary][value]=1000` and `{"items": [{"price": "p"}]}` give the same
+tree. `Params` reads typed values from it, names the exact parameter in every error
+(`items[0][price]`), and rejects parameters nobody read (Stripe's "Received unknown parameter").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl
+
+from api.errors import ApiError, invalid, missing, unknown
+
+_KEY_PART = re.compile(r"\[([^\[\]]*)\]")
+MAX_DEPTH = 6
+MAX_PARAMETERS = 2000
+# Accepted everywhere and not acted on: the SDKs send `expand` for nested objects we already inline.
+IGNORED = frozenset({"expand"})
+
+
+def parse_form(text: str) -> dict[str, Any]:
+    """The parameter tree of a form-encoded (or query) string."""
+    pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_PARAMETERS)
+    tree: dict[str, Any] = {}
+    for key, value in pairs:
+        head, _, rest = key.partition("[")
+        parts = [head] + (_KEY_PART.findall("[" + rest) if rest else [])
+        if not head or len(parts) > MAX_DEPTH or (rest and "".join(f"[{p}]" for p in parts[1:]) != "[" + rest):
+            raise invalid(key, f"Invalid parameter name: {key}")
+        node = tree
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            if part == "":  # `expand[]=a&expand[]=b`: append
+                part = str(len(node))
+            if last:
+                if isinstance(node.get(part), dict):
+                    raise invalid(key, f"Invalid parameter: {key} is both a value and an object")
+                node[part] = value
+            else:
+                child = node.setdefault(part, {})
+                if not isinstance(child, dict):
+                    raise invalid(key, f"Invalid parameter: {key} is both a value and an object")
+                node = child
+    return tree
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        tree = json.loads(body, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(f"Invalid JSON body: {exc}", code="parameter_invalid") from exc
+    if not isinstance(tree, dict):
+        raise ApiError("The JSON body must be an object.", code="parameter_invalid")
+    return tree
+
+
+def _is_list_like(value: Any) -> bool:
+    return isinstance(value, list) or (isinstance(value, dict) and bool(value) and all(k.isdigit() for k in value))
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, list):
+        return value
+    return [value[key] for key in sorted(value, key=int)]
+
+
+class Params:
+    """Typed, named access to one level of the parameter tree; `done()` rejects what was not read."""
+
+    def __init__(self, tree: dict[str, Any], prefix: str = "") -> None:
+        self._tree = tree
+        self._prefix = prefix
+        self._read: set[str] = set()
+        self._children: list[Params] = []
+
+    def name(self, key: str) -> str:
+        return f"{self._prefix}[{key}]" if self._prefix else key
+
+    def has(self, key: str) -> bool:
+        return key in self._tree
+
+    def raw(self, key: str) -> Any:
+        self._read.add(key)
+        return self._tree.get(key)
+
+    def str(self, key: str, *, required: bool = False, max_length: int = 5000, choices: Iterable[str] | None = None,
+            empty_is_none: bool = False) -> str | None:
+        value = self.raw(key)
+        if value is None:
+            if required:
+                raise missing(self.name(key))
+            return None
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise invalid(self.name(key), f"Invalid string: {self.name(key)} must be a string")
+        value = str(value)
+        if value == "" and empty_is_none:
+            return None
+        if value == "" and required:
+            raise missing(self.name(key))
+        if len(value) > max_length:
+            raise invalid(self.name(key), f"{self.name(key)} must be at most {max_length} characters")
+        if choices is not None and value not in choices:
+            raise invalid(self.name(key), f"Invalid {self.name(key)}: must be one of {', '.join(choices)}")
+        return value
+
+    def int(self, key: str, *, required: bool = False, minimum: int | None = None, maximum: int | None = None,
+            default: int | None = None, empty_is_none: bool = False) -> int | None:
+        value = self.raw(key)
+        if value is None or (value == "" and empty_is_none):
+            if required:
+                raise missing(self.name(key))
+            return default
+        if isinstance(value, bool):
+            raise invalid(self.name(key), f"Invalid integer: {value}")
+        if isinstance(value, str):
+            if not re.fullmatch(r"-?[0-9]{1,18}", value.strip()):
+                raise invalid(self.name(key), f"Invalid integer: {value[:50]}")
+            value = int(value)
+        elif not isinstance(value, int):
+            raise invalid(self.name(key), f"Invalid integer: {self.name(key)}")
+        if abs(value) >= 2**63:
+            raise invalid(self.name(key), f"Invalid integer: {value} is out of range")
+        if minimum is not None and value < minimum:
+            raise invalid(self.name(key), f"{self.name(key)} must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise invalid(self.name(key), f"{self.name(key)} must be at most {maximum}")
+        return value
+
+    def bool(self, key: str, *, default: bool | None = None) -> bool | None:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise invalid(self.name(key), f"Invalid boolean: {str(value)[:50]}")
+
+    def decimal(self, key: str, *, required: bool = False) -> Decimal | None:
+        value = self.raw(key)
+        if value is None:
+            if required:
+                raise missing(self.name(key))
+            return None
+        if isinstance(value, bool) or isinstance(value, float):
+            raise invalid(self.name(key), f"Invalid decimal: {value}")
+        try:
+            result = Decimal(str(value).strip())
+        except ArithmeticError as exc:
+            raise invalid(self.name(key), f"Invalid decimal: {str(value)[:50]}") from exc
+        if not result.is_finite():
+            raise invalid(self.name(key), f"Invalid decimal: {str(value)[:50]}")
+        return result
+
+    def object(self, key: str, *, required: bool = False) -> Params | None:
+        value = self.raw(key)
+        if value is None or value == "":
+            if required:
+                raise missing(self.name(key))
+            return None
+        if not isinstance(value, dict):
+            raise invalid(self.name(key), f"Invalid object: {self.name(key)} must be an object")
+        child = Params(value, self.name(key))
+        self._children.append(child)
+        return child
+
+    def list(self, key: str, *, required: bool = False, max_items: int = 100) -> list[Any]:
+        """Raw list items (each a value or a dict); a dict item can be wrapped with `item()`."""
+        value = self.raw(key)
+        if value is None or value == "":
+            if required:
+                raise missing(self.name(key))
+            return []
+        if not _is_list_like(value):
+            raise invalid(self.name(key), f"Invalid array: {self.name(key)} must be an array")
+        items = _as_list(value)
+        if len(items) > max_items:
+            raise invalid(self.name(key), f"{self.name(key)} can have at most {max_items} items")
+        return items
+
+    def objects(self, key: str, *, required: bool = False, max_items: int = 100) -> list[Params]:
+        result = []
+        for index, item in enumerate(self.list(key, required=required, max_items=max_items)):
+            if not isinstance(item, dict):
+                raise invalid(f"{self.name(key)}[{index}]", f"Invalid object: {self.name(key)}[{index}]")
+            child = Params(item, f"{self.name(key)}[{index}]")
+            self._children.append(child)
+            result.append(child)
+        return result
+
+    def metadata(self, key: str = "metadata") -> dict[str, str] | None:
+        """Stripe metadata: string keys (<= 40 chars) to string values (<= 500 chars), at most 50."""
+        value = self.raw(key)
+        if value is None:
+            return None
+        if value == "":
+            return {}
+        if not isinstance(value, dict) or len(value) > 50:
+            raise invalid(self.name(key), "Invalid metadata: an object of at most 50 string keys")
+        result = {}
+        for item_key, item_value in value.items():
+            if not isinstance(item_value, (str, int)) or isinstance(item_value, bool) or len(item_key) > 40 \
+                    or len(str(item_value)) > 500:
+                raise invalid(f"{self.name(key)}[{item_key}]", "Invalid metadata value")
+            result[item_key] = str(item_value)
+        return result
+
+    def done(self) -> None:
+        """Raise for the first parameter that no reader asked for."""
+        for key in self._tree:
+            if key not in self._read and not (not self._prefix and key in IGNORED):
+                raise unknown(self.name(key))
+        for child in self._children:
+            child.done()
+
+
+async def request_params(request: Any) -> Params:
+    """The parameters of a request: its query string plus its form or JSON body."""
+    tree = parse_form(request.url.query) if request.url.query else {}
+    if request.method in ("POST", "DELETE", "PUT", "PATCH"):
+        body = await request.body()
+        if body:
+            content_type = request.headers.get("content-type", "")
+            body_tree = parse_json(body) if "json" in content_type else parse_form(_decode(body))
+            for key, value in body_tree.items():
+                if key in tree:
+                    raise invalid(key, f"Parameter {key} given twice (query and body)")
+                tree[key] = value
+    return Params(tree)
+
+
+def _decode(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError("The body is not UTF-8.", code="parameter_invalid") from exc

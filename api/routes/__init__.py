@@ -1,0 +1,13 @@
+"""The API's routers, one module per Stripe resource family."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+
+def all_routers() -> list[APIRouter]:
+    from api.routes import (balances, catalog, credit_grants, customers, invoices, meter_events, meters,
+                            subscriptions, test_clocks)
+
+    return [module.router for module in (meters, meter_events, catalog, customers, subscriptions, credit_grants,
+                                         balances, invoices, test_clocks)]

@@ -1,0 +1,63 @@
+"""/v1/customers (optionally on a test clock)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from api import objects
+from api.app import route
+from api.context import ApiContext
+from api.errors import invalid
+from api.ids import new_id
+from api.params import Params
+from api.store import customer_now_ms, paginate, require
+from billing.facts import CustomerCreated
+
+router = APIRouter(tags=["customers"])
+STRING = "string"
+
+
+def create_customer(ctx: ApiContext, params: Params) -> dict[str, Any]:
+    name = params.str("name", max_length=256)
+    email = params.str("email", max_length=512)
+    metadata = params.metadata() or {}
+    test_clock_id = params.str("test_clock", max_length=200)
+    params.done()
+    if test_clock_id is not None:
+        clock = require(ctx.pool, "test_clocks", "test clock", test_clock_id, param="test_clock")
+        if clock["deleted_ms"] is not None:
+            raise invalid("test_clock", f"Test clock '{test_clock_id}' has been deleted.")
+    customer_id = new_id("cus")
+    created_at_ms = customer_now_ms(ctx.pool, {"test_clock_id": test_clock_id})
+    fact = CustomerCreated(customer_id=customer_id, name=name, email=email, test_clock_id=test_clock_id,
+                           created_at_ms=created_at_ms, metadata=metadata)
+    ctx.wait([ctx.publisher.publish("customer-facts", customer_id, fact)])
+    return objects.customer(require(ctx.pool, "customers", "customer", customer_id))
+
+
+def retrieve_customer(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    params.done()
+    return objects.customer(require(ctx.pool, "customers", "customer", id))
+
+
+def list_customers(ctx: ApiContext, params: Params) -> dict[str, Any]:
+    conditions, arguments = [], []
+    email = params.str("email", max_length=512)
+    test_clock_id = params.str("test_clock", max_length=200)
+    if email is not None:
+        conditions.append("email = %s")
+        arguments.append(email)
+    if test_clock_id is not None:
+        conditions.append("test_clock_id = %s")
+        arguments.append(test_clock_id)
+    return paginate(ctx.pool, params, "/v1/customers", "customers", conditions, arguments, objects.customer)
+
+
+route(router, "POST", "/v1/customers", create_customer, summary="Create a customer",
+      form={"name": STRING, "email": STRING, "test_clock": STRING})
+route(router, "GET", "/v1/customers", list_customers, summary="List customers",
+      query={"email": STRING, "test_clock": STRING, "limit": "integer", "starting_after": STRING,
+             "ending_before": STRING})
+route(router, "GET", "/v1/customers/{id}", retrieve_customer, summary="Retrieve a customer")

@@ -1,0 +1,163 @@
+"""/v1/billing/meters and their event summaries (from the projected usage buckets)."""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from typing import Any
+
+from fastapi import APIRouter
+
+from api import objects
+from api.app import route
+from api.context import ApiContext
+from api.errors import conflict, invalid
+from api.ids import new_id
+from api.params import Params
+from api.store import fetch_all, fetch_one, list_object, now_ms, paginate, require
+from billing.facts import EventTimeWindow, MeterAggregation, MeterDeactivated, MeterDefined, MeterDisplayNameChanged, \
+    MeterReactivated
+from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_HOUR, MILLISECONDS_PER_MINUTE
+
+router = APIRouter(tags=["meters"])
+MAX_SUMMARY_WINDOWS = 1000
+
+
+def create_meter(ctx: ApiContext, params: Params) -> dict[str, Any]:
+    display_name = params.str("display_name", required=True, max_length=250)
+    event_name = params.str("event_name", required=True, max_length=100)
+    aggregation = params.object("default_aggregation", required=True)
+    formula = aggregation.str("formula", required=True, choices=[m.value for m in MeterAggregation])
+    mapping = params.object("customer_mapping")
+    customer_key = "stripe_customer_id"
+    if mapping is not None:
+        customer_key = mapping.str("event_payload_key", required=True, max_length=100)
+        mapping.str("type", required=True, choices=["by_id"])
+    value_settings = params.object("value_settings")
+    value_key = value_settings.str("event_payload_key", required=True, max_length=100) if value_settings else "value"
+    window = params.str("event_time_window", choices=[w.value for w in EventTimeWindow])
+    params.done()
+    if fetch_one(ctx.pool, "select id from meters where event_name = %s", event_name) is not None:
+        raise conflict(f"A meter with event_name '{event_name}' already exists.", "resource_already_exists",
+                       "event_name")
+    meter_id = new_id("mtr")
+    fact = MeterDefined(meter_id=meter_id, display_name=display_name, event_name=event_name,
+                        aggregation=MeterAggregation(formula), customer_payload_key=customer_key,
+                        value_payload_key=value_key, event_time_window=EventTimeWindow(window) if window else None,
+                        created_at_ms=now_ms())
+    ctx.wait([ctx.publisher.publish("catalog", meter_id, fact)])
+    return objects.meter(require(ctx.pool, "meters", "billing.meter", meter_id))
+
+
+def retrieve_meter(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    params.done()
+    return objects.meter(require(ctx.pool, "meters", "billing.meter", id))
+
+
+def list_meters(ctx: ApiContext, params: Params) -> dict[str, Any]:
+    status = params.str("status", choices=["active", "inactive"])
+    conditions, arguments = ([], []) if status is None else (["status = %s"], [status])
+    return paginate(ctx.pool, params, "/v1/billing/meters", "meters", conditions, arguments, objects.meter)
+
+
+def update_meter(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    display_name = params.str("display_name", max_length=250)
+    params.done()
+    require(ctx.pool, "meters", "billing.meter", id)
+    if display_name is not None:
+        fact = MeterDisplayNameChanged(meter_id=id, display_name=display_name, changed_at_ms=now_ms())
+        ctx.wait([ctx.publisher.publish("catalog", id, fact)])
+    return objects.meter(require(ctx.pool, "meters", "billing.meter", id))
+
+
+def deactivate_meter(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    params.done()
+    meter = require(ctx.pool, "meters", "billing.meter", id)
+    if meter["status"] == "inactive":
+        raise conflict(f"Meter '{id}' is already inactive.", "meter_already_inactive")
+    ctx.wait([ctx.publisher.publish("catalog", id, MeterDeactivated(meter_id=id, deactivated_at_ms=now_ms()))])
+    return objects.meter(require(ctx.pool, "meters", "billing.meter", id))
+
+
+def reactivate_meter(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    params.done()
+    meter = require(ctx.pool, "meters", "billing.meter", id)
+    if meter["status"] == "active":
+        raise conflict(f"Meter '{id}' is already active.", "meter_already_active")
+    ctx.wait([ctx.publisher.publish("catalog", id, MeterReactivated(meter_id=id, reactivated_at_ms=now_ms()))])
+    return objects.meter(require(ctx.pool, "meters", "billing.meter", id))
+
+
+def event_summaries(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    """Aggregated usage of one customer in [start_time, end_time), whole or per hour/day window."""
+    customer_id = params.str("customer", required=True, max_length=200)
+    start_s = params.int("start_time", required=True, minimum=0, maximum=10**11)
+    end_s = params.int("end_time", required=True, minimum=0, maximum=10**11)
+    grouping = params.str("value_grouping_window", choices=["hour", "day"])
+    meter = require(ctx.pool, "meters", "billing.meter", id)
+    alignment_ms = {None: MILLISECONDS_PER_MINUTE, "hour": MILLISECONDS_PER_HOUR, "day": MILLISECONDS_PER_DAY}[grouping]
+    start_ms, end_ms = start_s * 1000, end_s * 1000
+    for name, value_ms in (("start_time", start_ms), ("end_time", end_ms)):
+        if value_ms % alignment_ms:
+            unit = {None: "minute", "hour": "hour", "day": "day (UTC midnight)"}[grouping]
+            raise invalid(name, f"{name} must be aligned to a {unit} boundary.")
+    if end_ms <= start_ms:
+        raise invalid("end_time", "end_time must be after start_time.")
+    step_ms = end_ms - start_ms if grouping is None else alignment_ms
+    if (end_ms - start_ms) // step_ms > MAX_SUMMARY_WINDOWS:
+        raise invalid("end_time", f"The range holds more than {MAX_SUMMARY_WINDOWS} grouping windows.")
+    rows = fetch_all(ctx.pool, "select bucket_start_ms, value from usage_buckets where customer_id = %s"
+                               " and meter_id = %s and bucket_start_ms >= %s and bucket_start_ms < %s"
+                               " order by bucket_start_ms", customer_id, id, start_ms, end_ms)
+    windows: dict[int, list[Decimal]] = {}
+    for row in rows:
+        windows.setdefault(start_ms + (row["bucket_start_ms"] - start_ms) // step_ms * step_ms, []).append(row["value"])
+    summaries = []
+    for window_start_ms in range(start_ms, end_ms, step_ms):
+        values = windows.get(window_start_ms, [])
+        # Buckets hold per-minute aggregates: sum and count add up; "last" keeps the latest minute's value.
+        total = (values[-1] if values else Decimal(0)) if meter["aggregation"] == "last" else sum(values, Decimal(0))
+        summary_id = "mtrusg_" + hashlib.sha256(f"{id}|{customer_id}|{window_start_ms}|{step_ms}".encode()).hexdigest()[:24]
+        summaries.append({"id": summary_id, "object": "billing.meter_event_summary",
+                          "aggregated_value": objects.number(total), "end_time": (window_start_ms + step_ms) // 1000,
+                          "livemode": False, "meter": id, "start_time": window_start_ms // 1000})
+    summaries.reverse()  # newest first, like every Stripe list
+    return _page(params, summaries, f"/v1/billing/meters/{id}/event_summaries")
+
+
+def _page(params: Params, items: list[dict[str, Any]], url: str) -> dict[str, Any]:
+    limit = params.int("limit", minimum=1, maximum=100, default=10)
+    starting_after = params.str("starting_after", max_length=200)
+    ending_before = params.str("ending_before", max_length=200)
+    params.done()
+    ids = [item["id"] for item in items]
+    start, stop = 0, len(items)
+    if starting_after:
+        if starting_after not in ids:
+            raise invalid("starting_after", f"No such object: '{starting_after}'", code="resource_missing")
+        start = ids.index(starting_after) + 1
+    if ending_before:
+        if ending_before not in ids:
+            raise invalid("ending_before", f"No such object: '{ending_before}'", code="resource_missing")
+        stop = ids.index(ending_before)
+        start = max(0, stop - limit)
+        return list_object(items[start:stop], url, has_more=start > 0)
+    return list_object(items[start:start + limit], url, has_more=start + limit < stop)
+
+
+STRING = "string"
+route(router, "POST", "/v1/billing/meters", create_meter, summary="Create a billing meter",
+      form={"display_name": STRING, "event_name": STRING, "default_aggregation[formula]": STRING,
+            "customer_mapping[event_payload_key]": STRING, "customer_mapping[type]": STRING,
+            "value_settings[event_payload_key]": STRING, "event_time_window": STRING})
+route(router, "GET", "/v1/billing/meters", list_meters, summary="List billing meters",
+      query={"status": STRING, "limit": "integer", "starting_after": STRING, "ending_before": STRING})
+route(router, "GET", "/v1/billing/meters/{id}", retrieve_meter, summary="Retrieve a billing meter")
+route(router, "POST", "/v1/billing/meters/{id}", update_meter, summary="Update a meter's display name",
+      form={"display_name": STRING})
+route(router, "POST", "/v1/billing/meters/{id}/deactivate", deactivate_meter, summary="Deactivate a meter")
+route(router, "POST", "/v1/billing/meters/{id}/reactivate", reactivate_meter, summary="Reactivate a meter")
+route(router, "GET", "/v1/billing/meters/{id}/event_summaries", event_summaries,
+      summary="Usage summaries of a customer for a meter",
+      query={"customer": STRING, "start_time": "integer", "end_time": "integer", "value_grouping_window": STRING,
+             "limit": "integer", "starting_after": STRING, "ending_before": STRING})

@@ -1,0 +1,141 @@
+"""/v1/subscriptions: create with metered (or licensed) items, cancel at period end, cancel now."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from api import objects
+from api.app import route
+from api.context import ApiContext
+from api.errors import conflict, invalid
+from api.ids import new_id
+from api.params import Params
+from api.store import customer_now_ms, fetch_all, fetch_one, paginate, require
+from billing.facts import RecurringInterval, SubscriptionCanceled, SubscriptionCancelScheduled, SubscriptionCreated, \
+    SubscriptionItem
+from billing.periods import subscription_period_containing
+
+router = APIRouter(tags=["subscriptions"])
+MAX_ITEMS = 20
+
+
+def current_period(subscription: dict[str, Any], price: dict[str, Any], at_ms: int) -> tuple[int, int]:
+    """The subscription's billing period containing `at_ms` (its first period before it starts)."""
+    period = subscription_period_containing(
+        subscription["created_ms"], subscription["billing_cycle_anchor_ms"],
+        RecurringInterval(price["recurring_interval"]), price["recurring_interval_count"],
+        max(at_ms, subscription["created_ms"]))
+    return period.start_ms, period.end_ms
+
+
+def subscription_object(ctx: ApiContext, row: dict[str, Any]) -> dict[str, Any]:
+    items = fetch_all(ctx.pool, "select * from subscription_items where subscription_id = %s order by position",
+                      row["id"])
+    prices = {price["id"]: price for price in fetch_all(ctx.pool, "select * from prices where id = any(%s)",
+                                                          [item["price_id"] for item in items])}
+    period = None
+    if items and items[0]["price_id"] in prices:
+        customer = fetch_one(ctx.pool, "select * from customers where id = %s", row["customer_id"]) or {}
+        period = current_period(row, prices[items[0]["price_id"]], customer_now_ms(ctx.pool, customer))
+    return objects.subscription(row, items, prices, period)
+
+
+def create_subscription(ctx: ApiContext, params: Params) -> dict[str, Any]:
+    customer_id = params.str("customer", required=True, max_length=200)
+    items = params.objects("items", required=True, max_items=MAX_ITEMS)
+    anchor_s = params.int("billing_cycle_anchor", minimum=0, maximum=253_402_300_799)
+    requested = []
+    for item in items:
+        requested.append((item.name("price"), item.str("price", required=True, max_length=200),
+                          item.int("quantity", minimum=1, maximum=10**9, default=1)))
+    params.done()
+    customer = require(ctx.pool, "customers", "customer", customer_id, param="customer")
+    prices = []
+    for param, price_id, _ in requested:
+        prices.append(require(ctx.pool, "prices", "price", price_id, param=param))
+    currencies = {price["currency"] for price in prices}
+    intervals = {(price["recurring_interval"], price["recurring_interval_count"]) for price in prices}
+    if len(currencies) > 1:
+        raise invalid("items", "All prices of a subscription must have the same currency.")
+    if len(intervals) > 1:
+        raise invalid("items", "All prices of a subscription must have the same recurring interval.")
+    if len({price_id for _, price_id, _ in requested}) != len(requested):
+        raise invalid("items", "A price can appear only once in a subscription's items.")
+    created_at_ms = customer_now_ms(ctx.pool, customer)
+    anchor_ms = created_at_ms if anchor_s is None else anchor_s * 1000
+    if anchor_ms < created_at_ms - 1000:
+        raise invalid("billing_cycle_anchor", "billing_cycle_anchor cannot be before the subscription starts.")
+    subscription_id = new_id("sub")
+    fact = SubscriptionCreated(
+        subscription_id=subscription_id, customer_id=customer_id, currency=currencies.pop(),
+        billing_cycle_anchor_ms=max(anchor_ms, created_at_ms), created_at_ms=created_at_ms,
+        test_clock_id=customer["test_clock_id"],
+        items=tuple(SubscriptionItem(item_id=new_id("si"), price_id=price_id, quantity=quantity)
+                    for _, price_id, quantity in requested))
+    ctx.wait([ctx.publisher.publish("customer-facts", customer_id, fact)])
+    return subscription_object(ctx, require(ctx.pool, "subscriptions", "subscription", subscription_id))
+
+
+def retrieve_subscription(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    params.done()
+    return subscription_object(ctx, require(ctx.pool, "subscriptions", "subscription", id))
+
+
+def list_subscriptions(ctx: ApiContext, params: Params) -> dict[str, Any]:
+    conditions, arguments = [], []
+    customer_id = params.str("customer", max_length=200)
+    status = params.str("status", choices=["active", "canceled", "all"])
+    if customer_id is not None:
+        conditions.append("customer_id = %s")
+        arguments.append(customer_id)
+    if status in ("active", "canceled"):
+        conditions.append("status = %s")
+        arguments.append(status)
+    elif status is None:
+        conditions.append("status <> 'canceled'")  # Stripe lists non-canceled subscriptions by default
+    return paginate(ctx.pool, params, "/v1/subscriptions", "subscriptions", conditions, arguments,
+                    lambda row: subscription_object(ctx, row))
+
+
+def update_subscription(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    cancel_at_period_end = params.bool("cancel_at_period_end")
+    params.done()
+    row = require(ctx.pool, "subscriptions", "subscription", id)
+    if cancel_at_period_end is not None:
+        if row["status"] == "canceled":
+            raise conflict(f"Subscription '{id}' is canceled.", "subscription_canceled")
+        customer = require(ctx.pool, "customers", "customer", row["customer_id"])
+        fact = SubscriptionCancelScheduled(subscription_id=id, customer_id=row["customer_id"],
+                                           cancel_at_period_end=cancel_at_period_end,
+                                           scheduled_at_ms=customer_now_ms(ctx.pool, customer))
+        ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], fact)])
+    return subscription_object(ctx, require(ctx.pool, "subscriptions", "subscription", id))
+
+
+def cancel_subscription(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    invoice_now = params.bool("invoice_now", default=False)
+    params.bool("prorate")
+    params.done()
+    row = require(ctx.pool, "subscriptions", "subscription", id)
+    if row["status"] == "canceled":
+        raise conflict(f"Subscription '{id}' is already canceled.", "subscription_canceled")
+    customer = require(ctx.pool, "customers", "customer", row["customer_id"])
+    fact = SubscriptionCanceled(subscription_id=id, customer_id=row["customer_id"], invoice_now=bool(invoice_now),
+                                canceled_at_ms=customer_now_ms(ctx.pool, customer))
+    ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], fact)])
+    return subscription_object(ctx, require(ctx.pool, "subscriptions", "subscription", id))
+
+
+route(router, "POST", "/v1/subscriptions", create_subscription, summary="Create a subscription",
+      form={"customer": "string", "items[0][price]": "string", "items[0][quantity]": "integer",
+            "billing_cycle_anchor": "integer"})
+route(router, "GET", "/v1/subscriptions", list_subscriptions, summary="List subscriptions",
+      query={"customer": "string", "status": "string", "limit": "integer", "starting_after": "string",
+             "ending_before": "string"})
+route(router, "GET", "/v1/subscriptions/{id}", retrieve_subscription, summary="Retrieve a subscription")
+route(router, "POST", "/v1/subscriptions/{id}", update_subscription, summary="Update cancel_at_period_end",
+      form={"cancel_at_period_end": "boolean"})
+route(router, "DELETE", "/v1/subscriptions/{id}", cancel_subscription, summary="Cancel a subscription now",
+      form={"invoice_now": "boolean", "prorate": "boolean"})

@@ -1,0 +1,91 @@
+"""Reads from the projection: the connection pool, lookups that commands validate against, and
+Stripe list pagination."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from api.errors import invalid, not_found
+from api.params import Params
+
+LIST_LIMIT_DEFAULT = 10
+LIST_LIMIT_MAX = 100
+
+
+def open_pool(database_url: str, schema: str = "public", max_size: int = 10) -> ConnectionPool:
+    """Autocommit connections (reads see the latest committed projection) on the projection's schema."""
+    return ConnectionPool(database_url, min_size=2, max_size=max_size, open=True, timeout=10,
+                          kwargs={"autocommit": True, "row_factory": dict_row,
+                                  "options": f"-c search_path={schema}"})
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def fetch_one(pool: ConnectionPool, statement: str, *params: Any) -> dict[str, Any] | None:
+    with pool.connection() as conn:
+        return conn.execute(statement, params).fetchone()
+
+
+def fetch_all(pool: ConnectionPool, statement: str, *params: Any) -> list[dict[str, Any]]:
+    with pool.connection() as conn:
+        return conn.execute(statement, params).fetchall()
+
+
+def require(pool: ConnectionPool, table: str, kind: str, object_id: str | None, param: str = "id") -> dict[str, Any]:
+    """The row with `object_id` in `table`, or a 404 naming the kind (Stripe: "No such customer: 'x'")."""
+    row = fetch_one(pool, f"select * from {table} where id = %s", object_id) if object_id else None
+    if row is None:
+        raise not_found(kind, object_id or "", param) if param == "id" else invalid(
+            param, f"No such {kind}: '{object_id}'", code="resource_missing")
+    return row
+
+
+def customer_now_ms(pool: ConnectionPool, customer: dict[str, Any]) -> int:
+    """A customer's now: its test clock's frozen time when it has one, else the wall clock."""
+    if customer.get("test_clock_id"):
+        clock = fetch_one(pool, "select frozen_time_ms from test_clocks where id = %s", customer["test_clock_id"])
+        if clock is not None:
+            return clock["frozen_time_ms"]
+    return now_ms()
+
+
+def paginate(pool: ConnectionPool, params: Params, url: str, table: str, conditions: list[str],
+             arguments: list[Any], render: Any, order_column: str = "created_ms") -> dict[str, Any]:
+    """A Stripe list object: newest first, `limit` (1..100, default 10), `starting_after`, `ending_before`."""
+    limit = params.int("limit", minimum=1, maximum=LIST_LIMIT_MAX, default=LIST_LIMIT_DEFAULT)
+    starting_after = params.str("starting_after", max_length=200)
+    ending_before = params.str("ending_before", max_length=200)
+    params.done()
+    if starting_after and ending_before:
+        raise invalid("ending_before", "You may only specify one of starting_after and ending_before.")
+    conditions, arguments = list(conditions), list(arguments)
+    cursor_id = starting_after or ending_before
+    ascending = False
+    if cursor_id:
+        cursor = fetch_one(pool, f"select {order_column} as sort_key, id from {table} where id = %s", cursor_id)
+        if cursor is None:
+            param = "starting_after" if starting_after else "ending_before"
+            raise invalid(param, f"No such object: '{cursor_id}'", code="resource_missing")
+        comparison = "<" if starting_after else ">"
+        ascending = bool(ending_before)
+        conditions.append(f"({order_column}, id) {comparison} (%s, %s)")
+        arguments += [cursor["sort_key"], cursor["id"]]
+    where = (" where " + " and ".join(conditions)) if conditions else ""
+    direction = "asc" if ascending else "desc"
+    rows = fetch_all(pool, f"select * from {table}{where} order by {order_column} {direction}, id {direction}"
+                           f" limit %s", *arguments, limit + 1)
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    if ascending:
+        rows.reverse()
+    return {"object": "list", "data": [render(row) for row in rows], "has_more": has_more, "url": url}
+
+
+def list_object(data: list[Any], url: str, has_more: bool = False) -> dict[str, Any]:
+    return {"object": "list", "data": data, "has_more": has_more, "url": url}

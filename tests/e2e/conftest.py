@@ -1,0 +1,78 @@
+"""The API in-process (FastAPI TestClient) against the real Kafka and PostgreSQL, with the
+projector running in a thread, so that read-your-writes is real."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from drawdown.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def engine_settings(settings: Settings) -> Settings:
+    from projections.migrate import migrate
+    from streams.topics import ensure_topics
+
+    ensure_topics(settings)
+    migrate(settings.effective_database_url)
+    return settings.model_copy(update={"read_your_writes_timeout_ms": 15_000})
+
+
+@pytest.fixture(scope="session")
+def projector(engine_settings: Settings) -> Iterator[Any]:
+    """The live projector (schema public) in a background thread for the whole session."""
+    from projections.projector import Projector
+
+    instance = Projector(engine_settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=instance.run, args=(stop,), name="projector", daemon=True)
+    thread.start()
+    yield instance
+    stop.set()
+    thread.join(30)
+
+
+@pytest.fixture(scope="session")
+def app(engine_settings: Settings, projector: Any) -> Iterator[Any]:
+    from api.app import create_app
+
+    application = create_app(engine_settings)
+    with TestClient(application):  # runs the lifespan: pool, publisher
+        yield application
+
+
+@pytest.fixture(scope="session")
+def secret_key(engine_settings: Settings) -> str:
+    from api.auth import create_key
+
+    return create_key(engine_settings.effective_database_url)
+
+
+@pytest.fixture(scope="session")
+def read_only_key(engine_settings: Settings) -> str:
+    from api.auth import create_key
+
+    return create_key(engine_settings.effective_database_url, read_only=True)
+
+
+@pytest.fixture(scope="session")
+def client(app: Any, secret_key: str) -> Iterator[TestClient]:
+    with TestClient(app, headers={"Authorization": f"Bearer {secret_key}"}) as test_client:
+        yield test_client
+
+
+@pytest.fixture()
+def worker_fact(app: Any) -> Callable[..., None]:
+    """Publish a derived fact as the stream workers would (keyed by its customer), and wait until
+    the projection has it: stands in for the workers in API tests."""
+
+    def publish(topic: str, fact: Any) -> None:
+        ctx = app.state.ctx
+        ctx.wait([ctx.publisher.publish(topic, fact.customer_id, fact)])
+
+    return publish
