@@ -249,7 +249,8 @@ def scan(settings: Settings, ranges: list[PartitionRange], folds: Mapping[int, P
         consumer.assign([TopicPartition(topic, r.partition, r.first_offset) for r in wanted])
         idle_since_s = time.monotonic()
         while remaining:
-            batch = consumer.consume(num_messages=CONSUME_BATCH_RECORDS, timeout=0.5)
+            # Never ask for more than is left: consume() waits its whole timeout for a full batch.
+            batch = consumer.consume(num_messages=max(1, min(CONSUME_BATCH_RECORDS, total - read)), timeout=0.5)
             if not batch:
                 # Offsets can skip (transaction markers): the position tells when a partition is done.
                 for position in consumer.position([TopicPartition(topic, p) for p in remaining]):
