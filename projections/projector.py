@@ -128,7 +128,8 @@ class Projector:
         consumer.subscribe(list(self.topics), on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
         try:
             while not stop.is_set():
-                messages = consumer.consume(num_messages=MAX_BATCH_MESSAGES, timeout=0.2)
+                # consume() waits for a full batch or the timeout: keep it short, it is the read-your-writes latency.
+                messages = consumer.consume(num_messages=MAX_BATCH_MESSAGES, timeout=0.05)
                 if not messages:
                     continue
                 try:
