@@ -60,7 +60,10 @@ def _customers_now(ctx: ApiContext, customer_ids: set[str]) -> dict[str, int]:
 
 def _validated(ctx: ApiContext, raw_events: list[dict[str, Any]], param: Any) -> list[MeterEventRecorded]:
     """Facts for `raw_events` ({event_name, payload, identifier?, timestamp_ms?}) or the first error."""
-    meters = _Meters(ctx.meters_by_event_name())
+    cached = ctx.meters_by_event_name()
+    if any(raw["event_name"] not in cached for raw in raw_events):  # a meter created a moment ago
+        cached = ctx.meters_by_event_name(max_age_s=0.05)
+    meters = _Meters(cached)
     wanted = set()
     for raw in raw_events:
         meter = meters.by_event_name.get(raw["event_name"])
