@@ -14,13 +14,27 @@ from drawdown.settings import Settings
 
 
 @pytest.fixture(scope="session")
-def engine_settings(settings: Settings) -> Settings:
+def engine_settings(settings: Settings, database_url: str) -> Iterator[Settings]:
+    """The session's settings with topics and a database of the API tests' own: they publish
+    stand-in worker facts that other suites reading the session's topics must not see."""
+    import psycopg
+    from psycopg import sql
+
     from projections.migrate import migrate
     from streams.topics import ensure_topics
 
-    ensure_topics(settings)
-    migrate(settings.effective_database_url)
-    return settings.model_copy(update={"read_your_writes_timeout_ms": 15_000})
+    server, _, name = database_url.rpartition("/")
+    own_database = f"{name}_api"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(own_database)))
+    own = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "-api",
+                                      "database_url": f"{server}/{own_database}",
+                                      "read_your_writes_timeout_ms": 15_000})
+    ensure_topics(own)
+    migrate(own.effective_database_url)
+    yield own
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(own_database)))
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,11 @@ from streams.topics import PRODUCER_PARTITIONER, ensure_topics
 
 @pytest.fixture(scope="session")
 def topics(settings: Settings) -> Settings:
-    ensure_topics(settings)
-    return settings
+    """Settings with topics of these tests' own (they publish fake derived facts and garbage that
+    other suites reading the session's topics must not see)."""
+    own = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "-projections"})
+    ensure_topics(own)
+    return own
 
 
 @pytest.fixture()

@@ -39,7 +39,8 @@ def catalog_and_customer(publish, customer_id: str, meter_id: str, price_id: str
         effective_at_ms=NOW_MS, created_at_ms=NOW_MS), key=customer_id)
 
 
-def test_every_fact_kind_becomes_rows_and_offsets_reach_the_log_end(settings, topics, publish, schema):
+def test_every_fact_kind_becomes_rows_and_offsets_reach_the_log_end(topics, publish, schema):
+    settings = topics
     customer_id, meter_id, price_id, grant_id = unique("cus"), unique("mtr"), unique("price"), unique("credgr")
     catalog_and_customer(publish, customer_id, meter_id, price_id, grant_id)
     publish("customer-facts", f.MeterEventRecorded(customer_id=customer_id, event_name="x", identifier="i1",
@@ -84,7 +85,8 @@ def test_every_fact_kind_becomes_rows_and_offsets_reach_the_log_end(settings, to
     consumer.close()
 
 
-def test_usage_bucket_updates_keep_the_aggregate_of_the_latest_offset(settings, topics, publish, schema):
+def test_usage_bucket_updates_keep_the_aggregate_of_the_latest_offset(topics, publish, schema):
+    settings = topics
     customer_id, meter_id = unique("cus"), unique("mtr")
     for value in ("1", "5", "4"):  # the current aggregate, not an increment: the last one wins
         publish("usage-buckets", f.UsageBucketUpdated(customer_id=customer_id, meter_id=meter_id,
@@ -96,7 +98,8 @@ def test_usage_bucket_updates_keep_the_aggregate_of_the_latest_offset(settings, 
 
 
 def test_a_batch_that_fails_before_commit_writes_neither_rows_nor_offsets_and_is_projected_once_later(
-        settings, topics, publish, schema):
+        topics, publish, schema):
+    settings = topics
     customer_id, grant_id = unique("cus"), unique("credgr")
     catalog_and_customer(publish, customer_id, unique("mtr"), unique("price"), grant_id)
     crashing = Projector(settings, schema=schema)
@@ -116,13 +119,15 @@ def test_a_batch_that_fails_before_commit_writes_neither_rows_nor_offsets_and_is
     assert query(settings, schema, "select count(*) from credit_grants where id = %s", grant_id) == [(1,)]
 
 
-def test_a_second_catch_up_applies_no_fact_again(settings, topics, publish, schema):
+def test_a_second_catch_up_applies_no_fact_again(topics, publish, schema):
+    settings = topics
     catalog_and_customer(publish, unique("cus"), unique("mtr"), unique("price"), unique("credgr"))
     assert Projector(settings, schema=schema).catch_up(timeout_s=60) > 0
     assert Projector(settings, schema=schema).catch_up(timeout_s=60) == 0
 
 
-def test_a_projector_whose_partition_moved_on_is_fenced_and_writes_nothing(settings, topics, publish, schema):
+def test_a_projector_whose_partition_moved_on_is_fenced_and_writes_nothing(topics, publish, schema):
+    settings = topics
     customer_id = unique("cus")
     Projector(settings, schema=schema).catch_up(timeout_s=60)
     zombie = Projector(settings, schema=schema)
@@ -147,7 +152,8 @@ def test_a_projector_whose_partition_moved_on_is_fenced_and_writes_nothing(setti
     assert query(settings, schema, "select count(*) from customers where id = %s", customer_id + "_zombie") == [(0,)]
 
 
-def test_undecodable_records_become_dead_letter_rows_instead_of_stopping_the_projector(settings, topics, schema):
+def test_undecodable_records_become_dead_letter_rows_instead_of_stopping_the_projector(topics, schema):
+    settings = topics
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers})
@@ -159,7 +165,8 @@ def test_undecodable_records_become_dead_letter_rows_instead_of_stopping_the_pro
     assert rows and rows[0][0] in {"truncated_fact", "unknown_schema_fingerprint"}
 
 
-def test_rebuild_replays_the_topics_into_tables_identical_to_the_live_projection(settings, topics, publish, schema):
+def test_rebuild_replays_the_topics_into_tables_identical_to_the_live_projection(topics, publish, schema):
+    settings = topics
     import threading
 
     from projections.projector import PROJECTION_TABLES
