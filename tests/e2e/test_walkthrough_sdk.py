@@ -1,0 +1,101 @@
+"""The seed walkthrough end to end through the official Stripe SDK: API -> Kafka -> stream worker
+(`python -m drawdown worker`, a subprocess) -> projector -> API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drawdown.settings import PROJECT_ROOT, Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture()
+def worker(engine_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen]:
+    web_port = free_port()
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=engine_settings.effective_kafka_bootstrap_servers,
+               DATABASE_URL=engine_settings.effective_database_url, DRAWDOWN_TOPIC_PREFIX=engine_settings.topic_prefix,
+               DRAWDOWN_PARTITIONS=str(engine_settings.partitions),
+               DRAWDOWN_GRACE_PERIOD_SECONDS=str(engine_settings.grace_period_seconds),
+               DRAWDOWN_WORKER_DATA_DIR=str(tmp_path / "worker"), DRAWDOWN_WORKER_WEB_PORT=str(web_port),
+               DRAWDOWN_STATE_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1", PYTHONPATH=str(PROJECT_ROOT))
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "drawdown", "worker", "--loglevel", "info"],
+                                   cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, f"worker exited:\n{log_path.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/drawdown/ready/", timeout=1) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"worker not ready:\n{log_path.read_text()[-3000:]}"
+        time.sleep(0.3)
+    yield process
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+@pytest.fixture()
+def api_base(app: Any) -> Iterator[str]:
+    """The in-process app served over real HTTP (the SDK needs a socket)."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_the_hypernian_walkthrough_bills_3000_input_tokens_as_9000_minus_1000_credit(api_base, secret_key, worker):
+    import stripe
+
+    from api import walkthrough
+
+    walkthrough.configure(stripe, api_base, secret_key)
+    lines: list[str] = []
+    result = walkthrough.run(stripe, say=lines.append, invoice_timeout_s=90)
+
+    preview = result["preview"]
+    assert (preview.subtotal, preview.amount_due) == (9000, 8000)
+    invoice = result["invoice"]
+    assert invoice.status == "open" and invoice.id.startswith("in_")
+    assert [(line.quantity, line.amount) for line in invoice.lines.data] == [(3000, 9000), (0, 0)]
+    assert (invoice.subtotal, invoice.amount_due) == (9000, 8000)
+    assert [credit.amount for credit in invoice.total_pretax_credit_amounts] == [1000]
+    balance = result["summary"].balances[0]
+    assert (balance.available_balance.monetary.value, balance.ledger_balance.monetary.value) == (0, 0)
+    kinds = sorted((t.type, (t.credit or t.debit).type, (t.credit or t.debit).amount.monetary.value)
+                   for t in result["transactions"])
+    assert kinds == [("credit", "credits_granted", 1000), ("debit", "credits_applied", 1000)]
+    assert sum(s.aggregated_value for s in result["summaries"]) == 3000
