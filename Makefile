@@ -42,5 +42,8 @@ test-fast: install ## only the unit tests (no services)
 bench: install ## run every benchmark; table on stdout, JSON in .bench/
 	@$(BIN)/python -m benchmarks
 
+demo: install ## the Hypernian walkthrough through the Stripe SDK against the running engine (make up first)
+	@$(BIN)/python -m api.demo
+
 reset: down ## stop and delete all local state (Kafka data, PostgreSQL cluster, logs)
 	@$(BIN)/python -c 'from deploy.local import reset; from drawdown.settings import get_settings; reset(get_settings())' 2>/dev/null || rm -rf .state
