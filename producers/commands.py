@@ -68,7 +68,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         result = replay_usage(settings, args.start, args.end, customer_ids=args.customer or (),
                               meter_ids=args.meter or (), group_by=args.group_by,
-                              progress=None if args.quiet else scan_progress(line))
+                              progress=None if args.quiet else scan_progress(line),
+                              with_history=not args.skip_history)
     except ReplayWindowError as error:
         line.close()
         print(f"drawdown replay: {error}", file=sys.stderr)
@@ -144,5 +145,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     replay.add_argument("--group-by", choices=("minute", "hour", "day"), default="minute")
     replay.add_argument("--format", choices=("table", "csv", "json"), default="table")
     replay.add_argument("--plot", metavar="FILE.png", help="also draw usage over time per meter")
+    replay.add_argument("--skip-history", action="store_true",
+                        help="do not read the log from its start for which customers exist (faster on long logs; "
+                             "every customer then counts as existing and on the wall clock)")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     replay.set_defaults(run=cmd_replay)

@@ -97,13 +97,20 @@ class ReplayResult:
     seconds: float
 
 
+class _EveryCustomer:
+    def __contains__(self, customer_id: object) -> bool:
+        return True
+
+
 class PartitionFold:
     """One partition of customer-facts folded for usage, as the stream worker folds it."""
 
-    def __init__(self, catalog: Catalog, dedupe_window_ms: int = DEFAULT_DEDUPE_WINDOW_MS) -> None:
+    def __init__(self, catalog: Catalog, dedupe_window_ms: int = DEFAULT_DEDUPE_WINDOW_MS,
+                 every_customer_exists: bool = False) -> None:
         self.catalog = catalog
         self.ledger = UsageLedger(dedupe_window_ms=dedupe_window_ms)
         self.customers: dict[str, str | None] = {}  # created customer -> its test clock id
+        self._known_customers = _EveryCustomer() if every_customer_exists else self.customers
         self.clocks: dict[str, int] = {}  # test clock -> frozen time
         self.aggregators = {meter_id: catalog.aggregator(meter_id) for meter_id in catalog.meters}
         self.meter_events = 0
@@ -140,7 +147,7 @@ class PartitionFold:
             if clock is not None:
                 frozen_ms = self.clocks.get(clock, 0)
         verdict = validate_meter_event(event, catalog.meters_by_event_name, catalog.inactive_meter_ids,
-                                       self.customers, customer_now_ms(event.received_at_ms, frozen_ms))
+                                       self._known_customers, customer_now_ms(event.received_at_ms, frozen_ms))
         meter_id = getattr(verdict, "meter_id", None)
         if meter_id is None:
             self.rejected[str(verdict.code)] += 1
@@ -203,6 +210,8 @@ def plan_ranges(consumer, topic: str, partitions: Iterable[int], start_ms: int, 
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
         stop_offset = high if stop.offset < 0 else min(stop.offset, high)
         fold_offset = stop_offset if seek.offset < 0 else max(seek.offset, low)
+        if fold_offset >= stop_offset:
+            continue  # nothing arrived in the range: no usage here, and no history needed
         first_offset = low if with_history else fold_offset
         ranges.append(PartitionRange(partition, first_offset, fold_offset, stop_offset))
     return ranges
@@ -316,8 +325,12 @@ def replay_usage(
     lateness_ms: int = LATENESS_LIMIT_MS,
 ) -> ReplayResult:
     """Usage per (customer, meter, group) of events with event time in [start_ms, end_ms), exactly
-    as the engine counts it (see the module docstring). `with_history=False` skips reading who
-    exists from before the window (faster; then customers created before it count as unknown)."""
+    as the engine counts it (see the module docstring).
+
+    `with_history=False` skips reading the partitions from their start for who exists: faster on
+    long logs, and then every customer counts as existing and on the wall clock (exact unless the
+    window holds events of unknown customers or of customers on test clocks).
+    """
     from confluent_kafka import Consumer
 
     from producers.catalog import read_catalog
@@ -339,7 +352,8 @@ def replay_usage(
         ranges = plan_ranges(planner, topic, partitions, start_ms, end_ms, lateness_ms, with_history)
     finally:
         planner.close()
-    folds = {r.partition: PartitionFold(catalog, settings.dedupe_window_seconds * 1000) for r in ranges}
+    folds = {r.partition: PartitionFold(catalog, settings.dedupe_window_seconds * 1000,
+                                        every_customer_exists=not with_history) for r in ranges}
     read = scan(settings, ranges, folds, customer_keys={c.encode() for c in customer_ids}, codec=codec,
                 progress=progress)
     rows = group_rows((fold.ledger for fold in folds.values()), catalog, start_ms, end_ms, group_by,

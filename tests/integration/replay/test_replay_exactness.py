@@ -61,3 +61,11 @@ def test_a_customer_filter_reads_only_that_customers_usage(history):
 def test_a_window_that_is_not_whole_minutes_is_refused(history):
     with pytest.raises(ReplayWindowError):
         replay_usage(history.settings, history.first_arrival_ms + 1, history.last_arrival_ms)
+
+
+def test_skipping_history_counts_every_customer_as_existing_and_is_otherwise_exact(history):
+    start_ms, end_ms = whole_span(history)
+    result = replay_usage(history.settings, start_ms, end_ms, with_history=False)
+    known = {key: value for key, value in as_dict(result).items() if key[0] in history.customers}
+    assert known == brute_force_usage(history, start_ms, end_ms, MINUTE_MS)
+    assert any(key[0] == "cus_nobody" for key in as_dict(result))  # not created, yet counted without history
