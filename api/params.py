@@ -219,8 +219,27 @@ class Params:
             child.done()
 
 
+def reject_nul(value: Any, name: str = "") -> None:
+    """PostgreSQL text cannot hold NUL: refuse it in any key or string, naming where it is."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise invalid(name or "(body)", f"Invalid value for {name or 'the body'}: NUL characters are not allowed")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            child = f"{name}[{key}]" if name else str(key)
+            reject_nul(str(key), child)
+            reject_nul(item, child)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            reject_nul(item, f"{name}[{index}]")
+
+
 async def request_params(request: Any) -> Params:
     """The parameters of a request: its query string plus its form or JSON body."""
+    for key, value in request.path_params.items():
+        if "\x00" in value or len(value) > 255:
+            raise ApiError(f"Unrecognized request URL ({request.method}: {request.url.path}).", status=404,
+                           code="resource_missing")
     tree = parse_form(request.url.query) if request.url.query else {}
     if request.method in ("POST", "DELETE", "PUT", "PATCH"):
         body = await request.body()
@@ -231,6 +250,7 @@ async def request_params(request: Any) -> Params:
                 if key in tree:
                     raise invalid(key, f"Parameter {key} given twice (query and body)")
                 tree[key] = value
+    reject_nul(tree)
     return Params(tree)
 
 

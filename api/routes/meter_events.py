@@ -24,7 +24,7 @@ from api.app import json_response, route
 from api.context import ApiContext
 from api.errors import ApiError, invalid
 from api.ids import new_id
-from api.params import Params
+from api.params import Params, reject_nul
 from api.store import now_ms
 from billing.facts import EventTimeWindow, MeterAggregation, MeterDefined, MeterEventCanceled, MeterEventRecorded
 from billing.meter_events import MeterEventRejected, validate_meter_event
@@ -141,6 +141,7 @@ def _batch(ctx: ApiContext, body: bytes) -> dict[str, Any]:
     if not isinstance(document, dict) or set(document) - {"events"}:
         extra = sorted(set(document) - {"events"}) if isinstance(document, dict) else ["(body)"]
         raise invalid(extra[0], f"Received unknown parameter: {extra[0]}", code="parameter_unknown")
+    reject_nul(document)
     events = document.get("events")
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_BATCH_EVENTS:
         raise invalid("events", f"events must be an array of 1..{MAX_BATCH_EVENTS} meter events.")
