@@ -129,11 +129,12 @@ class DeliveryReport:
         return self.error is None
 
     def fact(self, codec: Any = None) -> object:
-        """The fact this record carries (decoded on demand: reports are on the hot path)."""
+        """The fact this record carries (decoded on demand: reports are on the hot path), with
+        `codec` or the process's default codec."""
         if codec is None:
-            from schemas.codec import FactCodec
+            from schemas.codec import decode
 
-            codec = FactCodec()
+            return decode(self.value)
         return codec.decode(self.value)
 
 
@@ -266,9 +267,9 @@ class FactProducer:
         fact_class = type(fact)
         timestamp_ms = self._now_ms()
         if fact_class is MeterEventRecorded:
+            timestamp_ms = fact.received_at_ms  # its arrival, which the engine also judges it by
             if self._validate:
                 self._check(fact, timestamp_ms)
-            timestamp_ms = fact.received_at_ms
         value = self._codec.encode(fact)
         if fact_class in _CATALOG_KEY_FIELD:
             self._produce(self._catalog_topic, value, getattr(fact, _CATALOG_KEY_FIELD[fact_class]).encode(), timestamp_ms)
