@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
+from billing.catalog import Catalog
 from billing.facts import MeterAggregation, MeterDefined
 from drawdown.settings import Settings
-from billing.catalog import Catalog
 from producers.catalog import fold_catalog
 from schemas.codec import FactCodec
 from streams.topics import ensure_topics
