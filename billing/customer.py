@@ -138,6 +138,8 @@ def _meter_subscriptions(state: CustomerState, meter_id: str, catalog: Catalog) 
 
 
 def _period_of(sub: SubscriptionState, instant_ms: int) -> BillingPeriod | None:
+    if sub.open_period.start_ms <= instant_ms < sub.current_end_ms():
+        return sub.open_period  # the common case, without calendar arithmetic
     start_ms = sub.created.created_at_ms
     if instant_ms < start_ms:
         return None

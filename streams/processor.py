@@ -258,7 +258,8 @@ class PartitionProcessor:
             add_usage(state, verdict.meter_id, verdict.reading, aggregator, catalog)
             state.applied_offset = offset
             state.last_received_ms = max(state.last_received_ms, event.received_at_ms)
-            self._store(state)
+            self.customers[state.customer_id] = state  # usage moves no due time: no re-index
+            self._touched_customers.add(state.customer_id)
         return []
 
     def _cancel(self, offset: int, cancel: MeterEventCanceled, original_bytes: bytes, fresh: bool) -> list:

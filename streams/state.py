@@ -33,13 +33,14 @@ def loads(data: bytes) -> Any:
 
 
 class BatchCache(MutableMapping):
-    """A write-back cache over a table for one batch: reads once, `flush()` writes dirty keys once.
+    """A write-back cache over one partition's store (a rocksdict) for one batch: each record is
+    read at most once, and `take_dirty()` hands over each changed record once, pickled.
 
-    `encode_key` maps our keys (str or tuples) to the table's bytes keys.
+    `encode_key` maps our keys (str or tuples) to the store's bytes keys.
     """
 
-    def __init__(self, table: Any, encode_key: Callable[[Any], bytes]) -> None:
-        self.table = table
+    def __init__(self, db: Any, encode_key: Callable[[Any], bytes]) -> None:
+        self.db = db
         self.encode_key = encode_key
         self.cache: dict[Any, Any] = {}
         self.dirty: set[Any] = set()
@@ -47,7 +48,7 @@ class BatchCache(MutableMapping):
     def __getitem__(self, key: Any) -> Any:
         value = self.cache.get(key, _MISSING)
         if value is _MISSING:
-            raw = self.table.get(self.encode_key(key))
+            raw = self.db.get(self.encode_key(key))
             value = None if raw is None else loads(raw)
             self.cache[key] = value
         if value is None:
@@ -73,19 +74,13 @@ class BatchCache(MutableMapping):
     def __len__(self) -> int:
         return sum(1 for v in self.cache.values() if v is not None)
 
-    def flush(self) -> int:
-        """Write every dirty record to the table (one changelog record each); returns how many."""
-        table, encode_key = self.table, self.encode_key
-        for key in self.dirty:
-            table[encode_key(key)] = dumps(self.cache[key])
-        count = len(self.dirty)
-        self.cache.clear()
-        self.dirty.clear()
-        return count
-
-    def discard(self) -> None:
-        self.cache.clear()
-        self.dirty.clear()
+    def take_dirty(self) -> list[tuple[bytes, bytes]]:
+        """The changed records as (key, pickled value), and an empty cache for the next batch."""
+        encode_key, cache = self.encode_key, self.cache
+        records = [(encode_key(key), dumps(cache[key])) for key in self.dirty]
+        self.cache = {}
+        self.dirty = set()
+        return records
 
 
 SEPARATOR = "\x1f"

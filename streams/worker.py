@@ -8,9 +8,13 @@ Exactly once by construction (DESIGN.md), not Faust's transactional mode:
 3. each touched record is then written once (one changelog record: value and guard together);
 4. Faust flushes its producer (the changelog) before it commits the source offsets.
 
-State lives in two rocksdict-backed, changelogged tables: `customers` (CustomerState per customer
-plus one PartitionState per partition) and `usage` (seen events and minute buckets). Writes go to
-the changelog partition of the source partition (we set Faust's current event per partition).
+State lives in two rocksdict-backed, changelogged Faust tables: `customers` (CustomerState per
+customer plus one PartitionState per partition) and `usage` (seen events and minute buckets). The
+worker reads and writes each partition's store directly and sends the changelog records itself,
+in bulk, to the source partition's changelog partition, awaiting the acks (Faust's per-key
+`table[k] = v` picks the partition of "the current event", which a multi-partition batch does
+not have, and is several times slower). Faust still owns assignment, recovery from the
+changelog, and committing source offsets.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from faust.types import TP
 
 from billing.customer import CustomerState, FoldConfig
 from billing.facts import MeterEventRecorded
@@ -69,6 +74,7 @@ class Engine:
         self.caches: dict[int, tuple[records.BatchCache, records.BatchCache, records.BatchCache]] = {}
         self.batches = 0
         self.facts_in = 0
+        self.ready = False
 
     # --- per partition -----------------------------------------------------------------------
 
@@ -77,28 +83,32 @@ class Engine:
         self.processors.clear()
         self.caches.clear()
 
+    def _db(self, table: Any, partition: int) -> Any:
+        return table.data._db_for_partition(partition)  # Faust's rocksdict for this partition
+
     def _processor(self, partition: int) -> PartitionProcessor:
         processor = self.processors.get(partition)
         if processor is None:
-            customers = records.BatchCache(self.customers_table, records.customer_key)
-            seen = records.BatchCache(self.usage_table, records.seen_key)
-            buckets = records.BatchCache(self.usage_table, records.bucket_key)
-            raw = self.customers_table.get(records.PARTITION_KEY)
+            customers_db = self._db(self.customers_table, partition)
+            usage_db = self._db(self.usage_table, partition)
+            customers = records.BatchCache(customers_db, records.customer_key)
+            seen = records.BatchCache(usage_db, records.seen_key)
+            buckets = records.BatchCache(usage_db, records.bucket_key)
+            raw = customers_db.get(records.PARTITION_KEY)
             partition_state = records.loads(raw) if raw is not None else PartitionState()
             processor = PartitionProcessor(
                 topic=self.source_topic, partition=partition, customers=customers,
                 ledger=UsageLedger(seen, buckets, self.settings.dedupe_window_seconds * 1000),
                 partition_state=partition_state, catalog=self.catalog_follower.catalog, config=self.config,
-                existing_customers=self._stored_customers(partition))
+                existing_customers=self._stored_customers(customers_db))
             self.processors[partition] = processor
             self.caches[partition] = (customers, seen, buckets)
         processor.catalog = self.catalog_follower.catalog
         return processor
 
-    def _stored_customers(self, partition: int) -> list[CustomerState]:
+    @staticmethod
+    def _stored_customers(db: Any) -> list[CustomerState]:
         """Every customer state in this partition's store (to build the due-time index)."""
-        store = self.customers_table.data
-        db = store._db_for_partition(partition)  # rocksdict per partition (Faust's layout)
         found = []
         for key, value in db.items():
             if key == records.PARTITION_KEY or key.startswith(b"__faust"):
@@ -116,72 +126,79 @@ class Engine:
     async def process_batch(self, events: list) -> None:
         by_partition: dict[int, list] = defaultdict(list)
         for event in events:
-            by_partition[event.message.partition].append(event)
+            by_partition[event.message.partition].append(event.message)
         if time.monotonic() - self.catalog_follower.caught_up_at > CATALOG_REFRESH_S:
             self.catalog_follower.catch_up()
         decoded: dict[int, list] = {}
-        for partition, partition_events in by_partition.items():
+        decode = self.codec.decode
+        for partition, messages in by_partition.items():
             items = []
-            for event in partition_events:
-                raw = event.message.value or b""
+            for message in messages:
                 try:
-                    items.append((event, self.codec.decode(raw), None))
+                    items.append((message, decode(message.value or b""), None))
                 except Exception as error:  # UndecodableFact (SchemaRegistryUnavailable: crash, retry)
-                    if not hasattr(error, "reason_code") or error.reason_code == "schema_registry_unavailable":
+                    if getattr(error, "reason_code", "schema_registry_unavailable") == "schema_registry_unavailable":
                         raise
-                    items.append((event, None, error))
+                    items.append((message, None, error))
             decoded[partition] = items
         self._catch_up_if_unknown(decoded)
         outputs: list = []
         for partition, items in decoded.items():
-            self._set_current_event(items[-1][0])
             processor = self._processor(partition)
-            for event, fact, error in items:
-                key = event.message.key.decode("utf-8", "replace") if event.message.key else None
-                outputs.extend(processor.process(event.message.offset, fact, event.message.value or b"", key, error))
+            process = processor.process
+            for message, fact, error in items:
+                key = message.key.decode("utf-8", "replace") if message.key else None
+                outputs.extend(process(message.offset, fact, message.value or b"", key, error))
             outputs.extend(processor.finish_batch())
+        # 1. the facts this batch derived, acknowledged by the broker ...
         await self._send_and_wait(outputs)
-        for partition, items in decoded.items():
-            self._set_current_event(items[-1][0])
-            processor = self.processors[partition]
+        # 2. ... and only then the state records (value and offset guard in one record each).
+        writes = []
+        for partition in decoded:
             customers, seen, buckets = self.caches[partition]
-            customers.flush()
-            seen.flush()
-            buckets.flush()
-            self.customers_table[records.PARTITION_KEY] = records.dumps(processor.state)
+            customer_records = customers.take_dirty()
+            customer_records.append((records.PARTITION_KEY, records.dumps(self.processors[partition].state)))
+            writes.append(self._write(self.customers_table, partition, customer_records))
+            writes.append(self._write(self.usage_table, partition, seen.take_dirty() + buckets.take_dirty()))
+        await asyncio.gather(*writes)
         self.batches += 1
         self.facts_in += len(events)
+
+    async def _write(self, table: Any, partition: int, items: list[tuple[bytes, bytes]]) -> None:
+        """Write records to the partition's local store and its changelog partition; wait for the
+        acks, then record the changelog offset Faust's recovery starts from."""
+        if not items:
+            return
+        db = self._db(table, partition)
+        for key, value in items:
+            db.put(key, value)
+        topic = table.changelog_topic.get_topic_name()
+        send = self.app.producer.send
+        futures = [await send(topic, key, value, partition=partition, timestamp=None, headers=None)
+                   for key, value in items]
+        results = await asyncio.gather(*futures)
+        table.data.set_persisted_offset(TP(topic, partition), max(result.offset for result in results))
 
     def _catch_up_if_unknown(self, decoded: dict[int, list]) -> None:
         catalog = self.catalog_follower.catalog
         for items in decoded.values():
             for _, fact, _ in items:
-                if isinstance(fact, MeterEventRecorded) and fact.event_name not in catalog.meters_by_event_name:
+                if isinstance(fact, MeterEventRecorded):
+                    if fact.event_name not in catalog.meters_by_event_name:
+                        self.catalog_follower.catch_up()
+                        return
+                elif any(item.price_id not in catalog.prices for item in getattr(fact, "items", ())):
                     self.catalog_follower.catch_up()
                     return
-                items_prices = getattr(fact, "items", ())
-                if any(item.price_id not in catalog.prices for item in items_prices):
-                    self.catalog_follower.catch_up()
-                    return
-
-    @staticmethod
-    def _set_current_event(event: Any) -> None:
-        # Faust's rocksdb store and changelog pick the partition of "the current event"; a batch
-        # mixes partitions, so point it at one of the partition we are reading or writing.
-        from faust.streams import _current_event
-
-        _current_event.set(weakref.ref(event))
 
     async def _send_and_wait(self, facts: list) -> None:
         if not facts:
             return
-        producer = self.app.producer
+        send = self.app.producer.send
         encode = self.codec.encode
-        futures = []
-        for fact in facts:
-            futures.append(await producer.send(
-                self.topic_names[output_topic(fact)], output_key(fact).encode(), encode(fact),
-                partition=None, timestamp=None, headers=None))
+        topic_names = self.topic_names
+        futures = [await send(topic_names[output_topic(fact)], output_key(fact).encode(), encode(fact),
+                              partition=None, timestamp=None, headers=None) for fact in facts]
         await asyncio.gather(*futures)
 
 
@@ -208,6 +225,11 @@ def create_app(settings: Settings) -> tuple[Any, Engine]:
         broker_commit_interval=1.0,
         broker_max_poll_records=BATCH_MAX_EVENTS,
         stream_wait_empty=False,
+        # A killed worker's partitions wait for its session to expire before anyone else (or its own
+        # restart) gets them: keep that short (Faust's default is 60 s).
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=20.0,
     )
     source = app.topic(settings.topic("customer-facts"), key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
@@ -231,9 +253,14 @@ def create_app(settings: Settings) -> tuple[Any, Engine]:
     async def on_assigned(*args: Any, **kwargs: Any) -> None:
         engine.forget_partitions()
 
+    @app.on_rebalance_complete.connect
+    async def on_rebalanced(*args: Any, **kwargs: Any) -> None:
+        engine.ready = True  # partitions assigned and tables recovered: facts flow
+
     @app.page("/drawdown/ready/")
     async def ready(web: Any, request: Any) -> Any:
-        return web.json({"ready": True, "batches": engine.batches, "facts": engine.facts_in})
+        body = {"ready": engine.ready, "batches": engine.batches, "facts": engine.facts_in}
+        return web.json(body, status=200 if engine.ready else 503)
 
     return app, engine
 

@@ -89,6 +89,26 @@ class WorkerProcess:
         except OSError:
             return ""
 
+    def status(self) -> dict:
+        import json
+
+        try:
+            url = f"http://127.0.0.1:{self.settings.worker_web_port}/drawdown/ready/"
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return json.loads(response.read())
+        except OSError:
+            return {}
+
+    def wait_processing(self, timeout_s: float = WORKER_READY_TIMEOUT_S) -> WorkerProcess:
+        """Wait until the worker has folded at least one batch (it owns partitions and works)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None and self.process.poll() is None, self.log_tail()
+            if self.status().get("batches", 0) > 0:
+                return self
+            time.sleep(0.2)
+        raise AssertionError(f"worker {self.name} processed nothing in {timeout_s}s\n{self.log_tail()}")
+
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)

@@ -1,0 +1,158 @@
+"""The fault test: kill -9 a worker at random moments while it folds >= 200,000 meter events, restart
+it, and compare every usage total, balance and invoice with a brute-force fold of the input log.
+Exact equality: nothing lost, nothing counted twice."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+
+import pytest
+
+from billing import ids
+from billing.facts import (
+    CreditBalanceTransaction,
+    InvoiceFinalized,
+    InvoiceVoided,
+    InvoiceVoidRequested,
+    LiveBalanceChanged,
+    MeterEventCanceled,
+    UsageBucketUpdated,
+)
+from billing.periods import MILLISECONDS_PER_MINUTE as MINUTE_MS
+from billing.periods import add_months_clamped_ms
+from streams import walkthrough as w
+from streams.topics import ensure_topics
+
+from .conftest import OutputReader, WorkerProcess
+from .reference import final_live_balances, fold_log
+
+CUSTOMERS = 300
+EVENTS = 200_000
+KILLS = 5
+CLOCK_ID = "clock_fault"
+PERIOD_1_END_MS = w.first_period_end_ms()
+PERIOD_2_END_MS = add_months_clamped_ms(w.START_MS, 2)
+GRACE_MS = 3600 * 1000
+
+
+def produce_log(settings, rng: random.Random) -> int:
+    """The whole input log; returns how many meter events it holds."""
+    from producers.producer import FactProducer
+
+    customers = [f"cus_fault_{n}" for n in range(CUSTOMERS)]
+    with FactProducer(settings, validate=False) as producer:
+        producer.send_all(w.catalog_facts())
+        producer.flush()
+        producer.send(w.clock_created(CLOCK_ID))
+        for customer_id in customers:
+            producer.send_all(w.customer_setup(customer_id, CLOCK_ID, grant_minor=rng.randrange(1, 400) * 100))
+        producer.send(w.clock_advanced(CLOCK_ID, w.START_MS + w.HOUR_MS))
+        sent: list[tuple[str, str, bool]] = []
+
+        def events(count: int, first_event_ms: int, span_ms: int, received_ms: int) -> None:
+            for n in range(count):
+                customer_id = rng.choice(customers)
+                output = rng.random() < 0.4
+                if sent and rng.random() < 0.01:  # a retried event: same identifier
+                    customer_id, identifier, output = rng.choice(sent)
+                else:
+                    identifier = f"evt_{len(sent)}"
+                    sent.append((customer_id, identifier, output))
+                producer.send(w.meter_event(customer_id, str(rng.randrange(-5, 60)), identifier,
+                                            first_event_ms + rng.randrange(span_ms), output=output,
+                                            received_at_ms=received_ms + n // 1000))
+                if n % 20000 == 0:
+                    producer.poll(0)
+
+        events(EVENTS * 3 // 4, w.START_MS, w.HOUR_MS, w.START_MS + w.HOUR_MS)
+        for customer_id, identifier, output in rng.sample(sent, 600):
+            name = "hypernian_output_tokens" if output else "hypernian_input_tokens"
+            producer.send(MeterEventCanceled(event_name=name, identifier=identifier,
+                                             customer_id=customer_id if rng.random() < 0.5 else None,
+                                             received_at_ms=w.START_MS + 2 * w.HOUR_MS))
+        producer.send(w.clock_advanced(CLOCK_ID, PERIOD_1_END_MS + GRACE_MS + 1000))
+        # Period 2 usage, and late usage for the finalized period 1 (bucketed, never billed).
+        events(EVENTS // 4, PERIOD_1_END_MS + GRACE_MS - 30 * MINUTE_MS, 30 * MINUTE_MS,
+               PERIOD_1_END_MS + GRACE_MS + 1000)
+        events(1000, PERIOD_1_END_MS - 10 * MINUTE_MS, 10 * MINUTE_MS, PERIOD_1_END_MS + GRACE_MS + 1000)
+        for customer_id in rng.sample(customers, 20):
+            producer.send(InvoiceVoidRequested(invoice_id=ids.invoice_id(f"sub_{customer_id}", w.START_MS),
+                                               customer_id=customer_id,
+                                               requested_at_ms=PERIOD_1_END_MS + 2 * GRACE_MS))
+        producer.send(w.clock_advanced(CLOCK_ID, PERIOD_2_END_MS + GRACE_MS + 1000))
+    return EVENTS + 1000
+
+
+def latest_by(facts: list, key) -> dict:
+    latest = {}
+    for fact in facts:
+        latest[key(fact)] = fact
+    return latest
+
+
+def unique_by_id(facts: list, id_of) -> dict:
+    """Facts by id; a re-emitted fact must be the same fact."""
+    by_id: dict = {}
+    for fact in facts:
+        existing = by_id.setdefault(id_of(fact), fact)
+        assert existing == fact, f"two different facts with id {id_of(fact)}"
+    return by_id
+
+
+@pytest.mark.slow
+def test_kill_9_during_200k_events_loses_nothing_and_counts_nothing_twice(stream_settings, tmp_path):
+    rng = random.Random(20261123)
+    settings = stream_settings.model_copy(update={"topic_prefix": f"{stream_settings.topic_prefix}-fault",
+                                                  "live_balance_interval_ms": 0})
+    ensure_topics(settings)
+    started = time.monotonic()
+    produce_log(settings, rng)
+    produced_s = time.monotonic() - started
+
+    worker = WorkerProcess(settings, "worker-fault", tmp_path).start().wait_processing()
+    reader = OutputReader(settings)
+    kills = 0
+    try:
+        while kills < KILLS:
+            time.sleep(rng.uniform(0.5, 3.0))  # a random moment while it folds
+            worker.kill()
+            kills += 1
+            worker.start().wait_processing()
+        reader.wait_for(lambda facts: len({f.invoice_id for f in facts if isinstance(f, InvoiceFinalized)})
+                        >= 2 * CUSTOMERS, timeout_s=240)
+        reader.settle(2.0)
+    finally:
+        worker.stop()
+        reader.close()
+    engine_s = time.monotonic() - started - produced_s
+    reference = fold_log(settings)
+
+    expected_invoices = unique_by_id([f for f in reference.outputs if isinstance(f, InvoiceFinalized)],
+                                     lambda f: f.invoice_id)
+    expected_transactions = unique_by_id([f for f in reference.outputs if isinstance(f, CreditBalanceTransaction)],
+                                         lambda f: f.transaction_id)
+    expected_voided = {f.invoice_id for f in reference.outputs if isinstance(f, InvoiceVoided)}
+    assert len(expected_invoices) == 2 * CUSTOMERS and len(expected_voided) == 20
+
+    assert unique_by_id(reader.of(InvoiceFinalized), lambda f: f.invoice_id) == expected_invoices
+    assert unique_by_id(reader.of(CreditBalanceTransaction), lambda f: f.transaction_id) == expected_transactions
+    assert {f.invoice_id for f in reader.of(InvoiceVoided)} == expected_voided
+
+    buckets = {key: (fact.value, fact.event_count) for key, fact in latest_by(
+        reader.of(UsageBucketUpdated), lambda f: (f.customer_id, f.meter_id, f.bucket_start_ms)).items()}
+    assert buckets == reference.buckets
+
+    ledger: dict[str, int] = defaultdict(int)
+    for transaction in unique_by_id(reader.of(CreditBalanceTransaction), lambda f: f.transaction_id).values():
+        ledger[transaction.grant_id] += transaction.amount_minor * (1 if transaction.type == "credit" else -1)
+    expected_ledger = {grant_id: grant.ledger_balance_minor for state in reference.customers.values()
+                       for grant_id, grant in state.grants.items()}
+    assert dict(ledger) == expected_ledger
+
+    live = {customer_id: (f.available_credits_minor, f.accrued_usage_minor, f.live_balance_minor)
+            for customer_id, f in latest_by(reader.of(LiveBalanceChanged), lambda f: f.customer_id).items()}
+    assert live == final_live_balances(reference, settings, PERIOD_2_END_MS + GRACE_MS + 1000)
+    print(f"\nfault test: produced in {produced_s:.1f}s, engine with {kills} kills {engine_s:.1f}s, "
+          f"{len(buckets)} buckets, {len(expected_invoices)} invoices")
