@@ -23,9 +23,9 @@ def grant_states(conn: Any, customer_id: str, grant_id: str | None = None) -> di
     """The customer's grants (or one grant) as the pure rules' GrantState, ledgers from the projection."""
     condition, argument = ("id = %s", grant_id) if grant_id else ("customer_id = %s", customer_id)
     grants = conn.execute(f"select * from credit_grants where {condition}", (argument,)).fetchall()
-    condition = "grant_id = %s" if grant_id else "customer_id = %s"
-    transactions = conn.execute(f"select * from credit_balance_transactions where {condition}"
-                                " order by effective_at_ms, id", (argument,)).fetchall()
+    transactions = conn.execute("select * from credit_balance_transactions where customer_id = %s"
+                                + (" and grant_id = %s" if grant_id else "") + " order by effective_at_ms, id",
+                                (customer_id, grant_id) if grant_id else (customer_id,)).fetchall()
     by_grant: dict[str, list[CreditBalanceTransaction]] = {}
     for row in transactions:
         by_grant.setdefault(row["grant_id"], []).append(CreditBalanceTransaction(

@@ -135,8 +135,8 @@ def void_credit_grant(ctx: ApiContext, params: Params, id: str) -> dict[str, Any
         raise conflict(f"Credit grant '{id}' is already voided.", "credit_grant_already_voided")
     if row["expired_ms"] is not None:
         raise conflict(f"Credit grant '{id}' has expired.", "credit_grant_already_expired")
-    applied = fetch_one(ctx.pool, "select 1 from credit_balance_transactions where grant_id = %s"
-                                  " and reason = 'credits_applied' limit 1", id)
+    applied = fetch_one(ctx.pool, "select 1 from credit_balance_transactions where customer_id = %s"
+                                  " and grant_id = %s and reason = 'credits_applied' limit 1", row["customer_id"], id)
     if applied is not None:
         raise conflict(f"Credit grant '{id}' has been applied to an invoice and cannot be voided.",
                        "credit_grant_already_applied")
