@@ -70,6 +70,7 @@ class Engine:
         self.topic_names = {name: settings.topic(name) for name in
                             ("invoices", "credit-balance-transactions", "usage-buckets", "live-balances",
                              "dead-letters")}
+        self.output = OutputProducer(settings)
         self.processors: dict[int, PartitionProcessor] = {}
         self.caches: dict[int, tuple[records.BatchCache, records.BatchCache, records.BatchCache]] = {}
         self.batches = 0
@@ -151,33 +152,37 @@ class Engine:
                 outputs.extend(process(message.offset, fact, message.value or b"", key, error))
             outputs.extend(processor.finish_batch())
         # 1. the facts this batch derived, acknowledged by the broker ...
-        await self._send_and_wait(outputs)
-        # 2. ... and only then the state records (value and offset guard in one record each).
-        writes = []
+        encode, topic_names, produce = self.codec.encode, self.topic_names, self.output.produce
+        for fact in outputs:
+            produce(topic_names[output_topic(fact)], encode(fact), output_key(fact).encode())
+        await self.output.wait_for_acks()
+        # 2. ... and only then the state records (value and offset guard in one record each): the
+        # local store, then the changelog, acknowledged before the batch counts as done.
+        changelog: list[tuple[Any, int]] = []
         for partition in decoded:
             customers, seen, buckets = self.caches[partition]
             customer_records = customers.take_dirty()
             customer_records.append((records.PARTITION_KEY, records.dumps(self.processors[partition].state)))
-            writes.append(self._write(self.customers_table, partition, customer_records))
-            writes.append(self._write(self.usage_table, partition, seen.take_dirty() + buckets.take_dirty()))
-        await asyncio.gather(*writes)
+            self._write(self.customers_table, partition, customer_records)
+            self._write(self.usage_table, partition, seen.take_dirty() + buckets.take_dirty())
+            changelog.extend(((self.customers_table, partition), (self.usage_table, partition)))
+        last_offsets = await self.output.wait_for_acks()
+        for table, partition in changelog:
+            topic = table.changelog_topic.get_topic_name()
+            offset = last_offsets.get((topic, partition))
+            if offset is not None:
+                table.data.set_persisted_offset(TP(topic, partition), offset)
         self.batches += 1
         self.facts_in += len(events)
 
-    async def _write(self, table: Any, partition: int, items: list[tuple[bytes, bytes]]) -> None:
-        """Write records to the partition's local store and its changelog partition; wait for the
-        acks, then record the changelog offset Faust's recovery starts from."""
-        if not items:
-            return
+    def _write(self, table: Any, partition: int, items: list[tuple[bytes, bytes]]) -> None:
+        """Records to the partition's local store and (queued) to its changelog partition."""
         db = self._db(table, partition)
+        topic = table.changelog_topic.get_topic_name()
+        produce = self.output.produce
         for key, value in items:
             db.put(key, value)
-        topic = table.changelog_topic.get_topic_name()
-        send = self.app.producer.send
-        futures = [await send(topic, key, value, partition=partition, timestamp=None, headers=None)
-                   for key, value in items]
-        results = await asyncio.gather(*futures)
-        table.data.set_persisted_offset(TP(topic, partition), max(result.offset for result in results))
+            produce(topic, value, key, partition)
 
     def _catch_up_if_unknown(self, decoded: dict[int, list]) -> None:
         catalog = self.catalog_follower.catalog
@@ -191,15 +196,57 @@ class Engine:
                     self.catalog_follower.catch_up()
                     return
 
-    async def _send_and_wait(self, facts: list) -> None:
-        if not facts:
-            return
-        send = self.app.producer.send
-        encode = self.codec.encode
-        topic_names = self.topic_names
-        futures = [await send(topic_names[output_topic(fact)], output_key(fact).encode(), encode(fact),
-                              partition=None, timestamp=None, headers=None) for fact in facts]
-        await asyncio.gather(*futures)
+
+
+class OutputProducer:
+    """A confluent-kafka producer for derived facts and changelog records (a C call per record,
+    where aiokafka costs tens of microseconds of Python); `wait_for_acks()` flushes off the event
+    loop and raises if any record failed, so the batch fails and is re-processed."""
+
+    def __init__(self, settings: Settings) -> None:
+        from confluent_kafka import Producer
+
+        from streams.topics import PRODUCER_PARTITIONER
+
+        self._producer = Producer({
+            "bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+            "enable.idempotence": True,  # retries neither duplicate nor reorder within a partition
+            "acks": "all",
+            "linger.ms": 2,  # a batch is flushed at once anyway: do not wait to fill it
+            "compression.type": "lz4",
+            "partitioner": PRODUCER_PARTITIONER,  # keyed like Faust/Java: murmur2 of the customer id
+            "on_delivery": self._on_delivery,
+        })
+        self._errors: list[str] = []
+        self._last_offsets: dict[tuple[str, int], int] = {}
+
+    def _on_delivery(self, error: Any, message: Any) -> None:
+        if error is not None:
+            self._errors.append(f"{message.topic()}: {error}")
+        else:
+            key = (message.topic(), message.partition())
+            if message.offset() > self._last_offsets.get(key, -1):
+                self._last_offsets[key] = message.offset()
+
+    def produce(self, topic: str, value: bytes, key: bytes, partition: int | None = None) -> None:
+        while True:
+            try:
+                if partition is None:
+                    self._producer.produce(topic, value, key)
+                else:
+                    self._producer.produce(topic, value, key, partition)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    async def wait_for_acks(self, timeout_s: float = 60.0) -> dict[tuple[str, int], int]:
+        """Every record produced so far is acknowledged; returns the last offset per (topic, partition)."""
+        remaining = await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, timeout_s)
+        if self._errors or remaining:
+            errors, self._errors = self._errors[:5], []
+            raise RuntimeError(f"{remaining} records unacknowledged; delivery errors: {errors}")
+        offsets, self._last_offsets = self._last_offsets, {}
+        return offsets
 
 
 def create_app(settings: Settings) -> tuple[Any, Engine]:
