@@ -138,16 +138,7 @@ def create_app(settings: Settings, *, schema: str = "public", context: Any = Non
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(ApiError("An internal error occurred.", status=500, type="api_error"))
 
-    @app.middleware("http")
-    async def conventions(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        started = time.perf_counter()
-        try:
-            response = await _authorize_and_replay(request, call_next)
-        except ApiError as error:
-            response = error_response(error)
-        route_path = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.observe(request.method, route_path, response.status_code, time.perf_counter() - started)
-        return response
+    app.add_middleware(Conventions, metrics=metrics)
 
     @app.get("/healthz", include_in_schema=True, summary="Liveness and database reachability")
     def healthz(request: Request) -> Response:
@@ -165,45 +156,113 @@ def create_app(settings: Settings, *, schema: str = "public", context: Any = Non
     return app
 
 
-async def _authorize_and_replay(request: Request, call_next: Callable[[Request], Any]) -> Response:
-    path = request.url.path
-    if path in OPEN_PATHS or not (path.startswith("/v1/") or path.startswith("/v2/")):
-        return await call_next(request)
-    ctx = request.app.state.ctx
-    key = _bearer_key(request)
-    caller = await run_in_threadpool(ctx.keys.caller, key)
-    if caller is None:
-        raise unauthorized(f"Invalid API Key provided: {key[:8]}{'*' * 8}")
-    if caller.read_only and request.method != "GET":
-        raise ApiError(f"The provided key '{key[:8]}{'*' * 8}' is a read-only restricted key: it can only GET.",
-                       status=403, type="invalid_request_error", code="secret_key_required")
-    idempotency_key = request.headers.get("idempotency-key")
-    if idempotency_key is None or request.method not in ("POST", "DELETE"):
-        return await call_next(request)
-    body = await request.body()
-    fingerprint = idempotency.request_sha256(request.method, path, request.url.query, body)
-    stored = await run_in_threadpool(idempotency.claim, ctx.pool, caller.key_sha256, idempotency_key, fingerprint)
-    if stored is not None:
-        return Response(stored.body, status_code=stored.status_code, media_type="application/json",
-                        headers={"Idempotent-Replayed": "true", "Idempotency-Key": idempotency_key})
-    try:
-        response = await call_next(request)
-        chunks = [chunk async for chunk in response.body_iterator]
-        response_body = b"".join(chunk if isinstance(chunk, bytes) else chunk.encode() for chunk in chunks)
-    except BaseException:
-        await run_in_threadpool(idempotency.complete, ctx.pool, caller.key_sha256, idempotency_key, 500, b"")
-        raise
-    await run_in_threadpool(idempotency.complete, ctx.pool, caller.key_sha256, idempotency_key,
-                            response.status_code, response_body)
-    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
-    headers["Idempotency-Key"] = idempotency_key
-    return Response(response_body, status_code=response.status_code, headers=headers,
-                    media_type=response.media_type)
+class Conventions:
+    """Pure ASGI middleware (no per-request task group, unlike @app.middleware): Bearer-key auth,
+    read-only keys limited to GET, Idempotency-Key claim/replay, and request metrics."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_and_note(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, send_and_note)
+        except ApiError as error:
+            await _send_response(send_and_note, error.status, json.dumps(error.body()).encode())
+        finally:
+            route_path = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe(scope["method"], route_path, status[0], time.perf_counter() - started)
+
+    async def _handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path, method = scope["path"], scope["method"]
+        if path in OPEN_PATHS or not (path.startswith("/v1/") or path.startswith("/v2/")):
+            await self.app(scope, receive, send)
+            return
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        ctx = scope["app"].state.ctx
+        key = _bearer_key(headers)
+        caller = ctx.keys.cached(key)
+        if caller is None:
+            caller = await run_in_threadpool(ctx.keys.caller, key)
+        if caller is None:
+            raise unauthorized(f"Invalid API Key provided: {key[:8]}{'*' * 8}")
+        if caller.read_only and method != "GET":
+            raise ApiError(f"The provided key '{key[:8]}{'*' * 8}' is a read-only restricted key: it can only GET.",
+                           status=403, type="invalid_request_error", code="secret_key_required")
+        idempotency_key = headers.get("idempotency-key")
+        if idempotency_key is None or method not in ("POST", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        query = scope.get("query_string", b"").decode("latin-1")
+        fingerprint = idempotency.request_sha256(method, path, query, body)
+        stored = await run_in_threadpool(idempotency.claim, ctx.pool, caller.key_sha256, idempotency_key, fingerprint)
+        if stored is not None:
+            await _send_response(send, stored.status_code, stored.body,
+                                 [(b"idempotent-replayed", b"true"), (b"idempotency-key", idempotency_key.encode())])
+            return
+        replayed = False
+
+        async def receive_body() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        response: dict[str, Any] = {"status": 500, "headers": [], "body": []}
+
+        async def capture(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                response["status"], response["headers"] = message["status"], list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                response["body"].append(message.get("body", b""))
+
+        try:
+            await self.app(scope, receive_body, capture)
+        except BaseException:
+            await run_in_threadpool(idempotency.complete, ctx.pool, caller.key_sha256, idempotency_key, 500, b"")
+            raise
+        response_body = b"".join(response["body"])
+        await run_in_threadpool(idempotency.complete, ctx.pool, caller.key_sha256, idempotency_key,
+                                response["status"], response_body)
+        extra = [(name, value) for name, value in response["headers"] if name.lower() != b"content-length"]
+        await _send_response(send, response["status"], response_body,
+                             extra + [(b"idempotency-key", idempotency_key.encode())])
 
 
-def _bearer_key(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, credentials = header.partition(" ")
+async def _read_body(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _send_response(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    names = {name.lower() for name, _ in headers or []}
+    all_headers = list(headers or [])
+    if b"content-type" not in names:
+        all_headers.append((b"content-type", b"application/json"))
+    all_headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _bearer_key(headers: dict[str, str]) -> str:
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
     if scheme.lower() == "basic" and credentials.strip():  # curl -u sk_...: ; Stripe accepts both

@@ -64,6 +64,13 @@ class KeyRing:
         self._pool = pool
         self._cache: dict[str, tuple[Caller | None, float]] = {}
 
+    def cached(self, key: str) -> Caller | None:
+        """The caller if its key was verified recently (no database: safe on the event loop)."""
+        cached = self._cache.get(key_sha256(key))
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        return None
+
     def caller(self, key: str) -> Caller | None:
         digest = key_sha256(key)
         cached = self._cache.get(digest)

@@ -21,11 +21,14 @@ router = APIRouter(tags=["credit balances"])
 
 def grant_states(conn: Any, customer_id: str, grant_id: str | None = None) -> dict[str, GrantState]:
     """The customer's grants (or one grant) as the pure rules' GrantState, ledgers from the projection."""
-    condition, argument = ("id = %s", grant_id) if grant_id else ("customer_id = %s", customer_id)
-    grants = conn.execute(f"select * from credit_grants where {condition}", (argument,)).fetchall()
-    transactions = conn.execute("select * from credit_balance_transactions where customer_id = %s"
-                                + (" and grant_id = %s" if grant_id else "") + " order by effective_at_ms, id",
-                                (customer_id, grant_id) if grant_id else (customer_id,)).fetchall()
+    with conn.pipeline():  # both queries in one round trip
+        grants_cursor = conn.execute("select * from credit_grants where customer_id = %s"
+                                     + (" and id = %s" if grant_id else ""),
+                                     (customer_id, grant_id) if grant_id else (customer_id,))
+        transactions_cursor = conn.execute("select * from credit_balance_transactions where customer_id = %s"
+                                           + (" and grant_id = %s" if grant_id else "") + " order by effective_at_ms, id",
+                                           (customer_id, grant_id) if grant_id else (customer_id,))
+        grants, transactions = grants_cursor.fetchall(), transactions_cursor.fetchall()
     by_grant: dict[str, list[CreditBalanceTransaction]] = {}
     for row in transactions:
         by_grant.setdefault(row["grant_id"], []).append(CreditBalanceTransaction(
@@ -49,15 +52,6 @@ def grant_states(conn: Any, customer_id: str, grant_id: str | None = None) -> di
             ledger_balance_minor=sum(signed_amount_minor(transaction) for transaction in ledger),
             voided_at_ms=row["voided_ms"], expired_at_ms=row["expired_ms"])
     return states
-
-
-def _customer_now_ms(conn: Any, customer: dict[str, Any]) -> int:
-    if customer["test_clock_id"]:
-        clock = conn.execute("select frozen_time_ms from test_clocks where id = %s",
-                             (customer["test_clock_id"],)).fetchone()
-        if clock is not None:
-            return clock["frozen_time_ms"]
-    return now_ms()
 
 
 def _filtered(states: dict[str, GrantState], filter_: Params | None, customer_id: str) -> list[GrantState]:
@@ -85,11 +79,12 @@ def credit_balance_summary_(ctx: ApiContext, params: Params) -> dict[str, Any]:
     customer_id = params.str("customer", required=True, max_length=200)
     filter_ = params.object("filter")
     with ctx.pool.connection() as conn:
-        customer = conn.execute("select id, test_clock_id from customers where id = %s", (customer_id,)).fetchone()
+        customer = conn.execute("select c.id, t.frozen_time_ms from customers c left join test_clocks t"
+                                " on t.id = c.test_clock_id where c.id = %s", (customer_id,)).fetchone()
         if customer is None:
             raise invalid("customer", f"No such customer: '{customer_id}'", code="resource_missing")
         states = grant_states(conn, customer_id)
-        as_of_ms = _customer_now_ms(conn, customer)
+    as_of_ms = customer["frozen_time_ms"] if customer["frozen_time_ms"] is not None else now_ms()
     grants = _filtered(states, filter_, customer_id)
     params.done()
     balances = credit_balance_summary(grants, as_of_ms)
