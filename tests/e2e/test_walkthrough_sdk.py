@@ -5,25 +5,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from drawdown.settings import PROJECT_ROOT, Settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.e2e.conftest import free_port
 
 
 @pytest.fixture()
@@ -57,24 +49,6 @@ def worker(engine_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Pop
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(10)
-
-
-@pytest.fixture()
-def api_base(app: Any) -> Iterator[str]:
-    """The in-process app served over real HTTP (the SDK needs a socket)."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
 
 
 def test_the_hypernian_walkthrough_bills_3000_input_tokens_as_9000_minus_1000_credit(api_base, secret_key, worker):
