@@ -29,7 +29,7 @@ ENGINE_PROCESSES = (
 def run_projector(args: argparse.Namespace) -> int:
     from streams.topics import ensure_topics
     from projections.migrate import migrate
-    from projections.projector import Projector
+    from projections.projector import Projector, tune_gc
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
@@ -41,6 +41,7 @@ def run_projector(args: argparse.Namespace) -> int:
     ready_file = settings.state_dir / "projector.ready"
     ready_file.parent.mkdir(parents=True, exist_ok=True)
     ready_file.touch()
+    tune_gc()
     try:
         Projector(settings).run(stop)
     finally:
@@ -50,10 +51,11 @@ def run_projector(args: argparse.Namespace) -> int:
 
 def run_rebuild(args: argparse.Namespace) -> int:
     from streams.topics import ensure_topics
-    from projections.projector import rebuild
+    from projections.projector import rebuild, tune_gc
 
     settings = get_settings()
     ensure_topics(settings)
+    tune_gc()
     applied = rebuild(settings, schema=args.schema)
     print(f"rebuilt schema {args.schema}: {applied} facts applied")
     return 0

@@ -38,6 +38,17 @@ PROJECTION_TABLES = ("test_clocks", "meters", "products", "prices", "customers",
 MAX_BATCH_MESSAGES = 20000
 
 
+def tune_gc() -> None:
+    """Process-wide: batches allocate ~20k short-lived facts each, and the default young-generation
+    threshold (700) makes the collector rescan them dozens of times a batch. Long-lived objects are
+    frozen out of collection, young ones are collected less often."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 class OffsetFenced(RuntimeError):
     """The stored offset is not the one this projector expected: another projector owns the partition."""
 
