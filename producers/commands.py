@@ -60,7 +60,7 @@ def scan_progress(line: ProgressLine):
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from producers.replay import ReplayWindowError, replay_usage
+    from producers.replay import ReplayTopicMissing, ReplayWindowError, replay_usage
     from producers.replay_output import plot_usage, to_csv, to_json, to_table
 
     settings = get_settings()
@@ -70,7 +70,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                               meter_ids=args.meter or (), group_by=args.group_by,
                               progress=None if args.quiet else scan_progress(line),
                               with_history=not args.skip_history)
-    except ReplayWindowError as error:
+    except (ReplayWindowError, ReplayTopicMissing) as error:
         line.close()
         print(f"drawdown replay: {error}", file=sys.stderr)
         return 2

@@ -361,13 +361,18 @@ class FactProducer:
             self._unpolled_count = 0
             self._producer.poll(0)
 
-    def _partition_count(self, topic: str) -> int:
+    def _partition_count(self, topic: str, timeout_s: float = 10.0) -> int:
         if topic not in self._partition_counts:
-            metadata = self._producer.list_topics(topic, timeout=10)
-            partitions = metadata.topics[topic].partitions
-            if not partitions:
-                raise UnknownTopic(f"topic {topic} does not exist (create it: streams.topics.ensure_topics)")
-            self._partition_counts[topic] = len(partitions)
+            # A topic created a moment ago may not be in the broker's metadata yet: ask again.
+            give_up_at_s = time.monotonic() + timeout_s
+            while True:
+                metadata = self._producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+                if metadata is not None and metadata.error is None and metadata.partitions:
+                    break
+                if time.monotonic() > give_up_at_s:
+                    raise UnknownTopic(f"topic {topic} does not exist (create it: streams.topics.ensure_topics)")
+                time.sleep(0.2)
+            self._partition_counts[topic] = len(metadata.partitions)
         return self._partition_counts[topic]
 
     def _on_delivery(self, error: Any, message: Any) -> None:

@@ -60,6 +60,12 @@ class ReplayWindowError(ValueError):
     code = "replay_window_invalid"
 
 
+class ReplayTopicMissing(LookupError):
+    """The meter-event topic is not there: wrong prefix or broker."""
+
+    code = "replay_topic_missing"
+
+
 @dataclass(frozen=True, slots=True)
 class UsageRow:
     """One customer's usage of one meter in one group (a minute, hour or UTC day)."""
@@ -346,7 +352,10 @@ def replay_usage(
     planner = Consumer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers,
                         "group.id": f"drawdown-replay-plan-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
     try:
-        partition_count = len(planner.list_topics(topic, timeout=30).topics[topic].partitions)
+        metadata = planner.list_topics(topic, timeout=30).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            raise ReplayTopicMissing(f"topic {topic} does not exist (is DRAWDOWN_TOPIC_PREFIX right?)")
+        partition_count = len(metadata.partitions)
         partitions = ({partition_of(c, partition_count) for c in customer_ids} if customer_ids
                       else set(range(partition_count)))
         ranges = plan_ranges(planner, topic, partitions, start_ms, end_ms, lateness_ms, with_history)

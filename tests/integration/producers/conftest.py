@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -12,17 +11,13 @@ from billing.facts import MeterAggregation, MeterDefined
 from drawdown.settings import Settings
 from producers.catalog import fold_catalog
 from schemas.codec import FactCodec
-from streams.topics import ensure_topics
-from tests.integration.producers.kafka_reading import read_records
+from tests.integration.producers.kafka_reading import own_topics, read_records
 
 
 @pytest.fixture(scope="module")
-def producer_settings(settings: Settings) -> Settings:
+def producer_settings(settings: Settings) -> Iterator[Settings]:
     """This module's own topics (3 partitions), created."""
-    own = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}-p{uuid.uuid4().hex[:6]}",
-                                      "partitions": 3})
-    ensure_topics(own)
-    return own
+    yield from own_topics(settings, "p")
 
 
 @pytest.fixture(scope="module")

@@ -30,3 +30,20 @@ def read_records(settings: Settings, topic: str, timeout_s: float = 30.0) -> lis
         return sorted(records, key=lambda m: (m.partition(), m.offset()))
     finally:
         consumer.close()
+
+
+def own_topics(settings: Settings, tag: str):
+    """Settings with a fresh topic prefix (3 partitions) whose topics exist; yields them, then
+    deletes those topics (the broker is shared: leave nothing behind)."""
+    import uuid as _uuid
+
+    from benchmarks.harness import delete_topics
+    from streams.topics import ensure_topics
+
+    own = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}-{tag}{_uuid.uuid4().hex[:6]}",
+                                      "partitions": 3})
+    ensure_topics(own)
+    try:
+        yield own
+    finally:
+        delete_topics(own)

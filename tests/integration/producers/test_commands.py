@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import json
 import os
 import re
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
 from drawdown.settings import PROJECT_ROOT, Settings
-from streams.topics import ensure_topics
+from tests.integration.producers.kafka_reading import own_topics
 
 MINUTE_MS = 60_000
 
 
 @pytest.fixture(scope="module")
-def cli_settings(settings: Settings) -> Settings:
-    own = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}-c{uuid.uuid4().hex[:6]}",
-                                      "partitions": 3})
-    ensure_topics(own)
-    return own
+def cli_settings(settings: Settings) -> Iterator[Settings]:
+    """This module's own topics (3 partitions), deleted afterwards."""
+    yield from own_topics(settings, "c")
 
 
 def drawdown(settings: Settings, *arguments: str) -> subprocess.CompletedProcess:

@@ -3,6 +3,7 @@ brute-force fold of it that shares no code with the engine or the replay."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import random
 import time
 import uuid
@@ -16,7 +17,7 @@ from billing.facts import CustomerCreated, MeterAggregation, MeterDefined, Meter
 from drawdown.settings import Settings
 from producers.catalog import fold_catalog
 from producers.producer import FactProducer
-from streams.topics import ensure_topics
+from tests.integration.producers.kafka_reading import own_topics
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -133,11 +134,9 @@ def produce_history(settings: Settings, seed: int, events: int = 2500) -> Histor
 
 
 @pytest.fixture(scope="module")
-def replay_settings(settings: Settings) -> Settings:
-    own = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}-r{uuid.uuid4().hex[:6]}",
-                                      "partitions": 3})
-    ensure_topics(own)
-    return own
+def replay_settings(settings: Settings) -> Iterator[Settings]:
+    """This module's own topics (3 partitions), deleted afterwards."""
+    yield from own_topics(settings, "r")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +14,7 @@ from drawdown.settings import Settings
 from producers.catalog import fold_catalog
 from producers.producer import FactProducer
 from producers.replay import replay_usage
-from streams.topics import ensure_topics
+from tests.integration.producers.kafka_reading import own_topics
 from tests.integration.replay.conftest import DAY_MS, METERS, MINUTE_MS, History, produce_history
 from tests.integration.streams.conftest import OutputReader, WorkerProcess
 
@@ -23,11 +22,9 @@ ENGINE_TIMEOUT_S = 180
 
 
 @pytest.fixture(scope="module")
-def engine_settings(settings: Settings) -> Settings:
-    own = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}-e{uuid.uuid4().hex[:6]}",
-                                      "partitions": 3})
-    ensure_topics(own)
-    return own
+def engine_settings(settings: Settings) -> Iterator[Settings]:
+    """This module's own topics (3 partitions), deleted afterwards."""
+    yield from own_topics(settings, "e")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from producers.replay import ReplayWindowError, replay_usage
+from producers.catalog import fold_catalog
+from producers.replay import ReplayTopicMissing, ReplayWindowError, replay_usage
 from tests.integration.replay.conftest import DAY_MS, HOUR_MS, MINUTE_MS, brute_force_usage
 
 
@@ -69,3 +70,9 @@ def test_skipping_history_counts_every_customer_as_existing_and_is_otherwise_exa
     known = {key: value for key, value in as_dict(result).items() if key[0] in history.customers}
     assert known == brute_force_usage(history, start_ms, end_ms, MINUTE_MS)
     assert any(key[0] == "cus_nobody" for key in as_dict(result))  # not created, yet counted without history
+
+
+def test_replaying_topics_that_do_not_exist_says_so(history):
+    nowhere = history.settings.model_copy(update={"topic_prefix": "no-such-prefix-for-replay"})
+    with pytest.raises(ReplayTopicMissing):
+        replay_usage(nowhere, *whole_span(history), catalog=fold_catalog([]))
