@@ -126,12 +126,13 @@ def write_results(rows: Sequence[dict], directory: Path, started_at: datetime,
 
 
 def delete_topics(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Delete every topic of this run's prefix (benchmarks write millions of throwaway records)."""
+    """Delete every topic of this run's prefix, and of prefixes a benchmark derived from it
+    ("<prefix>-<suffix>."): benchmarks write millions of throwaway records."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": settings.effective_kafka_bootstrap_servers})
     mine = [name for name in admin.list_topics(timeout=timeout_s).topics
-            if name.startswith(f"{settings.topic_prefix}.")]
+            if name.startswith((f"{settings.topic_prefix}.", f"{settings.topic_prefix}-"))]
     for future in admin.delete_topics(mine, operation_timeout=timeout_s).values() if mine else ():
         try:
             future.result(timeout=timeout_s)
