@@ -13,6 +13,7 @@ each identifier once within the dedupe window.
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +25,7 @@ from api.app import json_response, route
 from api.context import ApiContext
 from api.errors import ApiError, invalid
 from api.ids import new_id
-from api.params import Params, reject_nul
+from api.params import Params
 from api.store import now_ms
 from billing.facts import EventTimeWindow, MeterAggregation, MeterDefined, MeterEventCanceled, MeterEventRecorded
 from billing.meter_events import MeterEventRejected, validate_meter_event
@@ -47,15 +48,46 @@ class _Meters:
         self.inactive_ids = {row["id"] for row in rows.values() if row["status"] != "active"}
 
 
+_WALL_CLOCK_CUSTOMERS: dict[str, float] = {}  # customer id -> until when (monotonic) it is known to exist
+_WALL_CLOCK_CUSTOMERS_SECONDS = 60.0
+
+
+_MeterCache = tuple[dict[str, dict[str, Any]], _Meters]
+_meters_cache: list[_MeterCache] = []
+
+
+def _meters_view(rows: dict[str, dict[str, Any]]) -> _Meters:
+    """The validation view of the API's meter cache, built once per cache refresh."""
+    if _meters_cache and _meters_cache[0][0] is rows:
+        return _meters_cache[0][1]
+    view = _Meters(rows)
+    _meters_cache[:] = [(rows, view)]
+    return view
+
+
 def _customers_now(ctx: ApiContext, customer_ids: set[str]) -> dict[str, int]:
-    """Known customer id -> its now (test clock frozen time, else the wall clock)."""
-    if not customer_ids:
-        return {}
+    """Known customer id -> its now (test clock frozen time, else the wall clock).
+
+    Customers never disappear, so one without a test clock is remembered for a minute (its now is
+    the wall clock); a customer on a test clock is read every time, as its clock moves."""
+    wall_ms = now_ms()
+    moment = time.monotonic()
+    known = {customer_id: wall_ms for customer_id in customer_ids if _WALL_CLOCK_CUSTOMERS.get(customer_id, 0) > moment}
+    unknown = customer_ids - known.keys()
+    if not unknown:
+        return known
     with ctx.pool.connection() as conn:
         rows = conn.execute("select c.id, t.frozen_time_ms from customers c left join test_clocks t"
-                            " on t.id = c.test_clock_id where c.id = any(%s)", (list(customer_ids),)).fetchall()
-    wall_ms = now_ms()
-    return {row["id"]: row["frozen_time_ms"] if row["frozen_time_ms"] is not None else wall_ms for row in rows}
+                            " on t.id = c.test_clock_id where c.id = any(%s)", (list(unknown),)).fetchall()
+    if len(_WALL_CLOCK_CUSTOMERS) > 100_000:
+        _WALL_CLOCK_CUSTOMERS.clear()
+    for row in rows:
+        if row["frozen_time_ms"] is None:
+            known[row["id"]] = wall_ms
+            _WALL_CLOCK_CUSTOMERS[row["id"]] = moment + _WALL_CLOCK_CUSTOMERS_SECONDS
+        else:
+            known[row["id"]] = row["frozen_time_ms"]
+    return known
 
 
 def _validated(ctx: ApiContext, raw_events: list[dict[str, Any]], param: Any) -> list[MeterEventRecorded]:
@@ -63,7 +95,7 @@ def _validated(ctx: ApiContext, raw_events: list[dict[str, Any]], param: Any) ->
     cached = ctx.meters_by_event_name()
     if any(raw["event_name"] not in cached for raw in raw_events):  # a meter created a moment ago
         cached = ctx.meters_by_event_name(max_age_s=0.05)
-    meters = _Meters(cached)
+    meters = _meters_view(cached)
     wanted = set()
     for raw in raw_events:
         meter = meters.by_event_name.get(raw["event_name"])
@@ -134,6 +166,8 @@ def _timestamp_ms(value: Any, name: str) -> int | None:
 
 
 def _batch(ctx: ApiContext, body: bytes) -> dict[str, Any]:
+    if b"\\u0000" in body:  # JSON can only carry NUL escaped; PostgreSQL text cannot hold it
+        raise invalid("events", "Invalid value: NUL characters are not allowed")
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -141,7 +175,6 @@ def _batch(ctx: ApiContext, body: bytes) -> dict[str, Any]:
     if not isinstance(document, dict) or set(document) - {"events"}:
         extra = sorted(set(document) - {"events"}) if isinstance(document, dict) else ["(body)"]
         raise invalid(extra[0], f"Received unknown parameter: {extra[0]}", code="parameter_unknown")
-    reject_nul(document)
     events = document.get("events")
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_BATCH_EVENTS:
         raise invalid("events", f"events must be an array of 1..{MAX_BATCH_EVENTS} meter events.")
