@@ -36,6 +36,7 @@ PROJECTION_TABLES = ("test_clocks", "meters", "products", "prices", "customers",
                      "subscription_items", "credit_grants", "credit_balance_transactions", "invoices", "invoice_lines",
                      "invoice_line_credits", "usage_buckets", "live_balances", "low_balance_alerts", "dead_letters")
 MAX_BATCH_MESSAGES = 20000
+PROGRESS_LOG_SECONDS = 30.0
 
 
 def tune_gc() -> None:
@@ -147,6 +148,7 @@ class Projector:
                 self._positions.pop((tp.topic, tp.partition), None)
 
         consumer.subscribe(list(self.topics), on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
+        applied_since_log, logged_at = 0, time.monotonic()
         try:
             while not stop.is_set():
                 # consume() waits for a full batch or the timeout: keep it short, it is the read-your-writes latency.
@@ -158,8 +160,14 @@ class Projector:
                     writer.discard()
                     consumer.assign(self._seek_positions(consumer.assignment()))
                     continue
-                if on_batch is not None and written:
-                    on_batch(written)
+                if written:
+                    applied_since_log += written
+                    if on_batch is not None:
+                        on_batch(written)
+                if time.monotonic() - logged_at >= PROGRESS_LOG_SECONDS:
+                    log.info("projected %d facts in the last %.0f s; %d rows written in all", applied_since_log,
+                             time.monotonic() - logged_at, self.rows_written)
+                    applied_since_log, logged_at = 0, time.monotonic()
         finally:
             writer.close()
             consumer.close()
