@@ -61,7 +61,7 @@ class _Worker:
                    DRAWDOWN_TOPIC_PREFIX=self.settings.topic_prefix, DRAWDOWN_PARTITIONS=str(self.settings.partitions),
                    DRAWDOWN_WORKER_DATA_DIR=str(self.settings.worker_data_dir),
                    DRAWDOWN_WORKER_WEB_PORT=str(self.settings.worker_web_port), PYTHONPATH=str(PROJECT_ROOT))
-        self.process = subprocess.Popen([sys.executable, "-m", "drawdown", "worker"], cwd=PROJECT_ROOT, env=env,
+        self.process = subprocess.Popen([sys.executable, *(os.environ.get("BENCH_WORKER_CMD", "-m drawdown worker").split())], cwd=PROJECT_ROOT, env=env,
                                         stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
         return time.monotonic()
 

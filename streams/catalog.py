@@ -53,5 +53,11 @@ class CatalogFollower:
         self.caught_up_at = time.monotonic()
         return self.catalog
 
+    async def catch_up_async(self) -> Catalog:
+        """catch_up() in a thread: the broker round trips must not stall the event loop."""
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(None, self.catch_up)
+
     def close(self) -> None:
         self._consumer.close()

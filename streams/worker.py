@@ -38,9 +38,9 @@ from streams.processor import PartitionProcessor, PartitionState, output_key, ou
 
 log = logging.getLogger("drawdown.worker")
 
-BATCH_MAX_EVENTS = 5000
+BATCH_MAX_EVENTS = 20_000  # large batches amortise the two ack round trips per batch
 BATCH_WITHIN_S = 0.05
-CATALOG_REFRESH_S = 1.0
+CATALOG_REFRESH_S = 5.0
 
 
 def worker_data_dir(settings: Settings) -> Path:
@@ -76,6 +76,7 @@ class Engine:
         self.batches = 0
         self.facts_in = 0
         self.ready = False
+        self.phase_seconds: dict[str, float] = defaultdict(float)  # where batch time goes (ready page)
 
     # --- per partition -----------------------------------------------------------------------
 
@@ -125,11 +126,11 @@ class Engine:
     # --- one batch ---------------------------------------------------------------------------
 
     async def process_batch(self, events: list) -> None:
+        clock = time.perf_counter
+        started = clock()
         by_partition: dict[int, list] = defaultdict(list)
         for event in events:
             by_partition[event.message.partition].append(event.message)
-        if time.monotonic() - self.catalog_follower.caught_up_at > CATALOG_REFRESH_S:
-            self.catalog_follower.catch_up()
         decoded: dict[int, list] = {}
         decode = self.codec.decode
         for partition, messages in by_partition.items():
@@ -142,7 +143,9 @@ class Engine:
                         raise
                     items.append((message, None, error))
             decoded[partition] = items
-        self._catch_up_if_unknown(decoded)
+        if self._names_unknown(decoded) or time.monotonic() - self.catalog_follower.caught_up_at > CATALOG_REFRESH_S:
+            await self.catalog_follower.catch_up_async()
+        decoded_at = clock()
         outputs: list = []
         for partition, items in decoded.items():
             processor = self._processor(partition)
@@ -151,11 +154,15 @@ class Engine:
                 key = message.key.decode("utf-8", "replace") if message.key else None
                 outputs.extend(process(message.offset, fact, message.value or b"", key, error))
             outputs.extend(processor.finish_batch())
+        folded_at = clock()
         # 1. the facts this batch derived, acknowledged by the broker ...
         encode, topic_names, produce = self.codec.encode, self.topic_names, self.output.produce
         for fact in outputs:
             produce(topic_names[output_topic(fact)], encode(fact), output_key(fact).encode())
+        produced_at = clock()
         await self.output.wait_for_acks()
+        emitted_at = clock()
+        self.phase_seconds["emit_acks"] += emitted_at - produced_at
         # 2. ... and only then the state records (value and offset guard in one record each): the
         # local store, then the changelog, acknowledged before the batch counts as done.
         changelog: list[tuple[Any, int]] = []
@@ -166,7 +173,9 @@ class Engine:
             self._write(self.customers_table, partition, customer_records)
             self._write(self.usage_table, partition, seen.take_dirty() + buckets.take_dirty())
             changelog.extend(((self.customers_table, partition), (self.usage_table, partition)))
+        written_at = clock()
         last_offsets = await self.output.wait_for_acks()
+        self.phase_seconds["state_acks"] += clock() - written_at
         for table, partition in changelog:
             topic = table.changelog_topic.get_topic_name()
             offset = last_offsets.get((topic, partition))
@@ -174,6 +183,11 @@ class Engine:
                 table.data.set_persisted_offset(TP(topic, partition), offset)
         self.batches += 1
         self.facts_in += len(events)
+        phases = self.phase_seconds
+        phases["decode"] += decoded_at - started
+        phases["fold"] += folded_at - decoded_at
+        phases["emit"] += emitted_at - folded_at
+        phases["state"] += clock() - emitted_at
 
     def _write(self, table: Any, partition: int, items: list[tuple[bytes, bytes]]) -> None:
         """Records to the partition's local store and (queued) to its changelog partition."""
@@ -184,18 +198,18 @@ class Engine:
             db.put(key, value)
             produce(topic, value, key, partition)
 
-    def _catch_up_if_unknown(self, decoded: dict[int, list]) -> None:
+    def _names_unknown(self, decoded: dict[int, list]) -> bool:
+        """Whether a fact names a meter or price the catalog does not know yet (read it again first:
+        the verdict on a fact must not depend on how far the catalog was read)."""
         catalog = self.catalog_follower.catalog
         for items in decoded.values():
             for _, fact, _ in items:
                 if isinstance(fact, MeterEventRecorded):
                     if fact.event_name not in catalog.meters_by_event_name:
-                        self.catalog_follower.catch_up()
-                        return
+                        return True
                 elif any(item.price_id not in catalog.prices for item in getattr(fact, "items", ())):
-                    self.catalog_follower.catch_up()
-                    return
-
+                    return True
+        return False
 
 
 class OutputProducer:
@@ -306,7 +320,8 @@ def create_app(settings: Settings) -> tuple[Any, Engine]:
 
     @app.page("/drawdown/ready/")
     async def ready(web: Any, request: Any) -> Any:
-        body = {"ready": engine.ready, "batches": engine.batches, "facts": engine.facts_in}
+        body = {"ready": engine.ready, "batches": engine.batches, "facts": engine.facts_in,
+                "seconds": {phase: round(value, 3) for phase, value in engine.phase_seconds.items()}}
         return web.json(body, status=200 if engine.ready else 503)
 
     return app, engine
