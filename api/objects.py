@@ -167,10 +167,12 @@ def invoice(row: dict[str, Any], lines: list[dict[str, Any]], credits: list[dict
     }
 
 
-def test_clock(row: dict[str, Any]) -> dict[str, Any]:
+def test_clock(row: dict[str, Any], status: str = "ready") -> dict[str, Any]:
     return {"id": row["id"], "object": "test_helpers.test_clock", "created": seconds(row["created_ms"]),
             "deletes_after": seconds(row["created_ms"] + 30 * 86_400_000), "frozen_time": seconds(row["frozen_time_ms"]),
-            "livemode": False, "name": row["name"], "status": "ready", "status_details": {}}
+            "livemode": False, "name": row["name"], "status": status,
+            "status_details": {"advancing": {"target_frozen_time": seconds(row["frozen_time_ms"])}}
+            if status == "advancing" else {}}
 
 
 test_clock.__test__ = False  # type: ignore[attr-defined]  # not a pytest test

@@ -63,8 +63,11 @@ def run(stripe: Any, say: Callable[[str], None] = print, invoice_timeout_s: floa
     say(f"7. preview: subtotal {preview.subtotal}, provisional credits "
         f"{sum(c.amount for c in preview.total_pretax_credit_amounts)}, amount due {preview.amount_due}")
     period_end_s = subscription.current_period_end
-    stripe.test_helpers.TestClock.advance(clock.id, frozen_time=period_end_s + GRACE_S + 60)
-    say("   test clock advanced past period end + grace period")
+    advancing = stripe.test_helpers.TestClock.advance(clock.id, frozen_time=period_end_s + GRACE_S + 60)
+    say(f"   test clock advancing past period end + grace period (status {advancing.status})")
+    ready = _until(lambda: _ready(stripe, clock.id), invoice_timeout_s, "the test clock to be ready")
+    say(f"   test clock {ready.status} at {ready.frozen_time}")
+    visible_when_ready = bool(stripe.Invoice.list(customer=customer.id, limit=1).data)
     invoice = _until(lambda: _first(stripe.Invoice.list(customer=customer.id, limit=1).data), invoice_timeout_s,
                      "the finalized invoice")
     say(f"8. invoice {invoice.id} ({invoice.status}), period {invoice.period_start}..{invoice.period_end}")
@@ -87,8 +90,14 @@ def run(stripe: Any, say: Callable[[str], None] = print, invoice_timeout_s: floa
         value_grouping_window="hour", limit=100).data
     say(f"11. usage summaries (hourly, first day): "
         f"{[(s.start_time, s.aggregated_value) for s in summaries if s.aggregated_value]}")
-    return {"preview": preview, "invoice": invoice, "summary": summary, "transactions": transactions,
+    return {"preview": preview, "invoice": invoice, "clock_statuses": (advancing.status, ready.status),
+            "invoice_visible_when_ready": visible_when_ready, "summary": summary, "transactions": transactions,
             "summaries": summaries, "grant": grant, "customer": customer}
+
+
+def _ready(stripe: Any, clock_id: str) -> Any:
+    clock = stripe.test_helpers.TestClock.retrieve(clock_id)
+    return clock if clock.status == "ready" else None
 
 
 def _preview_with_usage(stripe: Any, subscription_id: str) -> Any:

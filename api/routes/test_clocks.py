@@ -28,6 +28,34 @@ def _live_clock(ctx: ApiContext, clock_id: str) -> dict[str, Any]:
     return clock
 
 
+DERIVED_TOPICS = ("invoices", "credit-balance-transactions", "usage-buckets", "live-balances")
+
+
+def clock_status(ctx: ApiContext, clock_id: str) -> str:
+    """"advancing" until the stream workers have committed past the clock's last advance on every
+    partition and the projector has read what they had written by then; "ready" after."""
+    with ctx.pool.connection() as conn:
+        rows = conn.execute('select topic, partition, "offset" from test_clock_advances where test_clock_id = %s',
+                            (clock_id,)).fetchall()
+    if not rows:
+        return "ready"
+    committed = ctx.worker_committed_offsets([(row["topic"], row["partition"]) for row in rows])
+    if any(committed.get((row["topic"], row["partition"]), -1) <= row["offset"] for row in rows):
+        return "advancing"
+    ends = ctx.end_offsets([ctx.publisher.topic(name) for name in DERIVED_TOPICS])
+    with ctx.pool.connection() as conn:
+        stored = {(row["topic"], row["partition"]): row["next_offset"] for row in conn.execute(
+            "select topic, partition, next_offset from projection_offset where projection = 'main'").fetchall()}
+        if any(stored.get(key, 0) < end for key, end in ends.items()):
+            return "advancing"
+        conn.execute("delete from test_clock_advances where test_clock_id = %s", (clock_id,))
+    return "ready"
+
+
+def _clock_object(ctx: ApiContext, clock_id: str) -> dict[str, Any]:
+    return objects.test_clock(_live_clock(ctx, clock_id), clock_status(ctx, clock_id))
+
+
 def create_test_clock(ctx: ApiContext, params: Params) -> dict[str, Any]:
     frozen_time_s = params.int("frozen_time", required=True, minimum=0, maximum=MAX_FROZEN_TIME_S)
     name = params.str("name", max_length=300)
@@ -41,12 +69,12 @@ def create_test_clock(ctx: ApiContext, params: Params) -> dict[str, Any]:
 
 def retrieve_test_clock(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
     params.done()
-    return objects.test_clock(_live_clock(ctx, id))
+    return _clock_object(ctx, id)
 
 
 def list_test_clocks(ctx: ApiContext, params: Params) -> dict[str, Any]:
     return paginate(ctx.pool, params, "/v1/test_helpers/test_clocks", "test_clocks", ["deleted_ms is null"], [],
-                    objects.test_clock)
+                    lambda row: objects.test_clock(row, clock_status(ctx, row["id"])))
 
 
 def advance_test_clock(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
@@ -56,8 +84,15 @@ def advance_test_clock(ctx: ApiContext, params: Params, id: str) -> dict[str, An
     if frozen_time_s * 1000 <= clock["frozen_time_ms"]:
         raise invalid("frozen_time", "Test clocks only move forward: frozen_time must be after the current one.")
     fact = TestClockAdvanced(test_clock_id=id, frozen_time_ms=frozen_time_s * 1000, advanced_at_ms=now_ms())
-    ctx.wait(ctx.publisher.publish_to_every_partition("customer-facts", fact))
-    return objects.test_clock(_live_clock(ctx, id))
+    positions = ctx.publisher.publish_to_every_partition("customer-facts", fact)
+    with ctx.pool.connection() as conn:
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                'insert into test_clock_advances (test_clock_id, topic, partition, "offset") values (%s, %s, %s, %s)'
+                ' on conflict (test_clock_id, topic, partition) do update set "offset" = excluded."offset"',
+                [(id, topic, partition, offset) for topic, partition, offset in positions])
+    ctx.wait(positions)
+    return _clock_object(ctx, id)
 
 
 def delete_test_clock(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:

@@ -60,6 +60,8 @@ def test_the_hypernian_walkthrough_bills_3000_input_tokens_as_9000_minus_1000_cr
     lines: list[str] = []
     result = walkthrough.run(stripe, say=lines.append, invoice_timeout_s=90)
 
+    assert result["clock_statuses"] == ("advancing", "ready")
+    assert result["invoice_visible_when_ready"], "a ready clock's invoices are readable at once"
     preview = result["preview"]
     assert (preview.subtotal, preview.amount_due) == (9000, 8000)
     invoice = result["invoice"]
