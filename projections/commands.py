@@ -42,8 +42,13 @@ def run_projector(args: argparse.Namespace) -> int:
     ready_file.parent.mkdir(parents=True, exist_ok=True)
     ready_file.touch()
     tune_gc()
+    # One projector per host and state folder: a restart of it is the same static group member.
+    import hashlib
+    import socket
+
+    instance_id = f"projector-{socket.gethostname()}-{hashlib.sha256(str(settings.state_dir.resolve()).encode()).hexdigest()[:8]}"
     try:
-        Projector(settings).run(stop)
+        Projector(settings, instance_id=instance_id).run(stop)
     finally:
         ready_file.unlink(missing_ok=True)
     return 0
