@@ -34,9 +34,14 @@ IGNORED_FACTS = (f.MeterEventRecorded, f.MeterEventCanceled, f.TimeTicked, f.Inv
 _RULES: dict[type, Any] = {}
 
 
-def _rule(method: Any) -> Any:
-    _RULES[eval(method.__annotations__["fact"], {"f": f})] = method  # noqa: S307 - our own annotation
-    return method
+def _rule(fact_class: type) -> Any:
+    """Register the decorated Batch method as the rule for `fact_class`."""
+
+    def register(method: Any) -> Any:
+        _RULES[fact_class] = method
+        return method
+
+    return register
 
 
 @dataclass
@@ -73,7 +78,7 @@ class Batch:
 
     # --- catalog ----------------------------------------------------------------------------
 
-    @_rule
+    @_rule(f.MeterDefined)
     def _(self, fact: f.MeterDefined, partition: int, offset: int) -> None:
         self.statements.append((
             "insert into meters (id, display_name, event_name, aggregation, customer_payload_key, value_payload_key,"
@@ -82,28 +87,28 @@ class Batch:
             (fact.meter_id, fact.display_name, fact.event_name, str(fact.aggregation), fact.customer_payload_key,
              fact.value_payload_key, _text(fact.event_time_window), fact.created_at_ms, fact.created_at_ms)))
 
-    @_rule
+    @_rule(f.MeterDisplayNameChanged)
     def _(self, fact: f.MeterDisplayNameChanged, partition: int, offset: int) -> None:
         self.statements.append(("update meters set display_name = %s, updated_ms = %s where id = %s",
                                 (fact.display_name, fact.changed_at_ms, fact.meter_id)))
 
-    @_rule
+    @_rule(f.MeterDeactivated)
     def _(self, fact: f.MeterDeactivated, partition: int, offset: int) -> None:
         self.statements.append(("update meters set status = 'inactive', updated_ms = %s where id = %s",
                                 (fact.deactivated_at_ms, fact.meter_id)))
 
-    @_rule
+    @_rule(f.MeterReactivated)
     def _(self, fact: f.MeterReactivated, partition: int, offset: int) -> None:
         self.statements.append(("update meters set status = 'active', updated_ms = %s where id = %s",
                                 (fact.reactivated_at_ms, fact.meter_id)))
 
-    @_rule
+    @_rule(f.ProductCreated)
     def _(self, fact: f.ProductCreated, partition: int, offset: int) -> None:
         self.statements.append(("insert into products (id, name, metadata, created_ms) values (%s, %s, %s, %s)"
                                 " on conflict do nothing",
                                 (fact.product_id, fact.name, Jsonb(dict(fact.metadata)), fact.created_at_ms)))
 
-    @_rule
+    @_rule(f.PriceCreated)
     def _(self, fact: f.PriceCreated, partition: int, offset: int) -> None:
         self.statements.append((
             "insert into prices (id, product_id, currency, unit_amount_decimal, usage_type, meter_id, recurring_interval,"
@@ -113,14 +118,14 @@ class Batch:
 
     # --- customers, subscriptions, grants ---------------------------------------------------
 
-    @_rule
+    @_rule(f.CustomerCreated)
     def _(self, fact: f.CustomerCreated, partition: int, offset: int) -> None:
         self.statements.append((
             "insert into customers (id, name, email, test_clock_id, metadata, created_ms) values (%s, %s, %s, %s, %s, %s)"
             " on conflict do nothing",
             (fact.customer_id, fact.name, fact.email, fact.test_clock_id, Jsonb(dict(fact.metadata)), fact.created_at_ms)))
 
-    @_rule
+    @_rule(f.SubscriptionCreated)
     def _(self, fact: f.SubscriptionCreated, partition: int, offset: int) -> None:
         self.statements.append((
             "insert into subscriptions (id, customer_id, currency, billing_cycle_anchor_ms, test_clock_id, status,"
@@ -129,7 +134,7 @@ class Batch:
              fact.created_at_ms)))
         self._items(fact.subscription_id, fact.items)
 
-    @_rule
+    @_rule(f.SubscriptionItemsChanged)
     def _(self, fact: f.SubscriptionItemsChanged, partition: int, offset: int) -> None:
         self.statements.append(("delete from subscription_items where subscription_id = %s", (fact.subscription_id,)))
         self._items(fact.subscription_id, fact.items)
@@ -142,18 +147,18 @@ class Batch:
                 " quantity = excluded.quantity, position = excluded.position",
                 (item.item_id, subscription_id, item.price_id, item.quantity, position)))
 
-    @_rule
+    @_rule(f.SubscriptionCancelScheduled)
     def _(self, fact: f.SubscriptionCancelScheduled, partition: int, offset: int) -> None:
         self.statements.append(("update subscriptions set cancel_at_period_end = %s where id = %s",
                                 (fact.cancel_at_period_end, fact.subscription_id)))
 
-    @_rule
+    @_rule(f.SubscriptionCanceled)
     def _(self, fact: f.SubscriptionCanceled, partition: int, offset: int) -> None:
         self.statements.append((
             "update subscriptions set status = 'canceled', canceled_ms = %s, invoice_now = %s where id = %s",
             (fact.canceled_at_ms, fact.invoice_now, fact.subscription_id)))
 
-    @_rule
+    @_rule(f.CreditGrantCreated)
     def _(self, fact: f.CreditGrantCreated, partition: int, offset: int) -> None:
         self.statements.append((
             "insert into credit_grants (id, customer_id, name, amount_minor, currency, scope_price_type, scope_price_ids,"
@@ -164,43 +169,43 @@ class Batch:
              fact.effective_at_ms, fact.expires_at_ms, Jsonb(dict(fact.metadata)), fact.test_clock_id,
              fact.created_at_ms, fact.created_at_ms)))
 
-    @_rule
+    @_rule(f.CreditGrantUpdated)
     def _(self, fact: f.CreditGrantUpdated, partition: int, offset: int) -> None:
         self.statements.append((
             "update credit_grants set expires_at_ms = %s, metadata = %s, updated_ms = %s where id = %s",
             (fact.expires_at_ms, Jsonb(dict(fact.metadata)), fact.updated_at_ms, fact.grant_id)))
 
-    @_rule
+    @_rule(f.CreditGrantExpired)
     def _(self, fact: f.CreditGrantExpired, partition: int, offset: int) -> None:
         self.statements.append(("update credit_grants set expired_ms = coalesce(expired_ms, %s), updated_ms = %s"
                                 " where id = %s", (fact.expired_at_ms, fact.expired_at_ms, fact.grant_id)))
 
-    @_rule
+    @_rule(f.CreditGrantVoided)
     def _(self, fact: f.CreditGrantVoided, partition: int, offset: int) -> None:
         self.statements.append(("update credit_grants set voided_ms = coalesce(voided_ms, %s), updated_ms = %s"
                                 " where id = %s", (fact.voided_at_ms, fact.voided_at_ms, fact.grant_id)))
 
     # --- test clocks (one copy per partition: the upserts make the copies one row) ----------
 
-    @_rule
+    @_rule(f.TestClockCreated)
     def _(self, fact: f.TestClockCreated, partition: int, offset: int) -> None:
         self.statements.append(("insert into test_clocks (id, name, frozen_time_ms, created_ms) values (%s, %s, %s, %s)"
                                 " on conflict do nothing",
                                 (fact.test_clock_id, fact.name, fact.frozen_time_ms, fact.created_at_ms)))
 
-    @_rule
+    @_rule(f.TestClockAdvanced)
     def _(self, fact: f.TestClockAdvanced, partition: int, offset: int) -> None:
         self.statements.append(("update test_clocks set frozen_time_ms = greatest(frozen_time_ms, %s) where id = %s",
                                 (fact.frozen_time_ms, fact.test_clock_id)))
 
-    @_rule
+    @_rule(f.TestClockDeleted)
     def _(self, fact: f.TestClockDeleted, partition: int, offset: int) -> None:
         self.statements.append(("update test_clocks set deleted_ms = coalesce(deleted_ms, %s) where id = %s",
                                 (fact.deleted_at_ms, fact.test_clock_id)))
 
     # --- derived facts ----------------------------------------------------------------------
 
-    @_rule
+    @_rule(f.InvoiceFinalized)
     def _(self, fact: f.InvoiceFinalized, partition: int, offset: int) -> None:
         status = "paid" if fact.amount_due_minor == 0 else "open"
         self.statements.append((
@@ -223,31 +228,31 @@ class Batch:
                     (credit.credit_balance_transaction_id, fact.invoice_id, line.line_id, credit.grant_id,
                      credit.amount_minor, credit_position)))
 
-    @_rule
+    @_rule(f.InvoiceVoided)
     def _(self, fact: f.InvoiceVoided, partition: int, offset: int) -> None:
         self.statements.append(("update invoices set status = 'void', voided_ms = coalesce(voided_ms, %s) where id = %s",
                                 (fact.voided_at_ms, fact.invoice_id)))
 
-    @_rule
+    @_rule(f.CreditBalanceTransaction)
     def _(self, fact: f.CreditBalanceTransaction, partition: int, offset: int) -> None:
         self.transactions[fact.transaction_id] = (
             fact.transaction_id, fact.customer_id, fact.grant_id, fact.currency, fact.amount_minor, str(fact.type),
             str(fact.reason), fact.invoice_id, fact.invoice_line_id, fact.effective_at_ms)
 
-    @_rule
+    @_rule(f.UsageBucketUpdated)
     def _(self, fact: f.UsageBucketUpdated, partition: int, offset: int) -> None:
         # The fact carries the bucket's whole current aggregate: the last one in the batch wins.
         self.usage_buckets[(fact.customer_id, fact.meter_id, fact.bucket_start_ms)] = (
             fact.customer_id, fact.meter_id, fact.bucket_start_ms, fact.value, fact.event_count, fact.updated_at_ms,
             partition, offset)
 
-    @_rule
+    @_rule(f.LiveBalanceChanged)
     def _(self, fact: f.LiveBalanceChanged, partition: int, offset: int) -> None:
         self.live_balances[(fact.customer_id, fact.currency)] = (
             fact.customer_id, fact.currency, fact.available_credits_minor, fact.accrued_usage_minor,
             fact.live_balance_minor, fact.as_of_ms)
 
-    @_rule
+    @_rule(f.LowBalanceAlert)
     def _(self, fact: f.LowBalanceAlert, partition: int, offset: int) -> None:
         self.statements.append((
             "insert into low_balance_alerts (id, customer_id, currency, threshold_minor, live_balance_minor,"
@@ -255,7 +260,7 @@ class Batch:
             (fact.alert_id, fact.customer_id, fact.currency, fact.threshold_minor, fact.live_balance_minor,
              fact.alerted_at_ms)))
 
-    @_rule
+    @_rule(f.DeadLetter)
     def _(self, fact: f.DeadLetter, partition: int, offset: int) -> None:
         self.statements.append((
             "insert into dead_letters (topic, partition, \"offset\", reason_code, message, customer_id, original_bytes,"
