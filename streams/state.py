@@ -11,9 +11,13 @@ import copyreg
 import dataclasses
 import operator
 import pickle
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
+
+from billing.meters import MeterReading, MeterUsage
+from billing.usage import SeenEvent, UsageBucket
 
 
 def _mapping_proxy(items: dict) -> MappingProxyType:
@@ -84,9 +88,12 @@ class BatchCache(MutableMapping):
     `encode_key` maps our keys (str or tuples) to the store's bytes keys.
     """
 
-    def __init__(self, db: Any, encode_key: Callable[[Any], bytes], max_entries: int = 100_000) -> None:
+    def __init__(self, db: Any, encode_key: Callable[[Any], bytes], max_entries: int = 100_000,
+                 dump: Callable[[Any], bytes] | None = None, load: Callable[[bytes], Any] | None = None) -> None:
         self.db = db
         self.encode_key = encode_key
+        self.dump = dump or dumps
+        self.load = load or loads
         self.max_entries = max_entries  # records kept decoded across batches (this worker is their only writer)
         self.cache: dict[Any, Any] = {}
         self.dirty: set[Any] = set()
@@ -95,7 +102,7 @@ class BatchCache(MutableMapping):
         value = self.cache.get(key, _MISSING)
         if value is _MISSING:
             raw = self.db.get(self.encode_key(key))
-            value = None if raw is None else loads(raw)
+            value = None if raw is None else self.load(raw)
             self.cache[key] = value
         if value is None:
             raise KeyError(key)
@@ -123,8 +130,8 @@ class BatchCache(MutableMapping):
     def take_dirty(self) -> list[tuple[bytes, bytes]]:
         """The changed records as (key, pickled value). The decoded records stay cached for the next
         batches (bounded by `max_entries`), so hot customers are not unpickled per batch."""
-        encode_key, cache = self.encode_key, self.cache
-        records = [(encode_key(key), dumps(cache[key])) for key in self.dirty]
+        encode_key, cache, dump = self.encode_key, self.cache, self.dump
+        records = [(encode_key(key), dump(cache[key])) for key in self.dirty]
         self.dirty = set()
         if len(cache) > self.max_entries:
             self.cache = {}
@@ -145,3 +152,42 @@ def seen_key(key: tuple[str, str]) -> bytes:
 
 def bucket_key(key: tuple[str, str, int]) -> bytes:
     return ("b" + key[0] + SEPARATOR + key[1] + SEPARATOR + str(key[2])).encode()
+
+
+# --- the two hot records, one write per meter event or bucket: flat tuples of primitives ----------
+# (pickling the nested dataclasses costs several Python calls per object; these are C-only)
+
+
+def _reading_tuple(reading: MeterReading) -> tuple:
+    return (reading.event_time_ms, reading.received_at_ms, reading.identifier, str(reading.value))
+
+
+def _reading(values: tuple) -> MeterReading:
+    return MeterReading(event_time_ms=values[0], received_at_ms=values[1], identifier=values[2],
+                        value=Decimal(values[3]))
+
+
+def dump_seen(by_customer: Mapping[str, SeenEvent]) -> bytes:
+    return pickle.dumps(tuple((customer_id, seen.offset, seen.meter_id, _reading_tuple(seen.reading),
+                               seen.canceled_offset) for customer_id, seen in by_customer.items()), protocol=5)
+
+
+def load_seen(data: bytes) -> dict[str, SeenEvent]:
+    return {customer_id: SeenEvent(offset=offset, meter_id=meter_id, reading=_reading(reading),
+                                   canceled_offset=canceled_offset)
+            for customer_id, offset, meter_id, reading, canceled_offset in pickle.loads(data)}
+
+
+def dump_bucket(bucket: UsageBucket) -> bytes:
+    usage = bucket.usage
+    latest = None if usage.latest is None else _reading_tuple(usage.latest)
+    survivors = tuple((start_ms, _reading_tuple(reading)) for start_ms, reading in usage.window_survivors.items())
+    return pickle.dumps((bucket.applied_offset, str(usage.value_sum), usage.event_count, latest, survivors), protocol=5)
+
+
+def load_bucket(data: bytes) -> UsageBucket:
+    applied_offset, value_sum, event_count, latest, survivors = pickle.loads(data)
+    usage = MeterUsage(value_sum=Decimal(value_sum), event_count=event_count,
+                       latest=None if latest is None else _reading(latest),
+                       window_survivors=MappingProxyType({start_ms: _reading(reading) for start_ms, reading in survivors}))
+    return UsageBucket(usage=usage, applied_offset=applied_offset)

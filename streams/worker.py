@@ -94,8 +94,11 @@ class Engine:
             customers_db = self._db(self.customers_table, partition)
             usage_db = self._db(self.usage_table, partition)
             customers = records.BatchCache(customers_db, records.customer_key)
-            seen = records.BatchCache(usage_db, records.seen_key)
-            buckets = records.BatchCache(usage_db, records.bucket_key)
+            # Seen records are read once per event and rarely again: keep few decoded.
+            seen = records.BatchCache(usage_db, records.seen_key, max_entries=20_000,
+                                      dump=records.dump_seen, load=records.load_seen)
+            buckets = records.BatchCache(usage_db, records.bucket_key, max_entries=50_000,
+                                         dump=records.dump_bucket, load=records.load_bucket)
             raw = customers_db.get(records.PARTITION_KEY)
             partition_state = records.loads(raw) if raw is not None else PartitionState()
             processor = PartitionProcessor(
