@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,7 +62,9 @@ class _Worker:
                    DRAWDOWN_TOPIC_PREFIX=self.settings.topic_prefix, DRAWDOWN_PARTITIONS=str(self.settings.partitions),
                    DRAWDOWN_WORKER_DATA_DIR=str(self.settings.worker_data_dir),
                    DRAWDOWN_WORKER_WEB_PORT=str(self.settings.worker_web_port), PYTHONPATH=str(PROJECT_ROOT))
-        self.process = subprocess.Popen([sys.executable, *(os.environ.get("BENCH_WORKER_CMD", "-m drawdown worker").split())], cwd=PROJECT_ROOT, env=env,
+        # BENCH_WORKER_CMD: another worker entry point, e.g. a script that runs it under cProfile.
+        command = os.environ.get("BENCH_WORKER_CMD", "-m drawdown worker").split()
+        self.process = subprocess.Popen([sys.executable, *command], cwd=PROJECT_ROOT, env=env,
                                         stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
         return time.monotonic()
 
@@ -215,7 +218,9 @@ def _row(name: str, unit: str, measured: float, ceiling: float | None, target: s
 def run(settings: Settings) -> list[dict[str, Any]]:
     rng = random.Random(11)
     work_dir = Path(tempfile.mkdtemp(prefix="streams-bench-"))
-    settings = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}-streams",
+    # A sub-prefix ("<run prefix>.streams"), so the harness's clean-up of the run's topics covers ours
+    # and the worker's changelog topics too.
+    settings = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}.streams",
                                            "worker_data_dir": work_dir / "worker",
                                            "worker_web_port": _free_port()})
     ensure_topics(settings)
@@ -256,6 +261,7 @@ def run(settings: Settings) -> list[dict[str, Any]]:
                          ready_s, None, "(reported)", True))
     finally:
         worker.stop()
+        shutil.rmtree(work_dir, ignore_errors=True)
     return rows
 
 

@@ -39,7 +39,7 @@ from streams.processor import PartitionProcessor, PartitionState, output_key, ou
 log = logging.getLogger("drawdown.worker")
 
 BATCH_MAX_EVENTS = 20_000  # large batches amortise the two ack round trips per batch
-BATCH_WITHIN_S = 0.05
+BATCH_WITHIN_S = 0.05  # freshness: a lone fact waits at most this long for company
 CATALOG_REFRESH_S = 5.0
 
 
