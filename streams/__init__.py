@@ -1,7 +1,7 @@
 """Faust stream workers: validation, dedupe, event-time usage buckets, credit state, invoice finalization.
 
 - worker.py: the Faust app (`drawdown worker`). One agent reads customer-facts in batches
-  (`take_events`), decodes with schemas.codec (value_serializer "raw"), folds each partition's
+  (what is buffered, up to a maximum; manual acks after the batch), decodes with schemas.codec (value_serializer "raw"), folds each partition's
   facts in offset order (processor.py), sends the derived facts and awaits their acks, and only
   then writes the touched state records (local rocksdict store + changelog, acks awaited). Faust
   owns group membership, assignment, table recovery and source-offset commits.
