@@ -77,6 +77,13 @@ def _parse_value(text: str) -> Decimal | None:
     return value
 
 
+def is_surely_valid_value(value_text: object) -> bool:
+    """A cheap test for the common value, 1 to 18 ASCII digits ("250"): True means
+    validate_meter_event accepts this value; False means only "ask validate_meter_event"."""
+    return (type(value_text) is str and len(value_text) <= MAX_VALUE_INTEGER_DIGITS
+            and value_text.isascii() and value_text.isdigit())
+
+
 def validate_meter_event(
     event: MeterEventRecorded,
     meters_by_event_name: Mapping[str, MeterDefined],

@@ -20,7 +20,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from io import BytesIO
 from typing import Any
@@ -28,7 +28,7 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from billing.facts import Fact
+from billing.facts import Fact, MeterEventRecorded
 from schemas.catalogue import FactSchema, SchemaCatalogue, full_name, load_catalogue
 from schemas.errors import (
     CorruptFact,
@@ -212,6 +212,43 @@ def from_avro(fact_class: type, record: Mapping[str, Any]) -> Fact:
     return _CONVERTERS.from_avro(fact_class)(dict(record))  # a copy: a fact may adopt the dict
 
 
+# --- meter events from plain values: the producer's hot path ---------------------------------
+
+# The current MeterEventRecorded schema as the hand-written encoder below lays it out. Any other
+# layout (the schema evolved) makes encode_meter_events fall back to encode() of built facts.
+_METER_EVENT_LAYOUT = (("customer_id", "string"), ("event_name", "string"), ("identifier", "string"),
+                       ("payload", ("map", "string")), ("event_time_ms", "long"), ("received_at_ms", "long"))
+_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+_MAP_END = b"\x00"
+
+
+def _avro_long(value: int) -> bytes:
+    """Avro's long encoding: zigzag, then a little-endian base-128 varint."""
+    if type(value) is not int or not _LONG_MIN <= value <= _LONG_MAX:
+        raise ValueError(f"not an Avro long: {value!r}")
+    rest = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while rest > 0x7F:
+        out.append((rest & 0x7F) | 0x80)
+        rest >>= 7
+    out.append(rest)
+    return bytes(out)
+
+
+# Length (and map count) prefixes up to 1 KiB, looked up instead of computed; a longer string
+# raises IndexError, which sends the batch down the general path.
+_PREFIX = tuple(_avro_long(length) for length in range(1024))
+
+
+def _layout(schema: Mapping[str, Any]) -> tuple:
+    def type_of(avro_type: Any) -> Any:
+        if isinstance(avro_type, Mapping) and avro_type.get("type") == "map":
+            return ("map", avro_type.get("values"))
+        return avro_type
+
+    return tuple((field["name"], type_of(field["type"])) for field in schema.get("fields", ()))
+
+
 # --- the codec -----------------------------------------------------------------------------------
 
 
@@ -254,6 +291,10 @@ class FactCodec:
                 header = SINGLE_OBJECT_MAGIC + fact_schema.fingerprint
                 self._writers[fact_class] = (header, fact_schema.parsed, _CONVERTERS.to_avro(fact_class))
 
+        # encode_meter_events writes the bytes itself only while the schema is the one it knows.
+        self._meter_event_layout_known = (
+            _layout(self._catalogue.current[MeterEventRecorded].schema) == _METER_EVENT_LAYOUT)
+
     @property
     def uses_registry(self) -> bool:
         """True when encode() writes Confluent Schema Registry framing."""
@@ -276,6 +317,37 @@ class FactCodec:
         """encode() of each fact, in order."""
         encode = self.encode
         return [encode(fact) for fact in facts]
+
+    def encode_meter_events(
+        self,
+        event_name: str,
+        customer_ids: Sequence[str],
+        identifiers: Sequence[str],
+        payloads: Sequence[Mapping[str, str]],
+        received_at_ms: int,
+        event_times_ms: Sequence[int] | None = None,
+    ) -> list[bytes]:
+        """encode() of MeterEventRecorded(customer_id=customer_ids[i], event_name=event_name,
+        identifier=identifiers[i], payload=payloads[i], event_time_ms=event_times_ms[i],
+        received_at_ms=received_at_ms) for each i, without building the facts: the same bytes,
+        several times faster (the producer's hot path). `event_times_ms` None: each event
+        happened at `received_at_ms`. Raises UnencodableFact, SchemaRegistryUnavailable.
+        """
+        header = (self._writers.get(MeterEventRecorded) or self._writer(MeterEventRecorded))[0]
+        if self._meter_event_layout_known:
+            try:
+                return _meter_event_values(header, event_name, customer_ids, identifiers, payloads,
+                                           received_at_ms, event_times_ms)
+            except Exception:  # noqa: BLE001 - anything unusual: the general path decides (and explains)
+                pass
+        encode = self.encode
+        return [
+            encode(MeterEventRecorded(customer_id=customer_id, event_name=event_name, identifier=identifier,
+                                      payload=payload, event_time_ms=event_time_ms, received_at_ms=received_at_ms))
+            for customer_id, identifier, payload, event_time_ms in zip(
+                customer_ids, identifiers, payloads,
+                [received_at_ms] * len(payloads) if event_times_ms is None else event_times_ms, strict=True)
+        ]
 
     def _writer(self, fact_class: type) -> _Writer:
         fact_schema = self._catalogue.current.get(fact_class)
@@ -378,6 +450,45 @@ class FactCodec:
         current = self._catalogue.current[fact_class].parsed
         reader_schema = None if writer_schema is current else current  # None: no resolution step
         return (header_bytes, writer_schema, reader_schema, _CONVERTERS.from_avro(fact_class))
+
+
+def _meter_event_values(header: bytes, event_name: str, customer_ids: Sequence[str], identifiers: Sequence[str],
+                        payloads: Sequence[Mapping[str, str]], received_at_ms: int,
+                        event_times_ms: Sequence[int] | None) -> list[bytes]:
+    """The framed bytes of each meter event, written field by field in schema order (see
+    _METER_EVENT_LAYOUT): strings are a length prefix and UTF-8; the payload map is one block (its
+    count, then key and value of each entry) closed by a zero count; longs are zigzag varints.
+    Raises on anything the fast layout does not cover; the caller then takes the general path."""
+    if not len(customer_ids) == len(identifiers) == len(payloads):
+        raise ValueError("customer_ids, identifiers and payloads differ in length")
+    prefix = _PREFIX
+    name = event_name.encode()
+    name_field = prefix[len(name)] + name
+    received = _avro_long(received_at_ms)
+    if event_times_ms is None:
+        tails = [_MAP_END + received + received] * len(payloads)
+    else:
+        if len(event_times_ms) != len(payloads):
+            raise ValueError("event_times_ms and payloads differ in length")
+        tails = [_MAP_END + _avro_long(event_time_ms) + received for event_time_ms in event_times_ms]
+    values = []
+    append = values.append
+    for customer_id, identifier, payload, tail in zip(customer_ids, identifiers, payloads, tails):
+        customer = customer_id.encode()
+        identifier_bytes = identifier.encode()
+        if payload:
+            parts = [header, prefix[len(customer)], customer, name_field, prefix[len(identifier_bytes)],
+                     identifier_bytes, prefix[len(payload)]]
+            for key, value in payload.items():
+                key_bytes = key.encode()
+                value_bytes = value.encode()
+                parts += (prefix[len(key_bytes)], key_bytes, prefix[len(value_bytes)], value_bytes)
+        else:  # an empty map is its closing zero count alone
+            parts = [header, prefix[len(customer)], customer, name_field, prefix[len(identifier_bytes)],
+                     identifier_bytes]
+        parts.append(tail)
+        append(b"".join(parts))
+    return values
 
 
 def _body_error(exc: Exception, *, read_to_the_end: bool) -> UndecodableFact:

@@ -173,3 +173,53 @@ def test_derived_facts_are_refused(producer_settings, catalog):
         with pytest.raises(NotAnInputFact):
             producer.send(UsageBucketUpdated(customer_id="cus_1", meter_id="m", bucket_start_ms=0,
                                              value=Decimal(1), event_count=1, updated_at_ms=0))
+
+
+def test_a_batch_lands_event_by_event_keyed_by_customer_in_its_partition_with_the_arrival_timestamp(
+        producer_settings, catalog, codec, records):
+    customers = [unique("cus") for _ in range(3)]
+    payloads = [{"stripe_customer_id": customers[i % 3], "value": str(i + 1)} for i in range(30)]
+    arrivals_ms = []
+
+    def clock() -> int:
+        arrivals_ms.append(int(time.time() * 1000))
+        return arrivals_ms[-1]
+
+    with FactProducer(producer_settings, catalog=catalog, now_ms=clock) as producer:
+        identifiers = producer.send_meter_events("llm_tokens", payloads)
+
+    (arrived_ms,) = arrivals_ms
+    expected = {identifier: (payload["stripe_customer_id"], payload) for identifier, payload in zip(identifiers, payloads)}
+    landed = [r for r in records("customer-facts") if r.key() in {c.encode() for c in customers}]
+    assert len(landed) == 30
+    for record in landed:
+        fact = codec.decode(record.value())
+        customer_id, payload = expected[fact.identifier]
+        assert (fact.customer_id, fact.event_name, fact.payload) == (customer_id, "llm_tokens", payload)
+        assert fact.event_time_ms == fact.received_at_ms == record.timestamp()[1] == arrived_ms
+        assert record.key() == customer_id.encode()
+        assert record.partition() == (murmur2(record.key()) & 0x7FFFFFFF) % producer_settings.partitions
+
+
+def test_a_batch_larger_than_the_local_queue_pushes_back_and_is_delivered_in_order(
+        producer_settings, catalog, records, codec):
+    customer_id = unique("cus")
+    identifiers = [f"{customer_id}-{i}" for i in range(3000)]
+    with FactProducer(producer_settings, catalog=catalog,
+                      config={"queue.buffering.max.messages": 50, "linger.ms": 5}) as producer:
+        producer.send_meter_events("llm_tokens", [{"stripe_customer_id": customer_id, "value": "1"}] * 3000,
+                                   identifiers=identifiers)
+        result = producer.flush(60)
+    assert result.ok and result.delivered_count == 3000
+    landed = [codec.decode(r.value()).identifier for r in records("customer-facts") if r.key() == customer_id.encode()]
+    assert landed == identifiers
+
+
+def test_a_batch_to_a_queue_that_stays_full_raises_and_counts_only_what_was_queued(settings, catalog):
+    nowhere = settings.model_copy(update={"topic_prefix": unique("no-such-topics")})
+    producer = FactProducer(nowhere, catalog=catalog, queue_full_timeout_s=0.5,
+                            config={"queue.buffering.max.messages": 10, "message.timeout.ms": 60_000})
+    with pytest.raises(ProducerQueueFull):
+        producer.send_meter_events("llm_tokens", [{"stripe_customer_id": "cus_1", "value": "1"}] * 100)
+    assert producer.sent_since_flush == 10  # exactly the records that fit in the queue
+    producer.flush(0)

@@ -9,6 +9,8 @@ from drawdown.settings import Settings
 from producers import FactProducer, MeterEventInvalid, fold_catalog
 
 NOW_MS = 1_763_900_000_000
+# No broker listens there: librdkafka's connection errors would flood stderr (emergencies only).
+QUIET = {"log_level": 0}
 
 
 @pytest.fixture
@@ -16,7 +18,7 @@ def producer() -> FactProducer:
     unreachable = Settings(kafka_bootstrap_servers="127.0.0.1:1", topic_prefix="unit")
     meter = MeterDefined(meter_id="m1", display_name="Tokens", event_name="tokens", aggregation=MeterAggregation.SUM,
                          customer_payload_key="account", created_at_ms=1)
-    return FactProducer(unreachable, catalog=fold_catalog([meter]), now_ms=lambda: NOW_MS)
+    return FactProducer(unreachable, catalog=fold_catalog([meter]), now_ms=lambda: NOW_MS, config=QUIET)
 
 
 def test_the_customer_comes_from_the_meters_customer_payload_key(producer):
@@ -33,6 +35,7 @@ def test_an_event_without_the_meters_customer_key_is_refused_before_queueing(pro
 
 
 def test_validation_can_be_turned_off_for_the_engine_to_dead_letter():
-    lenient = FactProducer(Settings(kafka_bootstrap_servers="127.0.0.1:1", topic_prefix="unit"), validate=False)
+    lenient = FactProducer(Settings(kafka_bootstrap_servers="127.0.0.1:1", topic_prefix="unit"), validate=False,
+                           config=QUIET)
     event = lenient.send_meter_event("unknown", {"value": "x"})
     assert event.customer_id == "" and lenient.sent_since_flush == 1
