@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import re
 import types
@@ -234,6 +235,9 @@ def _avro_long(value: int) -> bytes:
     out.append(rest)
     return bytes(out)
 
+
+# Events of one millisecond share their timestamps' bytes (typed: True must not pass for 1).
+_avro_time = functools.lru_cache(maxsize=1024, typed=True)(_avro_long)
 
 # Length (and map count) prefixes up to 1 KiB, looked up instead of computed; a longer string
 # raises IndexError, which sends the batch down the general path.
@@ -464,13 +468,13 @@ def _meter_event_values(header: bytes, event_name: str, customer_ids: Sequence[s
     prefix = _PREFIX
     name = event_name.encode()
     name_field = prefix[len(name)] + name
-    received = _avro_long(received_at_ms)
+    received = _avro_time(received_at_ms)
     if event_times_ms is None:
         tails = [_MAP_END + received + received] * len(payloads)
     else:
         if len(event_times_ms) != len(payloads):
             raise ValueError("event_times_ms and payloads differ in length")
-        tails = [_MAP_END + _avro_long(event_time_ms) + received for event_time_ms in event_times_ms]
+        tails = [_MAP_END + _avro_time(event_time_ms) + received for event_time_ms in event_times_ms]
     values = []
     append = values.append
     for customer_id, identifier, payload, tail in zip(customer_ids, identifiers, payloads, tails):

@@ -223,3 +223,12 @@ def test_a_batch_to_a_queue_that_stays_full_raises_and_counts_only_what_was_queu
         producer.send_meter_events("llm_tokens", [{"stripe_customer_id": "cus_1", "value": "1"}] * 100)
     assert producer.sent_since_flush == 10  # exactly the records that fit in the queue
     producer.flush(0)
+
+
+def test_a_batch_the_broker_did_not_take_is_reported_record_by_record(settings, catalog):
+    nowhere = settings.model_copy(update={"topic_prefix": unique("no-such-topics")})
+    with pytest.raises(DeliveryFailed) as raised:
+        with FactProducer(nowhere, catalog=catalog, config={"message.timeout.ms": 1500}) as producer:
+            producer.send_meter_events("llm_tokens", [{"stripe_customer_id": "cus_1", "value": str(i)} for i in range(5)])
+    result = raised.value.result
+    assert (result.delivered_count, result.failed_count, result.undelivered_count) == (0, 5, 0)
