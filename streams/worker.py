@@ -76,6 +76,8 @@ class Engine:
         self.batches = 0
         self.facts_in = 0
         self.ready = False
+        self.seeking: dict[int, int] = {}  # partition -> offset we seeked back to after a gap
+        self.gaps = 0
         self.phase_seconds: dict[str, float] = defaultdict(float)  # where batch time goes (ready page)
 
     # --- per partition -----------------------------------------------------------------------
@@ -84,6 +86,7 @@ class Engine:
         """After a rebalance: rebuild each partition's index from its table on next use."""
         self.processors.clear()
         self.caches.clear()
+        self.seeking.clear()
 
     def _db(self, table: Any, partition: int) -> Any:
         return table.data._db_for_partition(partition)  # Faust's rocksdict for this partition
@@ -128,9 +131,46 @@ class Engine:
 
     # --- one batch ---------------------------------------------------------------------------
 
+    async def _without_gaps(self, events: list) -> list:
+        """The events to fold now: per partition, only an unbroken run from the partition's next
+        offset. Faust can drop a fetched message (e.g. when flow is suspended while it waits to be
+        queued, the read offset still moves on); a gap means such a loss, so we seek back to the
+        missing offset and skip the rest until it is delivered again (replays are harmless: every
+        record ignores offsets it has applied)."""
+        expected: dict[int, int] = {}
+        kept = []
+        for event in events:
+            message = event.message
+            partition = message.partition
+            if partition not in expected:
+                expected[partition] = self._next_offset(partition)
+            want = expected[partition]
+            if message.offset <= want:  # the next one, or a replay
+                expected[partition] = max(want, message.offset + 1)
+                kept.append(event)
+                self.seeking.pop(partition, None)
+                continue
+            if self.seeking.get(partition) != want:
+                log.warning("partition %s: got offset %s, expected %s: re-reading from %s",
+                            partition, message.offset, want, want)
+                self.seeking[partition] = want
+                await self.app.consumer.seek(TP(self.source_topic, partition), want)
+                self.gaps += 1
+        return kept
+
+    def _next_offset(self, partition: int) -> int:
+        processor = self.processors.get(partition)
+        if processor is not None:
+            return processor.state.applied_offset + 1
+        raw = self._db(self.customers_table, partition).get(records.PARTITION_KEY)
+        return (records.loads(raw).applied_offset if raw is not None else -1) + 1
+
     async def process_batch(self, events: list) -> None:
         clock = time.perf_counter
         started = clock()
+        events = await self._without_gaps(events)
+        if not events:
+            return
         by_partition: dict[int, list] = defaultdict(list)
         for event in events:
             by_partition[event.message.partition].append(event.message)
@@ -346,7 +386,7 @@ def create_app(settings: Settings) -> tuple[Any, Engine]:
 
     @app.page("/drawdown/ready/")
     async def ready(web: Any, request: Any) -> Any:
-        body = {"ready": engine.ready, "batches": engine.batches, "facts": engine.facts_in,
+        body = {"ready": engine.ready, "batches": engine.batches, "facts": engine.facts_in, "gaps": engine.gaps,
                 "seconds": {phase: round(value, 3) for phase, value in engine.phase_seconds.items()}}
         return web.json(body, status=200 if engine.ready else 503)
 
