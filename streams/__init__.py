@@ -20,4 +20,10 @@ Exactly once without Kafka transactions: every record carries the last offset it
 at or below it are replays and change nothing), meter events are deduplicated by (customer, event
 name, identifier), derived ids are deterministic, outputs are acknowledged before state is written,
 and Faust commits source offsets only after our batch (and its acknowledged writes) completed.
+
+Known issue (open): tests/integration/streams/test_fault.py still fails intermittently (about half
+of the runs on a busy machine): after a kill -9, some meter events of one partition end up not
+counted (buckets short by one event each). Two Faust-level losses were found and fixed or guarded
+(take_events acking events it never yielded; fetched messages dropped while the read offset moves
+on, now detected as offset gaps and re-read); the remaining path is not yet understood.
 """
