@@ -19,11 +19,12 @@
 Exactly once without Kafka transactions: every record carries the last offset it applied (facts
 at or below it are replays and change nothing), meter events are deduplicated by (customer, event
 name, identifier), derived ids are deterministic, outputs are acknowledged before state is written,
-and Faust commits source offsets only after our batch (and its acknowledged writes) completed.
-
-Known issue (open): tests/integration/streams/test_fault.py still fails intermittently (about half
-of the runs on a busy machine): after a kill -9, some meter events of one partition end up not
-counted (buckets short by one event each). Two Faust-level losses were found and fixed or guarded
-(take_events acking events it never yielded; fetched messages dropped while the read offset moves
-on, now detected as offset gaps and re-read); the remaining path is not yet understood.
+and each partition's record carries the last source offset whose batch is wholly acknowledged
+(`durable_offset`): on every assignment the worker re-reads from there, whatever offset Faust
+committed. (The fault test's intermittent loss: a kill while a batch's state was being written left
+the customers table's records, the partition record among them, in the local store but not all of
+the usage table's; Faust can commit past such a batch (it commits the first run of
+acked offsets even when it starts beyond an unacked batch, and acks messages it skips around
+rebalances), and the restart resumed after the partition record's applied offset, and the batch's
+usage records never came back.)
 """

@@ -78,6 +78,10 @@ class PartitionState:
     applied_offset: int = -1
     now_ms: int = 0
     clocks: dict[str, int] = field(default_factory=dict)
+    # The last source offset whose whole batch (outputs and every state record of both tables) was
+    # acknowledged: the worker resumes reading at durable_offset + 1, whatever Faust committed. It
+    # lags applied_offset by a batch (a record written in batch N can only vouch for batch N - 1).
+    durable_offset: int = -1
 
 
 class _KnownCustomers:

@@ -6,15 +6,21 @@ Exactly once by construction (DESIGN.md), not Faust's transactional mode:
 2. the batch's output facts are sent and their acks AWAITED before any state record is written
    back, so a crash in between re-emits the same facts (deterministic ids) instead of losing them;
 3. each touched record is then written once (one changelog record: value and guard together);
-4. Faust flushes its producer (the changelog) before it commits the source offsets.
+4. where to resume is ours, not Faust's: the partition's record carries `durable_offset` (the last
+   offset whose batch had every output and state record acknowledged), and on every assignment,
+   after table recovery, the worker seeks each source partition to durable_offset + 1, whatever
+   Faust committed. Faust does commit past facts we never folded: its Stream skips AND acks
+   messages it reads while flow control is inactive or of an older generation (during a
+   rebalance), its fetch loop drops messages when flow is suspended, and it drops re-read messages
+   below a read offset that moved on after our seek (see ReadOffsets).
 
 State lives in two rocksdict-backed, changelogged Faust tables: `customers` (CustomerState per
 customer plus one PartitionState per partition) and `usage` (seen events and minute buckets). The
 worker reads and writes each partition's store directly and sends the changelog records itself,
 in bulk, to the source partition's changelog partition, awaiting the acks (Faust's per-key
 `table[k] = v` picks the partition of "the current event", which a multi-partition batch does
-not have, and is several times slower). Faust still owns assignment, recovery from the
-changelog, and committing source offsets.
+not have, and is several times slower). Faust still owns assignment and recovery from the
+changelog; its committed source offsets are only a hint.
 """
 
 from __future__ import annotations
@@ -41,6 +47,28 @@ log = logging.getLogger("drawdown.worker")
 
 BATCH_MAX_EVENTS = 20_000  # large batches amortise the two ack round trips per batch
 CATALOG_REFRESH_S = 5.0
+RESEEK_AFTER_S = 15.0  # a seek whose offset has not come back by then is issued again (the
+# stream buffer may first hold many messages fetched before the seek: not sooner)
+
+
+class ReadOffsets(dict):
+    """Faust's per-partition read offsets (it drops a fetched message below its partition's read
+    offset), except that a partition we seeked back returns None until the offset we asked for is
+    delivered. Faust's fetch loop moves the read offset on with messages fetched before our seek,
+    and would then silently drop the re-read messages below it: the re-read never came and the
+    partition stalled (or, acked, let Faust commit past them)."""
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__(items)
+        self.held: dict[TP, int] = {}  # partition -> offset we seeked to and wait for
+
+    def __missing__(self, tp: TP) -> None:
+        return None  # Faust's own defaultdict(lambda: None)
+
+    def __getitem__(self, tp: TP) -> Any:
+        if tp in self.held:
+            return None
+        return super().__getitem__(tp)
 
 
 def worker_data_dir(settings: Settings) -> Path:
@@ -77,6 +105,11 @@ class Engine:
         self.facts_in = 0
         self.ready = False
         self.seeking: dict[int, int] = {}  # partition -> offset we seeked back to after a gap
+        self.seeked_at: dict[int, float] = {}  # partition -> when (monotonic s) we last seeked it
+        # partition -> the next offset to fold: every offset below it, from the durable offset on,
+        # has been folded in this assignment (a fact re-read may lie below the state's applied offset)
+        self.next_offsets: dict[int, int] = {}
+        self.read_offsets: ReadOffsets | None = None
         self.gaps = 0
         self.phase_seconds: dict[str, float] = defaultdict(float)  # where batch time goes (ready page)
 
@@ -87,6 +120,50 @@ class Engine:
         self.processors.clear()
         self.caches.clear()
         self.seeking.clear()
+        self.seeked_at.clear()
+        self.next_offsets.clear()
+
+    def install_read_offsets(self) -> None:
+        """Put our ReadOffsets in place of Faust's (before its fetch loop binds them: on rebalance)."""
+        consumer = self.app.consumer
+        if not isinstance(consumer._read_offset, ReadOffsets):
+            self.read_offsets = consumer._read_offset = ReadOffsets(consumer._read_offset)
+            original_seek = consumer.perform_seek
+
+            async def perform_seek() -> None:
+                await original_seek()  # Faust: to the committed offsets ...
+                await self.seek_to_durable()  # ... which do not decide where we resume
+
+            consumer.perform_seek = perform_seek
+
+    async def seek_to_durable(self) -> None:
+        """After an assignment (tables recovered): every source partition we own is read again
+        from its state's durable_offset + 1, whatever offset Faust committed. Facts re-read that
+        the state has applied change nothing (every record guards its own offset)."""
+        self.forget_partitions()
+        resume = {tp.partition: self._resume_offset(tp.partition) for tp in self.app.consumer.assignment()
+                  if tp.topic == self.source_topic}
+        for partition, offset in resume.items():
+            await self._seek(partition, offset)
+        log.info("assigned: reading each partition from its durable offset + 1: %s", resume)
+
+    def _resume_offset(self, partition: int) -> int:
+        raw = self._db(self.customers_table, partition).get(records.PARTITION_KEY)
+        state = records.loads(raw) if raw is not None else PartitionState()
+        return getattr(state, "durable_offset", -1) + 1
+
+    async def _seek(self, partition: int, offset: int) -> None:
+        tp = TP(self.source_topic, partition)
+        if self.read_offsets is not None:
+            self.read_offsets.held[tp] = offset
+        self.seeking[partition] = offset
+        self.seeked_at[partition] = time.monotonic()
+        await self.app.consumer.seek(tp, offset)
+
+    def _arrived(self, partition: int) -> None:
+        """The offset we seeked to (or an earlier one) was delivered: Faust's read offset is ours again."""
+        if self.seeking.pop(partition, None) is not None and self.read_offsets is not None:
+            self.read_offsets.held.pop(TP(self.source_topic, partition), None)
 
     def _db(self, table: Any, partition: int) -> Any:
         return table.data._db_for_partition(partition)  # Faust's rocksdict for this partition
@@ -133,37 +210,33 @@ class Engine:
 
     async def _without_gaps(self, events: list) -> list:
         """The events to fold now: per partition, only an unbroken run from the partition's next
-        offset. Faust can drop a fetched message (e.g. when flow is suspended while it waits to be
+        offset (after an assignment: its durable offset + 1). Faust can drop a fetched message
+        (e.g. when flow is suspended while it waits to be
         queued, the read offset still moves on); a gap means such a loss, so we seek back to the
         missing offset and skip the rest until it is delivered again (replays are harmless: every
         record ignores offsets it has applied)."""
-        expected: dict[int, int] = {}
+        expected = self.next_offsets
         kept = []
         for event in events:
             message = event.message
             partition = message.partition
             if partition not in expected:
-                expected[partition] = self._next_offset(partition)
+                expected[partition] = self._resume_offset(partition)
             want = expected[partition]
-            if message.offset <= want:  # the next one, or a replay
+            if message.offset <= want:  # the next one, or one read twice
                 expected[partition] = max(want, message.offset + 1)
                 kept.append(event)
-                self.seeking.pop(partition, None)
+                self._arrived(partition)
                 continue
             if self.seeking.get(partition) != want:
                 log.warning("partition %s: got offset %s, expected %s: re-reading from %s",
                             partition, message.offset, want, want)
-                self.seeking[partition] = want
-                await self.app.consumer.seek(TP(self.source_topic, partition), want)
+                await self._seek(partition, want)
                 self.gaps += 1
+            elif time.monotonic() - self.seeked_at.get(partition, 0.0) > RESEEK_AFTER_S:
+                log.warning("partition %s: offset %s still not re-read: seeking again", partition, want)
+                await self._seek(partition, want)
         return kept
-
-    def _next_offset(self, partition: int) -> int:
-        processor = self.processors.get(partition)
-        if processor is not None:
-            return processor.state.applied_offset + 1
-        raw = self._db(self.customers_table, partition).get(records.PARTITION_KEY)
-        return (records.loads(raw).applied_offset if raw is not None else -1) + 1
 
     async def process_batch(self, events: list) -> None:
         clock = time.perf_counter
@@ -224,6 +297,11 @@ class Engine:
             offset = last_offsets.get((topic, partition))
             if offset is not None:
                 table.data.set_persisted_offset(TP(topic, partition), offset)
+        # 3. Everything this batch caused is durable: the partition's next state record says so. Not
+        # applied_offset: a batch of re-read facts below it vouches only for what it re-read.
+        for partition in decoded:
+            state = self.processors[partition].state
+            state.durable_offset = max(state.durable_offset, self.next_offsets.get(partition, 0) - 1)
         self.batches += 1
         self.facts_in += len(events)
         phases = self.phase_seconds
@@ -374,10 +452,12 @@ def create_app(settings: Settings) -> tuple[Any, Engine]:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(*args: Any, **kwargs: Any) -> None:
+        engine.install_read_offsets()  # first rebalance: before Faust's fetch loop starts
         engine.forget_partitions()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(*args: Any, **kwargs: Any) -> None:
+        engine.install_read_offsets()
         engine.forget_partitions()
 
     @app.on_rebalance_complete.connect

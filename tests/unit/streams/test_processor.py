@@ -85,3 +85,38 @@ def test_an_undecodable_record_becomes_a_dead_letter_with_the_codec_reason():
     (letter,) = processor().process(7, None, b"\xc3", key="cus_1", error=TruncatedFact("1 byte"))
     assert isinstance(letter, DeadLetter)
     assert (letter.reason_code, letter.offset, letter.original_bytes) == ("truncated_fact", 7, b"\xc3")
+
+
+def test_usage_records_lost_behind_a_newer_partition_record_come_back_when_re_read_from_the_durable_offset():
+    from billing.usage import bucket_value
+
+    log = walkthrough_log()
+    customers, ledger, state = {}, UsageLedger(), PartitionState()
+    fold(processor(customers, ledger, state), log[:3])
+    state.durable_offset = state.applied_offset  # offsets 0..2: every record acknowledged
+    durable_usage = UsageLedger(dict(ledger.seen), dict(ledger.buckets))
+    # Offsets 3..6 reach the customer and partition records but their usage records are lost.
+    fold(processor(customers, ledger, state), log[:7], start=3)
+    assert state.applied_offset == 6 and state.durable_offset == 2
+    again = fold(processor(customers, durable_usage, state), log, start=state.durable_offset + 1)
+    once_ledger = UsageLedger()
+    once = fold(processor(ledger=once_ledger), log)
+    values = {key: bucket_value(catalog().aggregator(key[1]), bucket) for key, bucket in durable_usage.buckets.items()}
+    assert values == {key: bucket_value(catalog().aggregator(key[1]), bucket)
+                      for key, bucket in once_ledger.buckets.items()}
+    assert [f.subtotal_minor for f in again if isinstance(f, InvoiceFinalized)] == \
+        [f.subtotal_minor for f in once if isinstance(f, InvoiceFinalized)] == [9000]
+
+
+def test_a_partition_seeked_back_reads_as_unread_until_the_offset_asked_for_arrives():
+    from faust.types import TP
+
+    from streams.worker import ReadOffsets
+
+    tp, other = TP("customer-facts", 0), TP("customer-facts", 1)
+    offsets = ReadOffsets({tp: 500, other: 70})
+    offsets.held[tp] = 3  # seeked back to 3: Faust must not drop 3..499 as already read
+    offsets[tp] = 600  # a message fetched before the seek moves Faust's read offset on
+    assert (offsets[tp], offsets[other], offsets[TP("customer-facts", 2)]) == (None, 70, None)
+    del offsets.held[tp]
+    assert offsets[tp] == 600
