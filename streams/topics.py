@@ -77,3 +77,23 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
         except Exception as exc:  # a concurrent creator is fine; anything else is not
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
+    wait_for_leaders(admin, [topic.topic for topic in missing], timeout_s)
+
+
+def wait_for_leaders(admin, names: list[str], timeout_s: float) -> None:
+    """Return once every partition of `names` has a leader: a topic that was just created answers
+    NOT_LEADER_FOR_PARTITION to reads and writes until the controller has elected them."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        pending = [name for name in names
+                   if name not in topics or topics[name].error is not None or not topics[name].partitions
+                   or any(p.leader < 0 or p.error is not None for p in topics[name].partitions.values())]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TopicLayoutError(f"topics without a partition leader after {timeout_s:.0f} s: {pending}; "
+                                   "check the broker's log (.state/logs/kafka.log)")
+        time.sleep(0.1)
