@@ -101,6 +101,10 @@ def test_a_duplicate_identifier_counts_once(worker, producer, outputs):
 
     invoice = invoice_of(outputs, run)
     assert input_line(invoice).quantity == Decimal(300)
+    # The bucket fact is emitted at the end of the batch, on another topic than the invoice:
+    # wait for it and for the outputs to settle before reading the bucket's last value.
+    outputs.wait_for(lambda facts: outputs.of(UsageBucketUpdated, run.customer_id))
+    outputs.settle(1.0)
     bucket = outputs.of(UsageBucketUpdated, run.customer_id)[-1]
     assert (bucket.value, bucket.event_count) == (Decimal(300), 2)
 
