@@ -152,14 +152,19 @@ def _period_of(sub: SubscriptionState, instant_ms: int) -> BillingPeriod | None:
     return period
 
 
+def _open_period_usage_keys(state: CustomerState, meter_id: str, event_time_ms: int, catalog: Catalog):
+    """(subscription, period start, meter) of every not-yet-invoiced period that bills the meter
+    at that event time."""
+    for sub in _meter_subscriptions(state, meter_id, catalog):
+        period = _period_of(sub, event_time_ms)
+        if period is not None:
+            yield (sub.subscription_id, period.start_ms, meter_id)
+
+
 def add_usage(state: CustomerState, meter_id: str, reading: MeterReading, aggregator: MeterAggregator,
               catalog: Catalog) -> None:
     """Count one accepted, first-seen reading toward every open period that bills its meter."""
-    for sub in _meter_subscriptions(state, meter_id, catalog):
-        period = _period_of(sub, reading.event_time_ms)
-        if period is None:
-            continue
-        key = (sub.subscription_id, period.start_ms, meter_id)
+    for key in _open_period_usage_keys(state, meter_id, reading.event_time_ms, catalog):
         state.period_usage[key] = aggregator.add(state.period_usage.get(key) or aggregator.initialize(), reading)
     state.live_pending = True
 
@@ -167,11 +172,7 @@ def add_usage(state: CustomerState, meter_id: str, reading: MeterReading, aggreg
 def remove_usage(state: CustomerState, meter_id: str, reading: MeterReading, aggregator: MeterAggregator,
                  catalog: Catalog) -> None:
     """Take a canceled reading back out of the open periods that counted it."""
-    for sub in _meter_subscriptions(state, meter_id, catalog):
-        period = _period_of(sub, reading.event_time_ms)
-        if period is None:
-            continue
-        key = (sub.subscription_id, period.start_ms, meter_id)
+    for key in _open_period_usage_keys(state, meter_id, reading.event_time_ms, catalog):
         if key in state.period_usage:
             state.period_usage[key] = subtract_reading(aggregator, state.period_usage[key], reading)
     state.live_pending = True
