@@ -34,17 +34,36 @@ def _rebuild(cls: type, values: tuple) -> Any:
     record = object.__new__(cls)
     for name, value in zip(_FIELD_NAMES[cls], values):
         object.__setattr__(record, name, value)
+    # A record written before a field was added (fields are only ever appended, with a default)
+    # gets the default: an upgraded worker reads the state an older one left.
+    for name, default in _APPENDED_DEFAULTS[cls][len(values):]:
+        object.__setattr__(record, name, default())
     return record
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_APPENDED_DEFAULTS: dict[type, tuple[tuple[str, Callable[[], Any]], ...]] = {}
+
+
+def _default_of(field: dataclasses.Field) -> Callable[[], Any]:
+    if field.default is not dataclasses.MISSING:
+        return lambda: field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory
+    return lambda: _no_default(field.name)
+
+
+def _no_default(name: str) -> Any:
+    raise ValueError(f"stored record lacks field {name!r}, which has no default: a field was added without one")
 
 
 def _register_fast_pickle(cls: type) -> None:
     """Pickle a dataclass as (class, field values): the stock path for slotted dataclasses calls
     dataclasses.fields() per object and was the worker's largest cost."""
-    names = tuple(f.name for f in dataclasses.fields(cls))
+    fields = dataclasses.fields(cls)
+    names = tuple(f.name for f in fields)
     _FIELD_NAMES[cls] = names
+    _APPENDED_DEFAULTS[cls] = tuple((f.name, _default_of(f)) for f in fields)
     if len(names) == 1:
         name = names[0]
         copyreg.pickle(cls, lambda record: (_rebuild, (type(record), (getattr(record, name),))))
