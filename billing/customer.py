@@ -126,17 +126,6 @@ def _subscription_interval(items: Iterable[SubscriptionItem], catalog: Catalog) 
     raise BillingError(f"subscription has no known price")
 
 
-def _meter_subscriptions(state: CustomerState, meter_id: str, catalog: Catalog) -> Iterable[SubscriptionState]:
-    for sub in state.subscriptions.values():
-        if sub.ended:
-            continue
-        for item in sub.items:
-            price = catalog.prices.get(item.price_id)
-            if price is not None and price.usage_type == UsageType.METERED and price.meter_id == meter_id:
-                yield sub
-                break
-
-
 def _period_of(sub: SubscriptionState, instant_ms: int) -> BillingPeriod | None:
     if sub.open_period.start_ms <= instant_ms < sub.current_end_ms():
         return sub.open_period  # the common case, without calendar arithmetic
@@ -152,20 +141,32 @@ def _period_of(sub: SubscriptionState, instant_ms: int) -> BillingPeriod | None:
     return period
 
 
-def _open_period_usage_keys(state: CustomerState, meter_id: str, event_time_ms: int, catalog: Catalog):
+def _open_period_usage_keys(state: CustomerState, meter_id: str, event_time_ms: int,
+                            catalog: Catalog) -> list[tuple[str, int, str]]:
     """(subscription, period start, meter) of every not-yet-invoiced period that bills the meter
-    at that event time."""
-    for sub in _meter_subscriptions(state, meter_id, catalog):
-        period = _period_of(sub, event_time_ms)
-        if period is not None:
-            yield (sub.subscription_id, period.start_ms, meter_id)
+    at that event time. (Plain loops, no generators: this runs for every meter event.)"""
+    keys = []
+    prices = catalog.prices
+    for sub in state.subscriptions.values():
+        if sub.ended:
+            continue
+        for item in sub.items:
+            price = prices.get(item.price_id)
+            if price is not None and price.meter_id == meter_id and price.usage_type == UsageType.METERED:
+                period = _period_of(sub, event_time_ms)
+                if period is not None:
+                    keys.append((sub.created.subscription_id, period.start_ms, meter_id))
+                break
+    return keys
 
 
 def add_usage(state: CustomerState, meter_id: str, reading: MeterReading, aggregator: MeterAggregator,
               catalog: Catalog) -> None:
     """Count one accepted, first-seen reading toward every open period that bills its meter."""
+    period_usage = state.period_usage
     for key in _open_period_usage_keys(state, meter_id, reading.event_time_ms, catalog):
-        state.period_usage[key] = aggregator.add(state.period_usage.get(key) or aggregator.initialize(), reading)
+        usage = period_usage.get(key)
+        period_usage[key] = aggregator.add(aggregator.initialize() if usage is None else usage, reading)
     state.live_pending = True
 
 

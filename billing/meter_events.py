@@ -11,6 +11,7 @@ from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
+from typing import NamedTuple
 
 from billing.facts import MeterAggregation, MeterDefined, MeterEventRecorded
 from billing.meters import MeterReading
@@ -24,6 +25,7 @@ MAX_EVENT_LEAD_MS = 5 * MILLISECONDS_PER_MINUTE  # Stripe: at most 5 minutes in 
 # OURS: bounds that keep every sum exact in billing.money.EXACT_CONTEXT.
 MAX_VALUE_DECIMAL_PLACES = 12
 MAX_VALUE_INTEGER_DIGITS = 18
+_ONE = Decimal(1)
 
 
 class MeterEventRejectionCode(StrEnum):
@@ -49,9 +51,9 @@ class MeterEventRejected:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class MeterEventAccepted:
-    """A valid event: which meter and customer it counts for, and its reading."""
+class MeterEventAccepted(NamedTuple):
+    """A valid event: which meter and customer it counts for, and its reading (a NamedTuple: one is
+    built per meter event, see billing/meters.py)."""
 
     meter_id: str
     customer_id: str
@@ -99,9 +101,7 @@ def validate_meter_event(
     now (see `customer_now_ms`): events are accepted from now - 35 days to now + 5 minutes inclusive.
     """
 
-    def reject(code: MeterEventRejectionCode, message: str) -> MeterEventRejected:
-        return MeterEventRejected(code=code, message=message)
-
+    reject = MeterEventRejected
     if len(event.event_name) > MAX_EVENT_NAME_LENGTH:
         return reject(MeterEventRejectionCode.EVENT_NAME_TOO_LONG, f"event_name is longer than {MAX_EVENT_NAME_LENGTH}")
     if len(event.identifier) > MAX_IDENTIFIER_LENGTH:
@@ -121,17 +121,17 @@ def validate_meter_event(
     value_text = event.payload.get(meter.value_payload_key)
     if value_text is None and meter.aggregation != MeterAggregation.COUNT:
         return reject(MeterEventRejectionCode.VALUE_NOT_FOUND, f"payload has no {meter.value_payload_key!r}")
-    value = Decimal(1) if value_text is None else _parse_value(value_text)
+    if value_text is None:
+        value = _ONE
+    elif is_surely_valid_value(value_text):
+        value = Decimal(value_text)  # the common "250": _parse_value's checks cannot fail on it
+    else:
+        value = _parse_value(value_text)
     if value is None:
         return reject(MeterEventRejectionCode.INVALID_VALUE, f"{meter.value_payload_key!r} is not a decimal number")
     if event.event_time_ms < now_ms - MAX_EVENT_AGE_MS:
         return reject(MeterEventRejectionCode.TIMESTAMP_TOO_FAR_IN_PAST, "timestamp is more than 35 days in the past")
     if event.event_time_ms > now_ms + MAX_EVENT_LEAD_MS:
         return reject(MeterEventRejectionCode.TIMESTAMP_IN_FUTURE, "timestamp is more than 5 minutes in the future")
-    reading = MeterReading(
-        event_time_ms=event.event_time_ms,
-        received_at_ms=event.received_at_ms,
-        identifier=event.identifier,
-        value=value,
-    )
-    return MeterEventAccepted(meter_id=meter.meter_id, customer_id=customer_id, reading=reading)
+    reading = MeterReading(event.event_time_ms, event.received_at_ms, event.identifier, value)
+    return MeterEventAccepted(meter.meter_id, customer_id, reading)

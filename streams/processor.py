@@ -52,6 +52,7 @@ from billing.facts import (
     TimeTicked,
     UsageBucketUpdated,
 )
+from billing.meters import MeterAggregator
 from billing.meter_events import MeterEventRejected, customer_now_ms, validate_meter_event
 from billing.usage import BucketKey, UsageBucket, UsageLedger, bucket_value
 
@@ -113,6 +114,9 @@ class PartitionProcessor:
         self.live_pending: set[str] = set()
         self._touched_buckets: dict[BucketKey, UsageBucket] = {}
         self._touched_customers: set[str] = set()
+        self._known_customers = _KnownCustomers(customers)
+        self._aggregators: dict[str, MeterAggregator] = {}
+        self._aggregators_of: Catalog | None = None  # the catalog _aggregators were taken from
         for existing in existing_customers:
             self._index(existing)
 
@@ -183,7 +187,7 @@ class PartitionProcessor:
         live balances of touched customers (throttled)."""
         out: list = []
         for (customer_id, meter_id, bucket_start_ms), bucket in self._touched_buckets.items():
-            value, count = bucket_value(self.catalog.aggregator(meter_id), bucket)
+            value, count = bucket_value(self._aggregator(meter_id), bucket)
             out.append(UsageBucketUpdated(customer_id=customer_id, meter_id=meter_id, bucket_start_ms=bucket_start_ms,
                                           value=value, event_count=count,
                                           updated_at_ms=bucket.usage.latest.received_at_ms
@@ -241,30 +245,39 @@ class PartitionProcessor:
         catalog = self.catalog
         meter = catalog.meters_by_event_name.get(event.event_name)
         state = None
+        now_ms = event.received_at_ms  # the customer's now: the wall clock, or its test clock
         if meter is not None:
             state = self.customers.get(event.payload.get(meter.customer_payload_key, ""))
-        frozen_ms = None
-        if state is not None and state.test_clock_id is not None:
-            frozen_ms = self.state.clocks.get(state.test_clock_id, 0)
+            if state is not None and state.created is not None and state.created.test_clock_id is not None:
+                now_ms = customer_now_ms(now_ms, self.state.clocks.get(state.created.test_clock_id, 0))
         verdict = validate_meter_event(event, catalog.meters_by_event_name, catalog.inactive_meter_ids,
-                                       _KnownCustomers(self.customers),
-                                       customer_now_ms(event.received_at_ms, frozen_ms))
-        if isinstance(verdict, MeterEventRejected):
+                                       self._known_customers, now_ms)
+        if type(verdict) is MeterEventRejected:
             if not fresh:
                 return []
             return [self._dead_letter(offset, original_bytes, str(verdict.code), verdict.message,
                                       event.customer_id or None, event.received_at_ms)]
-        aggregator = catalog.aggregator(verdict.meter_id)
+        aggregator = self._aggregator(verdict.meter_id)
         outcome = self.ledger.apply_event(offset, verdict, event.event_name, aggregator)
         if outcome.bucket is not None:
             self._touched_buckets[outcome.bucket_key] = outcome.bucket
-        if outcome.counts and not state.already_applied(offset):
+        if outcome.counts and offset > state.applied_offset:
             add_usage(state, verdict.meter_id, verdict.reading, aggregator, catalog)
             state.applied_offset = offset
-            state.last_received_ms = max(state.last_received_ms, event.received_at_ms)
+            if event.received_at_ms > state.last_received_ms:
+                state.last_received_ms = event.received_at_ms
             self.customers[state.customer_id] = state  # usage moves no due time: no re-index
             self._touched_customers.add(state.customer_id)
         return []
+
+    def _aggregator(self, meter_id: str) -> MeterAggregator:
+        catalog = self.catalog
+        if catalog is not self._aggregators_of:  # the catalog moved on: meters may have changed
+            self._aggregators, self._aggregators_of = {}, catalog
+        aggregator = self._aggregators.get(meter_id)
+        if aggregator is None:
+            aggregator = self._aggregators[meter_id] = catalog.aggregator(meter_id)
+        return aggregator
 
     def _cancel(self, offset: int, cancel: MeterEventCanceled, original_bytes: bytes, fresh: bool) -> list:
         aggregators = {meter_id: self.catalog.aggregator(meter_id) for meter_id in self.catalog.meters}

@@ -33,7 +33,7 @@ def test_a_record_written_before_a_field_was_appended_gets_its_default():
 
 
 def test_a_missing_field_without_default_is_a_clear_error():
-    from billing.usage import UsageBucket
+    from billing.customer import Rejected
 
-    with pytest.raises(ValueError, match="applied_offset"):
-        records._rebuild(UsageBucket, (None,))  # noqa: SLF001
+    with pytest.raises(ValueError, match="message"):
+        records._rebuild(Rejected, ("a_code",))  # noqa: SLF001
