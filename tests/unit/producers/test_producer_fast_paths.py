@@ -22,6 +22,7 @@ from billing.meter_events import (
 )
 from drawdown.settings import Settings
 from producers import FactProducer, MeterEventInvalid, fold_catalog
+from producers.producer import all_surely_valid_values
 
 NOW_MS = 1_763_900_000_000
 QUIET = {"log_level": 0}  # no broker listens: keep librdkafka's connection errors off stderr
@@ -213,3 +214,43 @@ def test_identifiers_and_event_times_must_match_the_payloads_one_for_one():
         sdk.send_meter_events("tokens", [{"account": "cus_1", "value": "1"}], identifiers=["a", "b"])
     with pytest.raises(ValueError, match="event times"):
         sdk.send_meter_events("tokens", [{"account": "cus_1", "value": "1"}], event_times_ms=[])
+
+
+# --- the whole-batch value test ------------------------------------------------------------------
+
+class _Text(str):
+    """A str subclass: is_surely_valid_value wants exactly str, so the batch test must too."""
+
+
+BATCH_VALUES = st.one_of(VALUES, st.sampled_from([None, 5, b"5", _Text("5"), "1" * 18, "1" * 19]))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(values=st.lists(BATCH_VALUES, max_size=6) | st.lists(st.from_regex(r"[0-9]{1,19}", fullmatch=True), max_size=6))
+def test_the_whole_batch_value_test_is_is_surely_valid_value_of_every_value(values):
+    assert all_surely_valid_values(values) is all(map(is_surely_valid_value, values))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(event_name=st.sampled_from(["tokens", "images"]), knows_customers=st.booleans(), data=st.data())
+def test_a_common_batch_is_sent_exactly_when_the_engine_rule_accepts_every_event(event_name, knows_customers, data):
+    """The batch fast path (generated identifiers, arrival time): mostly plain events, sometimes one
+    the rule rejects, so both of its outcomes are exercised."""
+    key = customer_key(event_name)
+    plain = st.fixed_dictionaries({key: st.sampled_from(["cus_1", "cus_2"]),
+                                   "value": st.from_regex(r"[0-9]{1,18}", fullmatch=True)})
+    odd = st.fixed_dictionaries({key: CUSTOMERS}, optional={"value": VALUES | st.just(_Text("5"))})
+    payloads = data.draw(st.lists(st.one_of(plain, plain, plain, odd), min_size=1, max_size=8))
+    sdk = producer(knows_customers)
+    sent_before = sdk.sent_since_flush
+    try:
+        sdk.send_meter_events(event_name, payloads)
+        code = None
+    except MeterEventInvalid as error:
+        code = error.code
+    codes = [expected_code(MeterEventRecorded(customer_id=payload.get(key, ""), event_name=event_name,
+                                              identifier="generated", payload=payload, event_time_ms=NOW_MS,
+                                              received_at_ms=NOW_MS), knows_customers) for payload in payloads]
+    first_code = next((code for code in codes if code is not None), None)
+    assert code == first_code
+    assert sdk.sent_since_flush == sent_before + (len(payloads) if code is None else 0)
