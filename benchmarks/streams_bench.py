@@ -236,7 +236,8 @@ def run(settings: Settings) -> list[dict[str, Any]]:
         first_at = time.monotonic()
         last = worker.wait(lambda status: status.get("facts", 0) >= total, timeout_s=600)
         throughput = (last["facts"] - first["facts"]) / (time.monotonic() - first_at)
-        print(f"  worker: {throughput:,.0f} events/s; seconds per phase: {last.get('seconds')}", file=sys.stderr)
+        print(f"  worker: {throughput:,.0f} events/s in {last.get('batches')} batches; seconds per phase: "
+              f"{last.get('seconds')}", file=sys.stderr)
         rows.append(_row("worker fold: meter events, all guards on (1 worker)", "events/s", throughput, ceiling,
                          f">= {TARGET_EVENTS_PER_SECOND:,}/s", throughput >= TARGET_EVENTS_PER_SECOND))
         rss = worker.peak_rss_bytes()

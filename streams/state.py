@@ -128,10 +128,13 @@ class BatchCache(MutableMapping):
         return value
 
     def get(self, key: Any, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
+        # The hot read (a first-seen event misses): no KeyError raised and caught per miss.
+        value = self.cache.get(key, _MISSING)
+        if value is _MISSING:
+            raw = self.db.get(self.encode_key(key))
+            value = None if raw is None else self.load(raw)
+            self.cache[key] = value
+        return default if value is None else value
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.cache[key] = value
@@ -150,10 +153,13 @@ class BatchCache(MutableMapping):
         """The changed records as (key, pickled value). The decoded records stay cached for the next
         batches (bounded by `max_entries`), so hot customers are not unpickled per batch."""
         encode_key, cache, dump = self.encode_key, self.cache, self.dump
-        records = [(encode_key(key), dump(cache[key])) for key in self.dirty]
+        dirty = self.dirty
+        records = [(encode_key(key), dump(cache[key])) for key in dirty]
         self.dirty = set()
         if len(cache) > self.max_entries:
-            self.cache = {}
+            # Keep what was just taken: it reaches the store only after the broker acks this
+            # batch's outputs, while the next batch is folded (streams/worker.py).
+            self.cache = {key: cache[key] for key in dirty}
         return records
 
 

@@ -5,7 +5,10 @@ Exactly once by construction (DESIGN.md), not Faust's transactional mode:
    the last offset it applied, so facts a crash makes us read again change nothing twice;
 2. the batch's output facts are sent and their acks AWAITED before any state record is written
    back, so a crash in between re-emits the same facts (deterministic ids) instead of losing them;
-3. each touched record is then written once (one changelog record: value and guard together);
+3. each touched record is then written once (one changelog record: value and guard together),
+   pickled when the fold ends; steps 2 and 3 run in a thread while the next batch is folded
+   (a pipeline of depth one: a batch's fold waits for the previous batch to be complete
+   before it snapshots its own records), and the source events are acked only after them;
 4. where to resume is ours, not Faust's: the partition's record carries `durable_offset` (the last
    offset whose batch had every output and state record acknowledged), and on every assignment,
    after table recovery, the worker seeks each source partition to durable_offset + 1, whatever
@@ -26,10 +29,13 @@ changelog; its committed source offsets are only a hint.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +55,17 @@ BATCH_MAX_EVENTS = 20_000  # large batches amortise the two ack round trips per 
 CATALOG_REFRESH_S = 5.0
 RESEEK_AFTER_S = 15.0  # a seek whose offset has not come back by then is issued again (the
 # stream buffer may first hold many messages fetched before the seek: not sooner)
+
+
+@dataclass(frozen=True, slots=True)
+class StateWrite:
+    """One batch's changed records of one table partition: pickled, ready for store and changelog."""
+
+    table: Any
+    partition: int
+    db: Any  # the partition's rocksdict (Faust's store)
+    changelog_topic: str
+    items: list[tuple[bytes, bytes]]
 
 
 class ReadOffsets(dict):
@@ -112,6 +129,7 @@ class Engine:
         self.read_offsets: ReadOffsets | None = None
         self.gaps = 0
         self.phase_seconds: dict[str, float] = defaultdict(float)  # where batch time goes (ready page)
+        self.completion: asyncio.Future | None = None  # the previous batch's completion (see _complete)
 
     # --- per partition -----------------------------------------------------------------------
 
@@ -140,6 +158,7 @@ class Engine:
         """After an assignment (tables recovered): every source partition we own is read again
         from its state's durable_offset + 1, whatever offset Faust committed. Facts re-read that
         the state has applied change nothing (every record guards its own offset)."""
+        await self.drain()
         self.forget_partitions()
         resume = {tp.partition: self._resume_offset(tp.partition) for tp in self.app.consumer.assignment()
                   if tp.topic == self.source_topic}
@@ -238,12 +257,57 @@ class Engine:
                 await self._seek(partition, want)
         return kept
 
-    async def process_batch(self, events: list) -> None:
+    async def process_batch(self, events: list, ack: Callable[[Any], Awaitable], drain: bool) -> None:
+        """Fold a batch, then hand its completion (acks, state writes, durability, source acks) to
+        a background task that runs while the next batch is folded (`drain`: wait for it now)."""
         clock = time.perf_counter
         started = clock()
-        events = await self._without_gaps(events)
-        if not events:
-            return
+        kept = await self._without_gaps(events)
+        decoded = self._decode(kept)
+        if decoded and (self._names_unknown(decoded)
+                        or time.monotonic() - self.catalog_follower.caught_up_at > CATALOG_REFRESH_S):
+            await self.catalog_follower.catch_up_async()
+        decoded_at = clock()
+        outputs: list = []
+        for partition, items in decoded.items():
+            processor = self._processor(partition)
+            process = processor.process
+            for message, fact, error in items:
+                key = message.key.decode("utf-8", "replace") if message.key else None
+                outputs.extend(process(message.offset, fact, message.value or b"", key, error))
+            outputs.extend(processor.finish_batch())
+        folded_at = clock()
+        # The previous batch's completion ran while we folded: wait for the rest of it. Its state
+        # is then in the local stores, so this batch's snapshot may evict what it wrote.
+        await self.drain()
+        waited_at = clock()
+        # Snapshot this batch's state records now, as bytes: the next batch's fold mutates the
+        # records in place while this one's writes wait for the broker.
+        state_records = self._take_state_records(decoded)
+        durable_offsets = {partition: self.next_offsets.get(partition, 0) - 1 for partition in decoded}
+        encode, topic_names, produce = self.codec.encode, self.topic_names, self.output.produce
+        for fact in outputs:
+            produce(topic_names[output_topic(fact)], encode(fact), output_key(fact).encode())
+        produced_at = clock()
+        self.completion = asyncio.ensure_future(self._complete(events, ack, state_records, durable_offsets))
+        if drain:  # nothing else buffered: finish now rather than wait for the next batch
+            await self.drain()
+        self.batches += 1
+        self.facts_in += len(kept)
+        phases = self.phase_seconds
+        phases["decode"] += decoded_at - started
+        phases["fold"] += folded_at - decoded_at
+        phases["wait_previous"] += waited_at - folded_at
+        phases["snapshot_emit"] += produced_at - waited_at
+        phases["drain"] += clock() - produced_at
+
+    async def drain(self) -> None:
+        """Wait until the batch in completion (if any) is durable and acknowledged."""
+        completion, self.completion = self.completion, None
+        if completion is not None:
+            await completion
+
+    def _decode(self, events: list) -> dict[int, list]:
         by_partition: dict[int, list] = defaultdict(list)
         for event in events:
             by_partition[event.message.partition].append(event.message)
@@ -259,65 +323,63 @@ class Engine:
                         raise
                     items.append((message, None, error))
             decoded[partition] = items
-        if self._names_unknown(decoded) or time.monotonic() - self.catalog_follower.caught_up_at > CATALOG_REFRESH_S:
-            await self.catalog_follower.catch_up_async()
-        decoded_at = clock()
-        outputs: list = []
-        for partition, items in decoded.items():
-            processor = self._processor(partition)
-            process = processor.process
-            for message, fact, error in items:
-                key = message.key.decode("utf-8", "replace") if message.key else None
-                outputs.extend(process(message.offset, fact, message.value or b"", key, error))
-            outputs.extend(processor.finish_batch())
-        folded_at = clock()
-        # 1. the facts this batch derived, acknowledged by the broker ...
-        encode, topic_names, produce = self.codec.encode, self.topic_names, self.output.produce
-        for fact in outputs:
-            produce(topic_names[output_topic(fact)], encode(fact), output_key(fact).encode())
-        produced_at = clock()
-        await self.output.wait_for_acks()
-        emitted_at = clock()
-        self.phase_seconds["emit_acks"] += emitted_at - produced_at
-        # 2. ... and only then the state records (value and offset guard in one record each): the
-        # local store, then the changelog, acknowledged before the batch counts as done.
-        changelog: list[tuple[Any, int]] = []
+        return decoded
+
+    def _take_state_records(self, decoded: dict[int, list]) -> list[StateWrite]:
+        """Every record this batch changed, pickled, with the store and changelog it goes to."""
+        taken = []
         for partition in decoded:
             customers, seen, buckets = self.caches[partition]
             customer_records = customers.take_dirty()
             customer_records.append((records.PARTITION_KEY, records.dumps(self.processors[partition].state)))
-            self._write(self.customers_table, partition, customer_records)
-            self._write(self.usage_table, partition, seen.take_dirty() + buckets.take_dirty())
-            changelog.extend(((self.customers_table, partition), (self.usage_table, partition)))
-        written_at = clock()
-        last_offsets = await self.output.wait_for_acks()
-        self.phase_seconds["state_acks"] += clock() - written_at
-        for table, partition in changelog:
-            topic = table.changelog_topic.get_topic_name()
-            offset = last_offsets.get((topic, partition))
-            if offset is not None:
-                table.data.set_persisted_offset(TP(topic, partition), offset)
-        # 3. Everything this batch caused is durable: the partition's next state record says so. Not
-        # applied_offset: a batch of re-read facts below it vouches only for what it re-read.
-        for partition in decoded:
-            state = self.processors[partition].state
-            state.durable_offset = max(state.durable_offset, self.next_offsets.get(partition, 0) - 1)
-        self.batches += 1
-        self.facts_in += len(events)
-        phases = self.phase_seconds
-        phases["decode"] += decoded_at - started
-        phases["fold"] += folded_at - decoded_at
-        phases["emit"] += emitted_at - folded_at
-        phases["state"] += clock() - emitted_at
+            for table, items in ((self.customers_table, customer_records),
+                                 (self.usage_table, seen.take_dirty() + buckets.take_dirty())):
+                taken.append(StateWrite(table, partition, self._db(table, partition),
+                                        table.changelog_topic.get_topic_name(), items))
+        return taken
 
-    def _write(self, table: Any, partition: int, items: list[tuple[bytes, bytes]]) -> None:
-        """Records to the partition's local store and (queued) to its changelog partition."""
-        db = self._db(table, partition)
-        topic = table.changelog_topic.get_topic_name()
-        produce = self.output.produce
-        for key, value in items:
-            db.put(key, value)
-            produce(topic, value, key, partition)
+    async def _complete(self, events: list, ack: Callable[[Any], Awaitable],
+                        state_records: list[StateWrite], durable_offsets: dict[int, int]) -> None:
+        """One batch, after its fold: (1) its output facts acknowledged by the broker, and only then
+        (2) its state records written, locally and to the changelog, and acknowledged; then (3) it
+        counts as durable and its source events are acked. (1) and (2) run in a thread, beside
+        the next batch's fold. A failure here kills the worker: the batch is re-read after restart."""
+        try:
+            started = time.perf_counter()
+            last_offsets = await asyncio.get_running_loop().run_in_executor(
+                None, self._write_after_outputs, state_records)
+            self.phase_seconds["complete_in_thread"] += time.perf_counter() - started
+            for write in state_records:
+                offset = last_offsets.get((write.changelog_topic, write.partition))
+                if offset is not None:
+                    write.table.data.set_persisted_offset(TP(write.changelog_topic, write.partition), offset)
+            # Everything this batch caused is durable: the partition's next state record says so.
+            # Not applied_offset: a batch of re-read facts below it vouches only for what it re-read.
+            for partition, offset in durable_offsets.items():
+                processor = self.processors.get(partition)
+                if processor is not None:
+                    processor.state.durable_offset = max(processor.state.durable_offset, offset)
+            for event in events:
+                await ack(event)
+        except BaseException:  # noqa: BLE001 - including CancelledError (shutdown mid-batch)
+            log.exception("batch completion failed; exiting so that the batch is re-read after a restart")
+            logging.shutdown()
+            os._exit(70)
+
+    def _write_after_outputs(self, state_records: list[StateWrite]) -> dict[tuple[str, int], int]:
+        """In a worker thread: outputs acked, then the state records to the local stores and (queued)
+        to their changelog partitions, acked. Returns the last acked offset per (topic, partition).
+        The next batch's fold reads none of these stores' keys meanwhile: what this batch changed
+        stays in the caches (BatchCache.take_dirty), and nothing else changes in the stores."""
+        output = self.output
+        output.flush_or_raise()
+        for write in state_records:
+            put, produce = write.db.put, output.produce
+            for key, value in write.items:
+                put(key, value)
+                produce(write.changelog_topic, value, key, write.partition)
+        output.flush_or_raise()
+        return output.take_last_offsets()
 
     def _names_unknown(self, decoded: dict[int, list]) -> bool:
         """Whether a fact names a meter or price the catalog does not know yet (read it again first:
@@ -335,8 +397,8 @@ class Engine:
 
 class OutputProducer:
     """A confluent-kafka producer for derived facts and changelog records (a C call per record,
-    where aiokafka costs tens of microseconds of Python); `wait_for_acks()` flushes off the event
-    loop and raises if any record failed, so the batch fails and is re-processed."""
+    where aiokafka costs tens of microseconds of Python); `flush_or_raise()` (called off the event
+    loop) raises if any record failed, so the worker dies and the batch is re-processed."""
 
     def __init__(self, settings: Settings) -> None:
         from confluent_kafka import Producer
@@ -374,12 +436,15 @@ class OutputProducer:
             except BufferError:
                 self._producer.poll(0.05)
 
-    async def wait_for_acks(self, timeout_s: float = 60.0) -> dict[tuple[str, int], int]:
-        """Every record produced so far is acknowledged; returns the last offset per (topic, partition)."""
-        remaining = await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, timeout_s)
+    def flush_or_raise(self, timeout_s: float = 60.0) -> None:
+        """Block until every record produced so far is acknowledged; raise if any failed."""
+        remaining = self._producer.flush(timeout_s)
         if self._errors or remaining:
             errors, self._errors = self._errors[:5], []
             raise RuntimeError(f"{remaining} records unacknowledged; delivery errors: {errors}")
+
+    def take_last_offsets(self) -> dict[tuple[str, int], int]:
+        """The last acknowledged offset per (topic, partition) since the previous call."""
         offsets, self._last_offsets = self._last_offsets, {}
         return offsets
 
@@ -439,24 +504,24 @@ def create_app(settings: Settings) -> tuple[Any, Engine]:
             if len(batch) < BATCH_MAX_EVENTS and not channel.empty():
                 continue  # more is already buffered: keep filling the batch
             try:
-                await engine.process_batch(batch)
+                await engine.process_batch(batch, manual.ack, drain=channel.empty())
             except BaseException:  # noqa: BLE001 - including CancelledError (shutdown mid-batch)
                 # The batch's state may be half written and its events must not be committed:
-                # die, and the restart re-reads them from the last committed offset.
+                # die, and the restart re-reads them from the durable offsets.
                 log.exception("batch failed; exiting so that it is re-read after a restart")
                 logging.shutdown()
                 os._exit(70)
-            for done in batch:
-                await manual.ack(done)
             batch = []
 
     @app.on_partitions_revoked.connect
     async def on_revoked(*args: Any, **kwargs: Any) -> None:
+        await engine.drain()  # the batch in completion writes to stores we may be about to lose
         engine.install_read_offsets()  # first rebalance: before Faust's fetch loop starts
         engine.forget_partitions()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(*args: Any, **kwargs: Any) -> None:
+        await engine.drain()
         engine.install_read_offsets()
         engine.forget_partitions()
 
@@ -481,6 +546,11 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> int:
 
     ensure_topics(settings)
     worker_data_dir(settings).mkdir(parents=True, exist_ok=True)
+    # The fold allocates a dozen small records per meter event, nearly all acyclic and freed by
+    # reference counting: with the default threshold (700) the young-generation collector ran
+    # every ~60 events and doubled the fold's cost (measured). Collect rarely; memory is bounded
+    # by the caches all the same.
+    gc.set_threshold(100_000, 50, 100)
     app, engine = create_app(settings)
     engine.catalog_follower.catch_up()
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
