@@ -6,9 +6,9 @@ Exactly once by construction (DESIGN.md), not Faust's transactional mode:
 2. the batch's output facts are sent and their acks AWAITED before any state record is written
    back, so a crash in between re-emits the same facts (deterministic ids) instead of losing them;
 3. each touched record is then written once (one changelog record: value and guard together),
-   pickled when the fold ends; steps 2 and 3 run in a thread while the next batch is folded
-   (a pipeline of depth one: a batch's fold waits for the previous batch to be complete
-   before it snapshots its own records), and the source events are acked only after them;
+   pickled when the fold ends; steps 2 and 3 move on while the next batch is folded (a pipeline
+   of depth one: a batch waits for the previous batch to be complete before it snapshots its own
+   records), and the source events are acked only after them;
 4. where to resume is ours, not Faust's: the partition's record carries `durable_offset` (the last
    offset whose batch had every output and state record acknowledged), and on every assignment,
    after table recovery, the worker seeks each source partition to durable_offset + 1, whatever
@@ -53,6 +53,8 @@ log = logging.getLogger("drawdown.worker")
 
 BATCH_MAX_EVENTS = 20_000  # large batches amortise the two ack round trips per batch
 CATALOG_REFRESH_S = 5.0
+YIELD_EVERY_FACTS = 1_000  # the fold yields this often, so that acks are served and state written
+ACK_POLL_S = 0.001
 RESEEK_AFTER_S = 15.0  # a seek whose offset has not come back by then is issued again (the
 # stream buffer may first hold many messages fetched before the seek: not sooner)
 
@@ -272,9 +274,11 @@ class Engine:
         for partition, items in decoded.items():
             processor = self._processor(partition)
             process = processor.process
-            for message, fact, error in items:
+            for index, (message, fact, error) in enumerate(items):
                 key = message.key.decode("utf-8", "replace") if message.key else None
                 outputs.extend(process(message.offset, fact, message.value or b"", key, error))
+                if index % YIELD_EVERY_FACTS == YIELD_EVERY_FACTS - 1:
+                    await asyncio.sleep(0)  # let the previous batch's completion move on
             outputs.extend(processor.finish_batch())
         folded_at = clock()
         # The previous batch's completion ran while we folded: wait for the rest of it. Its state
@@ -342,13 +346,23 @@ class Engine:
                         state_records: list[StateWrite], durable_offsets: dict[int, int]) -> None:
         """One batch, after its fold: (1) its output facts acknowledged by the broker, and only then
         (2) its state records written, locally and to the changelog, and acknowledged; then (3) it
-        counts as durable and its source events are acked. (1) and (2) run in a thread, beside
-        the next batch's fold. A failure here kills the worker: the batch is re-read after restart."""
+        counts as durable and its source events are acked. This task moves on whenever the next
+        batch's fold yields (the acks arrive meanwhile). A failure here kills the worker: the batch
+        is re-read after a restart."""
         try:
+            output = self.output
+            await output.acked()
+            # The next batch's fold reads none of these keys from the stores meanwhile: what this
+            # batch changed stays in the caches (BatchCache.take_dirty), nothing else changes here.
             started = time.perf_counter()
-            last_offsets = await asyncio.get_running_loop().run_in_executor(
-                None, self._write_after_outputs, state_records)
-            self.phase_seconds["complete_in_thread"] += time.perf_counter() - started
+            for write in state_records:
+                put, produce = write.db.put, output.produce
+                for key, value in write.items:
+                    put(key, value)
+                    produce(write.changelog_topic, value, key, write.partition)
+            self.phase_seconds["state_write"] += time.perf_counter() - started
+            await output.acked()
+            last_offsets = output.take_last_offsets()
             for write in state_records:
                 offset = last_offsets.get((write.changelog_topic, write.partition))
                 if offset is not None:
@@ -366,21 +380,6 @@ class Engine:
             logging.shutdown()
             os._exit(70)
 
-    def _write_after_outputs(self, state_records: list[StateWrite]) -> dict[tuple[str, int], int]:
-        """In a worker thread: outputs acked, then the state records to the local stores and (queued)
-        to their changelog partitions, acked. Returns the last acked offset per (topic, partition).
-        The next batch's fold reads none of these stores' keys meanwhile: what this batch changed
-        stays in the caches (BatchCache.take_dirty), and nothing else changes in the stores."""
-        output = self.output
-        output.flush_or_raise()
-        for write in state_records:
-            put, produce = write.db.put, output.produce
-            for key, value in write.items:
-                put(key, value)
-                produce(write.changelog_topic, value, key, write.partition)
-        output.flush_or_raise()
-        return output.take_last_offsets()
-
     def _names_unknown(self, decoded: dict[int, list]) -> bool:
         """Whether a fact names a meter or price the catalog does not know yet (read it again first:
         the verdict on a fact must not depend on how far the catalog was read)."""
@@ -397,8 +396,8 @@ class Engine:
 
 class OutputProducer:
     """A confluent-kafka producer for derived facts and changelog records (a C call per record,
-    where aiokafka costs tens of microseconds of Python); `flush_or_raise()` (called off the event
-    loop) raises if any record failed, so the worker dies and the batch is re-processed."""
+    where aiokafka costs tens of microseconds of Python); `acked()` raises if any record failed, so
+    the worker dies and the batch is re-processed."""
 
     def __init__(self, settings: Settings) -> None:
         from confluent_kafka import Producer
@@ -436,9 +435,17 @@ class OutputProducer:
             except BufferError:
                 self._producer.poll(0.05)
 
-    def flush_or_raise(self, timeout_s: float = 60.0) -> None:
-        """Block until every record produced so far is acknowledged; raise if any failed."""
-        remaining = self._producer.flush(timeout_s)
+    async def acked(self, timeout_s: float = 60.0) -> None:
+        """Every record produced so far is acknowledged; raises if any failed. Delivery reports are
+        served here, on the event loop's thread: from a flushing thread each report fought the
+        folding thread for the GIL, and a batch's acks took seconds instead of milliseconds."""
+        producer, deadline = self._producer, time.monotonic() + timeout_s
+        while True:
+            producer.poll(0)
+            if len(producer) == 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(ACK_POLL_S)
+        remaining = len(producer)
         if self._errors or remaining:
             errors, self._errors = self._errors[:5], []
             raise RuntimeError(f"{remaining} records unacknowledged; delivery errors: {errors}")
