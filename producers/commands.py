@@ -69,7 +69,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         result = replay_usage(settings, args.start, args.end, customer_ids=args.customer or (),
                               meter_ids=args.meter or (), group_by=args.group_by,
                               progress=None if args.quiet else scan_progress(line),
-                              with_history=not args.skip_history)
+                              with_history=not args.skip_history, processes=args.processes)
     except (ReplayWindowError, ReplayTopicMissing) as error:
         line.close()
         print(f"drawdown replay: {error}", file=sys.stderr)
@@ -148,5 +148,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     replay.add_argument("--skip-history", action="store_true",
                         help="do not read the log from its start for which customers exist (faster on long logs; "
                              "every customer then counts as existing and on the wall clock)")
+    replay.add_argument("--processes", type=int, default=None, metavar="N",
+                        help="fold partitions in N processes (default: one per core, at most one per partition)")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     replay.set_defaults(run=cmd_replay)

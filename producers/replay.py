@@ -22,12 +22,14 @@ reused for an event inside it would be deduplicated by the engine but counted he
 from __future__ import annotations
 
 import gc
+import os
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from types import MappingProxyType
 
 from billing.catalog import Catalog
 from billing.facts import (
@@ -329,6 +331,7 @@ def replay_usage(
     progress: Progress | None = None,
     with_history: bool = True,
     lateness_ms: int = LATENESS_LIMIT_MS,
+    processes: int | None = None,
 ) -> ReplayResult:
     """Usage per (customer, meter, group) of events with event time in [start_ms, end_ms), exactly
     as the engine counts it (see the module docstring).
@@ -336,6 +339,10 @@ def replay_usage(
     `with_history=False` skips reading the partitions from their start for who exists: faster on
     long logs, and then every customer counts as existing and on the wall clock (exact unless the
     window holds events of unknown customers or of customers on test clocks).
+
+    `processes` (default: one per core, at most one per partition): partitions are folded
+    independently (a customer's facts are all in one), so they are split across forked
+    processes, each reading and folding its own, and their rows (disjoint) are merged.
     """
     from confluent_kafka import Consumer
 
@@ -361,15 +368,125 @@ def replay_usage(
         ranges = plan_ranges(planner, topic, partitions, start_ms, end_ms, lateness_ms, with_history)
     finally:
         planner.close()
-    folds = {r.partition: PartitionFold(catalog, settings.dedupe_window_seconds * 1000,
-                                        every_customer_exists=not with_history) for r in ranges}
-    read = scan(settings, ranges, folds, customer_keys={c.encode() for c in customer_ids}, codec=codec,
-                progress=progress)
-    rows = group_rows((fold.ledger for fold in folds.values()), catalog, start_ms, end_ms, group_by,
-                      set(customer_ids), set(meter_ids))
-    rejected: Counter[str] = Counter()
-    for fold in folds.values():
-        rejected.update(fold.rejected)
-    return ReplayResult(start_ms=start_ms, end_ms=end_ms, group_by=group_by, rows=rows, records_read=read,
-                        meter_events=sum(fold.meter_events for fold in folds.values()), rejected=dict(rejected),
+    processes = max(1, min(processes or os.cpu_count() or 1, len(ranges)))
+    job = _ReplayJob(settings, catalog, start_ms, end_ms, group_by, tuple(customer_ids), tuple(meter_ids),
+                     with_history)
+    if processes == 1:
+        part = job.run(ranges, progress, codec)
+    else:
+        part = _run_in_processes(job, _split(ranges, processes), progress)
+    return ReplayResult(start_ms=start_ms, end_ms=end_ms, group_by=group_by, rows=part.rows, records_read=part.read,
+                        meter_events=part.meter_events, rejected=dict(part.rejected),
                         seconds=time.monotonic() - started_s)
+
+
+@dataclass(frozen=True, slots=True)
+class _PartialResult:
+    rows: tuple[UsageRow, ...]
+    read: int
+    meter_events: int
+    rejected: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class _ReplayJob:
+    """Scan and fold some partition ranges, then group their buckets (in this or a child process)."""
+
+    settings: Settings
+    catalog: Catalog
+    start_ms: int
+    end_ms: int
+    group_by: str
+    customer_ids: tuple[str, ...]
+    meter_ids: tuple[str, ...]
+    with_history: bool
+
+    def run(self, ranges: list[PartitionRange], progress: Progress | None = None, codec=None) -> _PartialResult:
+        if codec is None:
+            from schemas.codec import FactCodec
+
+            codec = FactCodec(self.settings.schema_registry_url or None)
+        folds = {r.partition: PartitionFold(self.catalog, self.settings.dedupe_window_seconds * 1000,
+                                            every_customer_exists=not self.with_history) for r in ranges}
+        read = scan(self.settings, ranges, folds, customer_keys={c.encode() for c in self.customer_ids},
+                    codec=codec, progress=progress)
+        rows = group_rows((fold.ledger for fold in folds.values()), self.catalog, self.start_ms, self.end_ms,
+                          self.group_by, set(self.customer_ids), set(self.meter_ids))
+        rejected: Counter[str] = Counter()
+        for fold in folds.values():
+            rejected.update(fold.rejected)
+        return _PartialResult(rows, read, sum(fold.meter_events for fold in folds.values()), dict(rejected))
+
+
+def _split(ranges: list[PartitionRange], parts: int) -> list[list[PartitionRange]]:
+    """Ranges in `parts` groups of about equal record counts (largest first, to the lightest group)."""
+    groups: list[list[PartitionRange]] = [[] for _ in range(parts)]
+    loads = [0] * parts
+    for partition_range in sorted(ranges, key=lambda r: r.record_count, reverse=True):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(partition_range)
+        loads[lightest] += partition_range.record_count
+    return [group for group in groups if group]
+
+
+def _child(job: _ReplayJob, ranges: list[PartitionRange], slot: int, counts, results) -> None:
+    def report(done: int, total: int) -> None:
+        counts[slot] = done
+
+    try:
+        results.put((slot, job.run(ranges, report)))
+    except BaseException as error:  # noqa: BLE001 - handed to the parent, which raises it
+        results.put((slot, error))
+
+
+def _read_only(items: dict) -> Mapping:
+    return MappingProxyType(items)
+
+
+def _run_in_processes(job: _ReplayJob, groups: list[list[PartitionRange]],
+                      progress: Progress | None) -> _PartialResult:
+    """Each group of ranges in a child process; rows merged and sorted, counts summed, the first
+    failure raised. Children come from a fork server (started once, with this module imported, and
+    no Kafka client): a plain fork of a process with live librdkafka threads can crash the child."""
+    import copyreg
+    import multiprocessing
+    import queue
+
+    copyreg.pickle(MappingProxyType, lambda proxy: (_read_only, (dict(proxy),)))  # the catalog's maps
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["producers.replay"])
+    counts = context.Array("q", len(groups), lock=False)
+    results = context.Queue()
+    total = sum(r.record_count for group in groups for r in group)
+    children = [context.Process(target=_child, args=(job, group, slot, counts, results), daemon=True)
+                for slot, group in enumerate(groups)]
+    for child in children:
+        child.start()
+    parts: dict[int, _PartialResult] = {}
+    try:
+        while len(parts) < len(children):
+            try:
+                slot, part = results.get(timeout=0.25)
+            except queue.Empty:
+                dead = [c for c in children if c.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"replay: a scanning process died (exit code {dead[0].exitcode})") from None
+            else:
+                if isinstance(part, BaseException):
+                    raise part
+                parts[slot] = part
+            if progress is not None:
+                progress(sum(counts), total)
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+            child.join()
+    rejected: Counter[str] = Counter()
+    for part in parts.values():
+        rejected.update(part.rejected)
+    rows = sorted((row for part in parts.values() for row in part.rows),
+                  key=lambda row: (row.customer_id, row.meter_id, row.period_start_ms))
+    return _PartialResult(tuple(rows),
+                          sum(part.read for part in parts.values()),
+                          sum(part.meter_events for part in parts.values()), dict(rejected))

@@ -42,6 +42,15 @@ def test_replay_of_random_windows_equals_the_brute_force_fold(history):
     assert everything.rejected.get("meter_event_customer_not_found", 0) > 0
 
 
+def test_one_process_and_several_give_the_same_replay(history):
+    window = whole_span(history)
+    single = replay_usage(history.settings, *window, processes=1)
+    several = replay_usage(history.settings, *window, processes=3)
+    assert single.rows == several.rows and single.rows
+    assert (single.records_read, single.meter_events, single.rejected) == (
+        several.records_read, several.meter_events, several.rejected)
+
+
 def test_grouping_by_hour_and_day_merges_the_minutes(history):
     start_ms = (history.first_arrival_ms - DAY_MS) // DAY_MS * DAY_MS
     end_ms = start_ms + 3 * DAY_MS
