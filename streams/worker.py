@@ -1,29 +1,28 @@
-"""The Faust worker: decode, group by partition, fold (streams/processor.py), emit, write state.
+"""The Faust worker: read, decode, group by partition, fold (streams/processor.py), emit, write state.
 
 Exactly once by construction (DESIGN.md), not Faust's transactional mode:
-1. each batch (the facts buffered when the previous batch is done) is folded per partition in offset order; every state record carries
-   the last offset it applied, so facts a crash makes us read again change nothing twice;
+1. each batch (what the source reader has buffered, gathered for at least BATCH_WINDOW_S) is
+   folded per partition in offset order; every state record carries the last offset it applied,
+   so facts a crash makes us read again change nothing twice;
 2. the batch's output facts are sent and their acks AWAITED before any state record is written
    back, so a crash in between re-emits the same facts (deterministic ids) instead of losing them;
 3. each touched record is then written once (one changelog record: value and guard together),
-   pickled when the fold ends; steps 2 and 3 move on while the next batch is folded (a pipeline
-   of depth one: a batch waits for the previous batch to be complete before it snapshots its own
-   records), and the source events are acked only after them;
-4. where to resume is ours, not Faust's: the partition's record carries `durable_offset` (the last
-   offset whose batch had every output and state record acknowledged), and on every assignment,
-   after table recovery, the worker seeks each source partition to durable_offset + 1, whatever
-   Faust committed. Faust does commit past facts we never folded: its Stream skips AND acks
-   messages it reads while flow control is inactive or of an older generation (during a
-   rebalance), its fetch loop drops messages when flow is suspended, and it drops re-read messages
-   below a read offset that moved on after our seek (see ReadOffsets).
+   snapshotted as bytes when the fold ends; steps 2 and 3 move on while the next batch is folded
+   (a pipeline of depth one: a batch waits for the previous batch to be complete before it
+   snapshots its own records);
+4. where to resume is ours: the partition's record carries `durable_offset` (the last offset whose
+   batch had every output and state record acknowledged), and on every assignment, after table
+   recovery, the source partitions are read from durable_offset + 1.
 
-State lives in two rocksdict-backed, changelogged Faust tables: `customers` (CustomerState per
-customer plus one PartitionState per partition) and `usage` (seen events and minute buckets). The
-worker reads and writes each partition's store directly and sends the changelog records itself,
-in bulk, to the source partition's changelog partition, awaiting the acks (Faust's per-key
-`table[k] = v` picks the partition of "the current event", which a multi-partition batch does
-not have, and is several times slower). Faust still owns assignment and recovery from the
-changelog; its committed source offsets are only a hint.
+Faust owns the group (assignment), the two rocksdict-backed changelogged tables and their recovery.
+The source facts are read by streams/source.py with confluent-kafka, not by a Faust stream: its
+per-message path cost more than the fold, and it committed (or dropped) messages we never folded
+around rebalances and flow control. The tables: `customers` (CustomerState per customer plus one
+PartitionState per partition) and `usage` (seen events and minute buckets). The worker reads and
+writes each partition's store directly and sends the changelog records itself, in bulk, to the
+source partition's changelog partition, awaiting the acks (Faust's per-key `table[k] = v` picks
+the partition of "the current event", which a multi-partition batch does not have, and is several
+times slower).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from drawdown.settings import Settings
 from streams import state as records
 from streams.catalog import CatalogFollower
 from streams.processor import PartitionProcessor, PartitionState, output_key, output_topic
+from streams.source import SourceReader
 
 log = logging.getLogger("drawdown.worker")
 
@@ -56,8 +56,7 @@ BATCH_WINDOW_S = 0.1  # ... and gather for at least this long (freshness target:
 CATALOG_REFRESH_S = 5.0
 YIELD_EVERY_FACTS = 1_000  # the fold yields this often, so that acks are served and state written
 ACK_POLL_S = 0.001
-RESEEK_AFTER_S = 15.0  # a seek whose offset has not come back by then is issued again (the
-# stream buffer may first hold many messages fetched before the seek: not sooner)
+RESEEK_AFTER_S = 15.0  # a seek whose offset has not come back by then is issued again
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,24 +70,33 @@ class StateWrite:
     items: list[tuple[bytes, bytes]]
 
 
-class ReadOffsets(dict):
-    """Faust's per-partition read offsets (it drops a fetched message below its partition's read
-    offset), except that a partition we seeked back returns None until the offset we asked for is
-    delivered. Faust's fetch loop moves the read offset on with messages fetched before our seek,
-    and would then silently drop the re-read messages below it: the re-read never came and the
-    partition stalled (or, acked, let Faust commit past them)."""
-
-    def __init__(self, items: Any = ()) -> None:
-        super().__init__(items)
-        self.held: dict[TP, int] = {}  # partition -> offset we seeked to and wait for
-
-    def __missing__(self, tp: TP) -> None:
-        return None  # Faust's own defaultdict(lambda: None)
-
-    def __getitem__(self, tp: TP) -> Any:
-        if tp in self.held:
-            return None
-        return super().__getitem__(tp)
+def unbroken_runs(messages: list, next_offsets: dict[int, int],
+                  resume_offset: Callable[[int], int]) -> tuple[dict[int, list], dict[int, tuple[int, int]]]:
+    """Split confluent-kafka messages per partition into the run that continues from the
+    partition's next offset (`next_offsets`, moved on in place; a partition not in it starts at
+    `resume_offset(partition)`), offsets already passed included (re-reads), and where a partition
+    broke off: partition -> (the offset wanted, the offset got instead). What follows a gap is
+    left out: it is read again after the missing offset."""
+    by_partition: dict[int, list] = defaultdict(list)
+    for message in messages:
+        by_partition[message.partition()].append(message)
+    runs: dict[int, list] = {}
+    gaps: dict[int, tuple[int, int]] = {}
+    for partition, batch in by_partition.items():
+        want = next_offsets.get(partition)
+        if want is None:
+            want = resume_offset(partition)
+        kept = runs[partition] = []
+        for message in batch:
+            offset = message.offset()
+            if offset > want:
+                gaps[partition] = (want, offset)
+                break
+            if offset == want:
+                want += 1
+            kept.append(message)
+        next_offsets[partition] = want
+    return runs, gaps
 
 
 def worker_data_dir(settings: Settings) -> Path:
@@ -124,12 +132,15 @@ class Engine:
         self.batches = 0
         self.facts_in = 0
         self.ready = False
+        self.source = SourceReader(settings, self.source_topic)
+        # Held while a batch is folded and by rebalances: a batch never straddles two owners.
+        self.batch_lock = asyncio.Lock()
         self.seeking: dict[int, int] = {}  # partition -> offset we seeked back to after a gap
         self.seeked_at: dict[int, float] = {}  # partition -> when (monotonic s) we last seeked it
         # partition -> the next offset to fold: every offset below it, from the durable offset on,
         # has been folded in this assignment (a fact re-read may lie below the state's applied offset)
         self.next_offsets: dict[int, int] = {}
-        self.read_offsets: ReadOffsets | None = None
+        self.hooks_installed = False
         self.gaps = 0
         self.phase_seconds: dict[str, float] = defaultdict(float)  # where batch time goes (ready page)
         self.completion: asyncio.Future | None = None  # the previous batch's completion (see _complete)
@@ -144,48 +155,75 @@ class Engine:
         self.seeked_at.clear()
         self.next_offsets.clear()
 
-    def install_read_offsets(self) -> None:
-        """Put our ReadOffsets in place of Faust's (before its fetch loop binds them: on rebalance)."""
-        consumer = self.app.consumer
-        if not isinstance(consumer._read_offset, ReadOffsets):
-            self.read_offsets = consumer._read_offset = ReadOffsets(consumer._read_offset)
-            original_seek = consumer.perform_seek
+    def install_hooks(self) -> None:
+        """Keep Faust's consumer off the source topic (SourceReader reads it) and decide where
+        each source partition resumes after Faust's recovery. Before Faust's fetch loop starts:
+        on the first rebalance."""
+        if self.hooks_installed:
+            return
+        self.hooks_installed = True
+        consumer, source_topic = self.app.consumer, self.source_topic
+        getmany, verify_event_path, original_seek = consumer._getmany, consumer.verify_event_path, consumer.perform_seek
 
-            async def perform_seek() -> None:
-                await original_seek()  # Faust: to the committed offsets ...
-                await self.seek_to_durable()  # ... which do not decide where we resume
+        async def getmany_without_source(active_partitions: Any, timeout: float) -> Any:
+            if active_partitions is None:
+                return await getmany(active_partitions, timeout)
+            wanted = {tp for tp in active_partitions if tp.topic != source_topic}
+            if not wanted:  # (aiokafka reads an empty set as "every partition")
+                await asyncio.sleep(timeout)
+                return {}
+            return await getmany(wanted, timeout)
 
-            consumer.perform_seek = perform_seek
+        def verify_event_path_without_source(now: float, tp: TP) -> Any:
+            if tp.topic != source_topic:  # Faust would warn that it never streams the source
+                return verify_event_path(now, tp)
+            return None
 
-    async def seek_to_durable(self) -> None:
+        async def perform_seek() -> None:
+            await original_seek()  # Faust: its streams to the committed offsets (unused) ...
+            await self.assign_source()  # ... ours: from each partition's durable offset + 1
+
+        consumer._getmany = getmany_without_source
+        consumer.verify_event_path = verify_event_path_without_source
+        consumer.perform_seek = perform_seek
+
+    async def release_source(self) -> None:
+        """Before a rebalance: finish the batch in hand (folded, completed) and stop reading."""
+        async with self.batch_lock:
+            await self.drain()
+            self.source.unassign()
+            self.forget_partitions()
+
+    async def assign_source(self) -> None:
         """After an assignment (tables recovered): every source partition we own is read again
         from its state's durable_offset + 1, whatever offset Faust committed. Facts re-read that
         the state has applied change nothing (every record guards its own offset)."""
-        await self.drain()
-        self.forget_partitions()
-        resume = {tp.partition: self._resume_offset(tp.partition) for tp in self.app.consumer.assignment()
-                  if tp.topic == self.source_topic}
-        for partition, offset in resume.items():
-            await self._seek(partition, offset)
+        async with self.batch_lock:
+            await self.drain()
+            self.forget_partitions()
+            resume = {tp.partition: self._resume_offset(tp.partition) for tp in self.app.consumer.assignment()
+                      if tp.topic == self.source_topic}
+            self.source.assign(resume)
         log.info("assigned: reading each partition from its durable offset + 1: %s", resume)
+
+    async def read_source(self) -> None:
+        """The worker's loop: batches from the source partitions, folded one after another."""
+        while True:
+            generation, messages = await self.source.batch(BATCH_MAX_EVENTS, BATCH_WINDOW_S)
+            async with self.batch_lock:
+                if generation != self.source.generation:
+                    continue  # read before a rebalance: re-read from the durable offsets by their owner
+                await self.process_batch(messages)
 
     def _resume_offset(self, partition: int) -> int:
         raw = self._db(self.customers_table, partition).get(records.PARTITION_KEY)
         state = records.loads(raw) if raw is not None else PartitionState()
         return getattr(state, "durable_offset", -1) + 1
 
-    async def _seek(self, partition: int, offset: int) -> None:
-        tp = TP(self.source_topic, partition)
-        if self.read_offsets is not None:
-            self.read_offsets.held[tp] = offset
+    def _seek(self, partition: int, offset: int) -> None:
         self.seeking[partition] = offset
         self.seeked_at[partition] = time.monotonic()
-        await self.app.consumer.seek(tp, offset)
-
-    def _arrived(self, partition: int) -> None:
-        """The offset we seeked to (or an earlier one) was delivered: Faust's read offset is ours again."""
-        if self.seeking.pop(partition, None) is not None and self.read_offsets is not None:
-            self.read_offsets.held.pop(TP(self.source_topic, partition), None)
+        self.source.seek(partition, offset)
 
     def _db(self, table: Any, partition: int) -> Any:
         return table.data._db_for_partition(partition)  # Faust's rocksdict for this partition
@@ -230,57 +268,46 @@ class Engine:
 
     # --- one batch ---------------------------------------------------------------------------
 
-    async def _without_gaps(self, events: list) -> list:
-        """The events to fold now: per partition, only an unbroken run from the partition's next
-        offset (after an assignment: its durable offset + 1). Faust can drop a fetched message
-        (e.g. when flow is suspended while it waits to be
-        queued, the read offset still moves on); a gap means such a loss, so we seek back to the
-        missing offset and skip the rest until it is delivered again (replays are harmless: every
-        record ignores offsets it has applied)."""
-        expected = self.next_offsets
-        kept = []
-        for event in events:
-            message = event.message
-            partition = message.partition
-            if partition not in expected:
-                expected[partition] = self._resume_offset(partition)
-            want = expected[partition]
-            if message.offset <= want:  # the next one, or one read twice
-                expected[partition] = max(want, message.offset + 1)
-                kept.append(event)
-                self._arrived(partition)
-                continue
+    def _without_gaps(self, messages: list) -> dict[int, list]:
+        """Per partition, the messages to fold now (see unbroken_runs). The reader is assigned at
+        exact offsets, so a gap means facts we never got (an offset deleted before it was folded,
+        or a fetch gone wrong): we seek back to the missing offset and skip the rest until it
+        comes (re-reads are harmless: every record ignores offsets it has applied)."""
+        runs, gaps = unbroken_runs(messages, self.next_offsets, self._resume_offset)
+        for partition, run in runs.items():
+            if run:
+                self.seeking.pop(partition, None)
+        for partition, (want, got) in gaps.items():
             if self.seeking.get(partition) != want:
-                log.warning("partition %s: got offset %s, expected %s: re-reading from %s",
-                            partition, message.offset, want, want)
-                await self._seek(partition, want)
+                log.warning("partition %s: got offset %s, expected %s: re-reading from %s", partition, got, want, want)
+                self._seek(partition, want)
                 self.gaps += 1
             elif time.monotonic() - self.seeked_at.get(partition, 0.0) > RESEEK_AFTER_S:
                 log.warning("partition %s: offset %s still not re-read: seeking again", partition, want)
-                await self._seek(partition, want)
-        return kept
+                self._seek(partition, want)
+        return runs
 
-    async def process_batch(self, events: list, ack: Callable[[Any], Awaitable]) -> None:
-        """Fold a batch, then hand its completion (acks, state writes, durability, source acks) to
-        a background task that moves on while the next batch is gathered and folded."""
+    async def process_batch(self, messages: list) -> None:
+        """Fold a batch, then hand its completion (acks, state writes, durability) to a background
+        task that moves on while the next batch is gathered and folded."""
         clock = time.perf_counter
         started = clock()
-        kept = await self._without_gaps(events)
-        decoded = self._decode(kept)
+        decoded = self._decode(self._without_gaps(messages))
         if decoded and (self._names_unknown(decoded)
                         or time.monotonic() - self.catalog_follower.caught_up_at > CATALOG_REFRESH_S):
             await self.catalog_follower.catch_up_async()
         decoded_at = clock()
         outputs: list = []
+        folded = 0
         for partition, items in decoded.items():
             processor = self._processor(partition)
             process = processor.process
-            for index, (message, fact, error) in enumerate(items):
-                key = message.key.decode("utf-8", "replace") if message.key else None
-                outputs.extend(process(message.offset, fact, message.value or b"", key, error))
+            for index, (offset, value, key, fact, error) in enumerate(items):
+                outputs.extend(process(offset, fact, value, key.decode("utf-8", "replace") if key else None, error))
                 if index % YIELD_EVERY_FACTS == YIELD_EVERY_FACTS - 1:
                     await asyncio.sleep(0)  # let the previous batch's completion move on
             outputs.extend(processor.finish_batch())
+            folded += len(items)
         folded_at = clock()
         # The previous batch's completion ran while we folded: wait for the rest of it. Its state
         # is then in the local stores, so this batch's snapshot may evict what it wrote.
@@ -294,9 +321,9 @@ class Engine:
         for fact in outputs:
             produce(topic_names[output_topic(fact)], encode(fact), output_key(fact).encode())
         produced_at = clock()
-        self.completion = asyncio.ensure_future(self._complete(events, ack, state_records, durable_offsets))
+        self.completion = asyncio.ensure_future(self._complete(state_records, durable_offsets))
         self.batches += 1
-        self.facts_in += len(kept)
+        self.facts_in += folded
         phases = self.phase_seconds
         phases["decode"] += decoded_at - started
         phases["fold"] += folded_at - decoded_at
@@ -309,21 +336,24 @@ class Engine:
         if completion is not None:
             await completion
 
-    def _decode(self, events: list) -> dict[int, list]:
-        by_partition: dict[int, list] = defaultdict(list)
-        for event in events:
-            by_partition[event.message.partition].append(event.message)
+    def _decode(self, runs: dict[int, list]) -> dict[int, list]:
+        """Per partition: (offset, value, key, fact, error) per message; an undecodable one carries
+        its error (dead-lettered by the fold), a schema registry outage raises (retry: the bytes
+        may be fine)."""
         decoded: dict[int, list] = {}
         decode = self.codec.decode
-        for partition, messages in by_partition.items():
+        for partition, messages in runs.items():
+            if not messages:
+                continue
             items = []
             for message in messages:
+                value = message.value() or b""
                 try:
-                    items.append((message, decode(message.value or b""), None))
+                    items.append((message.offset(), value, message.key(), decode(value), None))
                 except Exception as error:  # UndecodableFact (SchemaRegistryUnavailable: crash, retry)
                     if getattr(error, "reason_code", "schema_registry_unavailable") == "schema_registry_unavailable":
                         raise
-                    items.append((message, None, error))
+                    items.append((message.offset(), value, message.key(), None, error))
             decoded[partition] = items
         return decoded
 
@@ -340,11 +370,10 @@ class Engine:
                                         table.changelog_topic.get_topic_name(), items))
         return taken
 
-    async def _complete(self, events: list, ack: Callable[[Any], Awaitable],
-                        state_records: list[StateWrite], durable_offsets: dict[int, int]) -> None:
+    async def _complete(self, state_records: list[StateWrite], durable_offsets: dict[int, int]) -> None:
         """One batch, after its fold: (1) its output facts acknowledged by the broker, and only then
         (2) its state records written, locally and to the changelog, and acknowledged; then (3) it
-        counts as durable and its source events are acked. This task moves on whenever the next
+        counts as durable (the partition's next record says so; the monitoring group is told). This task moves on whenever the next
         batch's fold yields (the acks arrive meanwhile). A failure here kills the worker: the batch
         is re-read after a restart."""
         try:
@@ -371,8 +400,7 @@ class Engine:
                 processor = self.processors.get(partition)
                 if processor is not None:
                     processor.state.durable_offset = max(processor.state.durable_offset, offset)
-            for event in events:
-                await ack(event)
+            self.source.commit_progress(durable_offsets)
         except BaseException:  # noqa: BLE001 - including CancelledError (shutdown mid-batch)
             log.exception("batch completion failed; exiting so that the batch is re-read after a restart")
             logging.shutdown()
@@ -383,7 +411,7 @@ class Engine:
         the verdict on a fact must not depend on how far the catalog was read)."""
         catalog = self.catalog_follower.catalog
         for items in decoded.values():
-            for _, fact, _ in items:
+            for *_, fact, _ in items:
                 if isinstance(fact, MeterEventRecorded):
                     if fact.event_name not in catalog.meters_by_event_name:
                         return True
@@ -473,12 +501,6 @@ def create_app(settings: Settings) -> tuple[Any, Engine]:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,  # outputs and changelog: acknowledged by all in-sync replicas
         table_standby_replicas=0,
-        stream_buffer_maxsize=BATCH_MAX_EVENTS * 4,
-        broker_commit_interval=1.0,
-        broker_max_poll_records=BATCH_MAX_EVENTS,
-        # A rebalance waits until the batch in flight is folded, emitted and written (and its events
-        # acked) before partitions are revoked: a batch never straddles two owners.
-        stream_wait_empty=True,
         # A killed worker's partitions wait for its session to expire before anyone else (or its own
         # restart) gets them: keep that short (Faust's default is 60 s).
         broker_session_timeout=10.0,
@@ -492,55 +514,34 @@ def create_app(settings: Settings) -> tuple[Any, Engine]:
     usage_table = app.Table("usage", partitions=settings.partitions, key_type=bytes, value_type=bytes)
     engine = Engine(app, settings, customers_table, usage_table)
 
-    # A failed batch must stop the worker (it restarts from the committed offsets), never be skipped
-    # by an agent restart: CrashingSupervisor instead of Faust's default restart-the-agent.
-    @app.agent(source, supervisor_strategy=CrashingSupervisor)
-    async def fold(stream: Any) -> None:
-        # Our own batching, not stream.take_events(): under load take_events can ack (and so let
-        # Faust commit) events it never yielded (concurrent add_to_buffer waiters reset its
-        # buffer_consuming guard and events added meanwhile are cleared with the batch), which the
-        # fault test caught as lost facts. Here a batch is whatever is buffered (up to the max),
-        # acks are manual and come only after the batch is folded, emitted and written.
-        manual = stream.noack()
-        channel = manual.channel
-        batch: list = []
-        batch_started = 0.0
-        async for event in manual.events():
-            if not batch:
-                batch_started = time.monotonic()
-            batch.append(event)
-            if len(batch) < BATCH_MAX_EVENTS:
-                if not channel.empty():
-                    continue  # more is already buffered: keep filling the batch
-                # A batch spans at least BATCH_WINDOW_S: each touched customer is then written
-                # once per window, not once per trickle of events (the previous batch's
-                # completion moves on meanwhile).
-                wait_s = BATCH_WINDOW_S - (time.monotonic() - batch_started)
-                if wait_s > 0:
-                    await asyncio.sleep(wait_s)
-                    if not channel.empty():
-                        continue
-            try:
-                await engine.process_batch(batch, manual.ack)
-            except BaseException:  # noqa: BLE001 - including CancelledError (shutdown mid-batch)
-                # The batch's state may be half written and its events must not be committed:
-                # die, and the restart re-reads them from the durable offsets.
-                log.exception("batch failed; exiting so that it is re-read after a restart")
-                logging.shutdown()
-                os._exit(70)
-            batch = []
+    @app.agent(source)
+    async def subscribe_source(stream: Any) -> None:
+        """Subscribes the group to customer-facts: Faust assigns this worker its partitions (and the
+        tables' partitions with them) by this agent. The facts never come through it: SourceReader
+        reads them (Engine.install_hooks keeps Faust's fetcher off the topic)."""
+        async for _ in stream:
+            log.error("Faust delivered a source fact it should not fetch; ignored (SourceReader reads them)")
+
+    @app.task
+    async def fold() -> None:
+        try:
+            await engine.read_source()
+        except BaseException:  # noqa: BLE001 - including CancelledError (shutdown mid-batch)
+            # The batch's state may be half written: die, and the restart re-reads it from the
+            # durable offsets.
+            log.exception("batch failed; exiting so that it is re-read after a restart")
+            logging.shutdown()
+            os._exit(70)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(*args: Any, **kwargs: Any) -> None:
-        await engine.drain()  # the batch in completion writes to stores we may be about to lose
-        engine.install_read_offsets()  # first rebalance: before Faust's fetch loop starts
-        engine.forget_partitions()
+        engine.install_hooks()  # first rebalance: before Faust's fetch loop starts
+        await engine.release_source()  # the batch in hand writes to stores we may be about to lose
 
     @app.on_partitions_assigned.connect
     async def on_assigned(*args: Any, **kwargs: Any) -> None:
-        await engine.drain()
-        engine.install_read_offsets()
-        engine.forget_partitions()
+        engine.install_hooks()
+        await engine.release_source()
 
     @app.on_rebalance_complete.connect
     async def on_rebalanced(*args: Any, **kwargs: Any) -> None:

@@ -108,15 +108,26 @@ def test_usage_records_lost_behind_a_newer_partition_record_come_back_when_re_re
         [f.subtotal_minor for f in once if isinstance(f, InvoiceFinalized)] == [9000]
 
 
-def test_a_partition_seeked_back_reads_as_unread_until_the_offset_asked_for_arrives():
-    from faust.types import TP
+class _Message:
+    def __init__(self, partition: int, offset: int) -> None:
+        self._partition, self._offset = partition, offset
 
-    from streams.worker import ReadOffsets
+    def partition(self) -> int:
+        return self._partition
 
-    tp, other = TP("customer-facts", 0), TP("customer-facts", 1)
-    offsets = ReadOffsets({tp: 500, other: 70})
-    offsets.held[tp] = 3  # seeked back to 3: Faust must not drop 3..499 as already read
-    offsets[tp] = 600  # a message fetched before the seek moves Faust's read offset on
-    assert (offsets[tp], offsets[other], offsets[TP("customer-facts", 2)]) == (None, 70, None)
-    del offsets.held[tp]
-    assert offsets[tp] == 600
+    def offset(self) -> int:
+        return self._offset
+
+
+def test_each_partition_folds_only_the_run_that_continues_from_its_next_offset():
+    from streams.worker import unbroken_runs
+
+    next_offsets = {0: 5}
+    messages = [_Message(0, 3), _Message(0, 5), _Message(1, 10), _Message(0, 6), _Message(2, 7),
+                _Message(2, 9), _Message(2, 10), _Message(1, 11), _Message(0, 8)]
+    runs, gaps = unbroken_runs(messages, next_offsets, resume_offset={1: 10, 2: 7}.__getitem__)
+    assert {p: [m.offset() for m in run] for p, run in runs.items()} == {0: [3, 5, 6], 1: [10, 11], 2: [7]}
+    assert gaps == {0: (7, 8), 2: (8, 9)}
+    assert next_offsets == {0: 7, 1: 12, 2: 8}
+    runs, gaps = unbroken_runs([_Message(2, 8), _Message(2, 9)], next_offsets, resume_offset=lambda p: 0)
+    assert ([m.offset() for m in runs[2]], gaps, next_offsets[2]) == ([8, 9], {}, 10)

@@ -1,0 +1,132 @@
+"""The worker's source: its customer-facts partitions, read with confluent-kafka, not through Faust.
+
+Faust owns the group (which partitions this worker has) and the tables' recovery; the facts
+themselves are read here, in batches parsed in C. Faust's per-message path (aiokafka's fetcher in
+a thread of its own, an Event per message, the conductor, the stream's acks) cost more than our
+whole fold and fought it for the GIL. Where to resume is never Faust's committed offset but each
+partition record's durable offset (streams/worker.py): the worker assigns the partitions here at
+that offset once Faust has recovered the tables.
+
+The reader commits durable offsets to a group of its own (`<prefix>.worker.source`), which never
+joins as a member: for lag monitoring only (kafka-consumer-groups --describe), never read back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from drawdown.settings import Settings
+
+log = logging.getLogger("drawdown.worker.source")
+
+IDLE_POLL_S = 0.002  # nothing buffered: look again this soon (librdkafka fetches meanwhile)
+
+
+class SourceReader:
+    """The source partitions this worker owns, read from explicit offsets, in batches."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        from confluent_kafka import Consumer
+
+        self.topic = topic
+        self._consumer = Consumer({
+            "bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+            "group.id": f"{settings.topic_prefix}.worker.source",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": False,
+            # An assigned offset below the log start (deleted by retention) is a gap the worker
+            # reports (streams/worker.py); start from the earliest fact there is.
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 50,  # freshness: a quiet partition's fetch returns within 50 ms
+            "queued.max.messages.kbytes": 32_768,
+        })
+        # Bumped on every (un)assignment: a batch gathered under an older one is not folded.
+        self.generation = 0
+        self.partitions: frozenset[int] = frozenset()
+
+    def assign(self, offsets: Mapping[int, int]) -> None:
+        """Read exactly these partitions, each from its offset (replaces the whole assignment)."""
+        from confluent_kafka import TopicPartition
+
+        self._consumer.assign([TopicPartition(self.topic, partition, offset) for partition, offset in offsets.items()])
+        self.partitions = frozenset(offsets)
+        self.generation += 1
+
+    def unassign(self) -> None:
+        if self.partitions:
+            self._consumer.unassign()
+        self.partitions = frozenset()
+        self.generation += 1
+
+    def seek(self, partition: int, offset: int) -> None:
+        """Read the partition again from `offset` (librdkafka drops what it had buffered past it)."""
+        from confluent_kafka import TopicPartition
+
+        self._consumer.seek(TopicPartition(self.topic, partition, offset))
+
+    def commit_progress(self, durable_offsets: Mapping[int, int]) -> None:
+        """Tell the monitoring group how far each partition is durable (asynchronous, best effort)."""
+        from confluent_kafka import TopicPartition
+
+        offsets = [TopicPartition(self.topic, partition, offset + 1)
+                   for partition, offset in durable_offsets.items() if offset >= 0]
+        if offsets:
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            except Exception as error:  # noqa: BLE001 - monitoring only: never fails a batch
+                log.debug("progress commit failed: %s", error)
+
+    async def batch(self, max_messages: int, window_s: float) -> tuple[int, list]:
+        """The next batch and the assignment generation it was read under: whatever is buffered,
+        up to `max_messages`, gathered for at least `window_s` after its first message (each
+        touched customer is then written once per window, not once per trickle)."""
+        consume = self._consumer.consume
+        batch: list = []
+        generation = self.generation
+        first_at = 0.0
+        while len(batch) < max_messages:
+            if generation != self.generation:  # (un)assigned while we waited: start over
+                batch, generation = [], self.generation
+            messages = consume(max_messages - len(batch), 0) if self.partitions else []
+            if messages:
+                if not batch:
+                    first_at = time.monotonic()
+                batch.extend(self._without_errors(messages))
+                continue
+            if batch and time.monotonic() - first_at >= window_s:
+                break
+            await asyncio.sleep(IDLE_POLL_S)
+        return generation, batch
+
+    @staticmethod
+    def _without_errors(messages: list) -> list:
+        from confluent_kafka import KafkaException
+
+        if all(message.error() is None for message in messages):
+            return messages
+        kept = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                kept.append(message)
+            elif error.fatal():
+                raise KafkaException(error)
+            else:  # e.g. a broker connection dropped: librdkafka retries by itself
+                log.warning("source consumer: %s", error)
+        return kept
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __repr__(self) -> str:
+        return f"SourceReader({self.topic!r}, partitions={sorted(self.partitions)}, generation={self.generation})"
+
+
+def message_fields(message: Any) -> tuple[int, int, bytes, bytes | None]:
+    """(partition, offset, value, key) of a confluent-kafka message."""
+    return message.partition(), message.offset(), message.value() or b"", message.key()
