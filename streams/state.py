@@ -3,20 +3,43 @@
 A batch reads each record at most once from its table and writes each touched record back once,
 after the batch's output facts are acknowledged (see streams/worker.py). Values are pickled
 (protocol 5): the records are our own frozen dataclasses, and the changelog is ours alone.
+Customer records, the most numerous, are first flattened to primitives (see "customer records").
 """
 
 from __future__ import annotations
 
 import copyreg
 import dataclasses
+import functools
 import operator
 import pickle
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from decimal import Decimal
-from types import MappingProxyType
-from typing import Any
+from types import MappingProxyType, MemberDescriptorType
+from typing import Any, NamedTuple
 
+from billing.balances import LowBalanceWatch
+from billing.customer import CustomerState, SubscriptionState
+from billing.facts import (
+    AppliedCredit,
+    BillingReason,
+    CreditBalanceTransaction,
+    CreditGrantCreated,
+    CustomerCreated,
+    GrantCategory,
+    GrantPriceType,
+    GrantScope,
+    InvoiceFinalized,
+    InvoiceLine,
+    RecurringInterval,
+    SubscriptionCreated,
+    SubscriptionItem,
+    TransactionReason,
+    TransactionType,
+)
+from billing.grants import GrantState
 from billing.meters import MeterReading, MeterUsage
+from billing.periods import BillingPeriod
 from billing.usage import SeenEvent, UsageBucket
 
 
@@ -92,12 +115,32 @@ def _register_billing_records() -> None:
 _register_billing_records()
 
 
+class UnknownStateFormat(ValueError):
+    """A stored record starts with a byte that names no format this worker reads."""
+
+
+# The first byte of a record says how it was written. Every pickle of protocol 2 or later (all we
+# ever wrote before customer records were flattened) starts with the PROTO opcode.
+PICKLE_FORMAT = 0x80
+FLAT_CUSTOMER_FORMAT = 0x01  # a CustomerState flattened to primitives, then pickled (see below)
+
+
 def dumps(value: Any) -> bytes:
+    """A record's stored bytes: a CustomerState in the flat format, anything else pickled."""
+    if type(value) is CustomerState:
+        return _FLAT_CUSTOMER_PREFIX + pickle.dumps(_CUSTOMER.flatten(value), protocol=5)
     return pickle.dumps(value, protocol=5)
 
 
 def loads(data: bytes) -> Any:
-    return pickle.loads(data)
+    """The record of stored bytes in either format (records written before the flat format too)."""
+    record_format = data[0] if data else None
+    if record_format == FLAT_CUSTOMER_FORMAT:
+        return _CUSTOMER.rebuild(pickle.loads(memoryview(data)[1:]))
+    if record_format == PICKLE_FORMAT:
+        return pickle.loads(data)
+    raise UnknownStateFormat(f"state record starts with {bytes(data[:1])!r}, a format this worker does not read "
+                             "(written by a newer worker?)")
 
 
 class BatchCache(MutableMapping):
@@ -203,16 +246,177 @@ def load_seen(data: bytes) -> dict[str, SeenEvent]:
             for customer_id, offset, meter_id, reading, canceled_offset in pickle.loads(data)}
 
 
-def dump_bucket(bucket: UsageBucket) -> bytes:
-    usage = bucket.usage
+def _usage_tuple(usage: MeterUsage) -> tuple:
     latest = None if usage.latest is None else _reading_tuple(usage.latest)
     survivors = tuple((start_ms, _reading_tuple(reading)) for start_ms, reading in usage.window_survivors.items())
-    return pickle.dumps((bucket.applied_offset, str(usage.value_sum), usage.event_count, latest, survivors), protocol=5)
+    return (str(usage.value_sum), usage.event_count, latest, survivors)
+
+
+def _usage(values: tuple | list) -> MeterUsage:
+    value_sum, event_count, latest, survivors = values
+    survivors = {start_ms: _reading(reading) for start_ms, reading in survivors}
+    return MeterUsage(value_sum=Decimal(value_sum), event_count=event_count,
+                      latest=None if latest is None else _reading(latest), window_survivors=MappingProxyType(survivors))
+
+
+def dump_bucket(bucket: UsageBucket) -> bytes:
+    return pickle.dumps((bucket.applied_offset, *_usage_tuple(bucket.usage)), protocol=5)
 
 
 def load_bucket(data: bytes) -> UsageBucket:
-    applied_offset, value_sum, event_count, latest, survivors = pickle.loads(data)
-    usage = MeterUsage(value_sum=Decimal(value_sum), event_count=event_count,
-                       latest=None if latest is None else _reading(latest),
-                       window_survivors=MappingProxyType({start_ms: _reading(reading) for start_ms, reading in survivors}))
-    return UsageBucket(usage=usage, applied_offset=applied_offset)
+    applied_offset, *usage = pickle.loads(data)
+    return UsageBucket(usage=_usage(usage), applied_offset=applied_offset)
+
+
+# --- customer records: one pickle of primitives ----------------------------------------------------
+# Pickled object by object, a customer record cost 25-45 us each way: pickle names each class and
+# enum of the record in it, and looks each one up again (an import) to read it. Flattened to lists,
+# dicts and tuples of str, int, bool and None, it pickles in C with no lookups, and the
+# dataclasses are taken apart and rebuilt by straight-line functions compiled once per class (as
+# schemas/codec.py does for Avro): loops over each object's fields cost about 1.6 times as much.
+#
+# Versioning. A dataclass is flattened to the list of its fields in declaration order, each field
+# converted as its `_FlatRecord` says (a field not named there is kept as is: pickle stores it
+# correctly, only slower). Fields are only ever appended, with a default (as for `_rebuild`): a
+# shorter list, written before a field was, gets the field's default. Anything else (a field
+# removed, reordered, or converted differently) needs a new FLAT_CUSTOMER_FORMAT byte, and loads()
+# must keep reading the old one.
+
+_FLAT_CUSTOMER_PREFIX = bytes([FLAT_CUSTOMER_FORMAT])
+
+
+class _Conversion(NamedTuple):
+    """A field's way to primitives and back, as Python source: each function takes the source of
+    the value and returns that of the converted value. None is never converted (optional fields)."""
+
+    to_primitive: Callable[[str], str]
+    from_primitive: Callable[[str], str]
+    names: Mapping[str, Any]  # what the source refers to
+
+
+# str() round-trips a Decimal exactly, exponent included.
+_DECIMAL = _Conversion(lambda value: f"str({value})", lambda value: f"_Decimal({value})", {"_Decimal": Decimal})
+_READ_ONLY_MAP = _Conversion(lambda value: f"dict({value})", lambda value: f"_MappingProxyType({value})",
+                             {"_MappingProxyType": MappingProxyType})
+_METER_USAGE = _Conversion(lambda value: f"_usage_tuple({value})", lambda value: f"_usage({value})",
+                           {"_usage_tuple": _usage_tuple, "_usage": _usage})
+
+
+@functools.cache  # one lookup table per enum, however many fields use it
+def _enum(enum_class: type) -> _Conversion:
+    values, members = f"_{enum_class.__name__}_values", f"_{enum_class.__name__}_members"
+    # Looked up by member, so that a value which is not a member fails when written, not when read.
+    return _Conversion(lambda value: f"{values}[{value}]", lambda value: f"{members}[{value}]",
+                       {values: {member: member.value for member in enum_class},
+                        members: {member.value: member for member in enum_class}})
+
+
+def _tuple_of(item: _Conversion) -> _Conversion:
+    return _Conversion(lambda value: f"[{item.to_primitive('item')} for item in {value}]",
+                       lambda value: f"tuple([{item.from_primitive('item')} for item in {value}])", item.names)
+
+
+def _values_of(item: _Conversion) -> _Conversion:
+    return _Conversion(lambda value: f"{{key: {item.to_primitive('entry')} for key, entry in {value}.items()}}",
+                       lambda value: f"{{key: {item.from_primitive('entry')} for key, entry in {value}.items()}}",
+                       item.names)
+
+
+class _FlatRecord:
+    """One slotted dataclass as the list of its field values in declaration order, the fields named
+    in `conversions` converted to primitives: `flatten(record)` and `rebuild(values)`."""
+
+    def __init__(self, cls: type, **conversions: _Conversion) -> None:
+        names = _FIELD_NAMES[cls]
+        unknown = set(conversions) - set(names)
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
+        slots = [vars(cls).get(name) for name in names]
+        if not all(isinstance(slot, MemberDescriptorType) for slot in slots):
+            raise TypeError(f"{cls.__name__} is not a slotted dataclass")
+        self.cls = cls
+        self.field_count = len(names)
+        self._appended_defaults = _APPENDED_DEFAULTS[cls]
+        # The slots' own setters write a frozen dataclass's fields past its __setattr__ (which refuses).
+        namespace: dict[str, Any] = {"_cls": cls, "_new": object.__new__, "_older": self._older,
+                                     "_newer": self._newer, "_field_count": self.field_count}
+        flattened, setters = [], []
+        for index, (name, slot) in enumerate(zip(names, slots)):
+            namespace[f"_set_{index}"] = slot.__set__
+            conversion = conversions.get(name)
+            if conversion is None:
+                flattened.append(f"record.{name}")
+                setters.append(f"    _set_{index}(record, values[{index}])")
+            else:
+                for reference, value in conversion.names.items():
+                    if namespace.setdefault(reference, value) is not value:
+                        raise TypeError(f"{cls.__name__}: two conversions name different things {reference}")
+                flattened.append(f"None if (value := record.{name}) is None else {conversion.to_primitive('value')}")
+                setters.append(f"    _set_{index}(record, None if (value := values[{index}]) is None "
+                               f"else {conversion.from_primitive('value')})")
+        self.source = "\n".join([
+            "def flatten(record):",
+            f"    return [{', '.join(flattened)}]",
+            "def rebuild(values):",
+            "    count = len(values)",
+            "    if count != _field_count:",
+            "        values = _older(values) if count < _field_count else _newer(values)",
+            "    record = _new(_cls)",
+            *setters,
+            "    if count < _field_count:",
+            "        _set_appended_defaults(record, count)",
+            "    return record",
+        ])
+        namespace["_set_appended_defaults"] = self._set_appended_defaults
+        exec(compile(self.source, f"<flat {cls.__name__}>", "exec"), namespace)  # noqa: S102 - our own generated source
+        self.flatten: Callable[[Any], list] = namespace["flatten"]
+        self.rebuild: Callable[[list], Any] = namespace["rebuild"]
+
+    def conversion(self) -> _Conversion:
+        flatten, rebuild = f"_flatten_{self.cls.__name__}", f"_rebuild_{self.cls.__name__}"
+        return _Conversion(lambda value: f"{flatten}({value})", lambda value: f"{rebuild}({value})",
+                           {flatten: self.flatten, rebuild: self.rebuild})
+
+    def _older(self, values: list) -> list:
+        # Written before fields were appended: None (never converted) stands in until their defaults are set.
+        return values + [None] * (self.field_count - len(values))
+
+    def _newer(self, values: list) -> list:
+        raise UnknownStateFormat(f"a stored {self.cls.__name__} has {len(values)} fields, this worker knows "
+                                 f"{self.field_count} (written by a newer worker?)")
+
+    def _set_appended_defaults(self, record: Any, count: int) -> None:
+        for name, default in self._appended_defaults[count:]:
+            object.__setattr__(record, name, default())
+
+
+_SUBSCRIPTION_ITEMS = _tuple_of(_FlatRecord(SubscriptionItem).conversion())
+_CUSTOMER = _FlatRecord(
+    CustomerState,
+    created=_FlatRecord(CustomerCreated).conversion(),
+    grants=_values_of(_FlatRecord(
+        GrantState,
+        grant=_FlatRecord(CreditGrantCreated,
+                          scope=_FlatRecord(GrantScope, price_type=_enum(GrantPriceType)).conversion(),
+                          category=_enum(GrantCategory)).conversion(),
+        metadata=_READ_ONLY_MAP,
+        transactions=_tuple_of(_FlatRecord(CreditBalanceTransaction, type=_enum(TransactionType),
+                                           reason=_enum(TransactionReason)).conversion()),
+    ).conversion()),
+    subscriptions=_values_of(_FlatRecord(
+        SubscriptionState,
+        created=_FlatRecord(SubscriptionCreated, items=_SUBSCRIPTION_ITEMS).conversion(),
+        items=_SUBSCRIPTION_ITEMS,
+        interval=_enum(RecurringInterval),
+        open_period=_FlatRecord(BillingPeriod).conversion(),
+        final_reason=_enum(BillingReason),
+    ).conversion()),
+    period_usage=_values_of(_METER_USAGE),
+    invoices=_values_of(_FlatRecord(
+        InvoiceFinalized,
+        billing_reason=_enum(BillingReason),
+        lines=_tuple_of(_FlatRecord(InvoiceLine, quantity=_DECIMAL, unit_amount_decimal=_DECIMAL,
+                                    credits=_tuple_of(_FlatRecord(AppliedCredit).conversion())).conversion()),
+    ).conversion()),
+    low_balance_watches=_values_of(_tuple_of(_FlatRecord(LowBalanceWatch).conversion())),
+)
