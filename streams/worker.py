@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from faust.types import TP
+from rocksdict import WriteBatch
 
 from billing.customer import CustomerState, FoldConfig
 from billing.facts import MeterEventRecorded
@@ -56,6 +57,18 @@ BATCH_WINDOW_S = 0.1  # ... and gather for at least this long (freshness target:
 CATALOG_REFRESH_S = 5.0
 YIELD_EVERY_FACTS = 1_000  # the fold yields this often, so that acks are served and state written
 ACK_POLL_S = 0.001
+# Per store (one per table and partition: 12 with 6 partitions). Faust's defaults (64 MiB memtables
+# x 3, a 2 GiB block cache each) let a long-running worker grow to gigabytes; our writes come in
+# one WriteBatch per batch and our reads are cached above the store, so small buffers suffice.
+ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2, "block_cache_size": 16 << 20,
+                   "block_cache_compressed_size": 0}
+# Records kept decoded per partition between batches (beyond those a batch touches): what bounds
+# the worker's memory. A customer costs a few KiB decoded and ~20 us to load again; a seen event
+# is read once per event and rarely again; a live minute bucket is hot for a minute.
+CACHED_CUSTOMERS = 10_000
+CACHED_SEEN = 10_000
+CACHED_BUCKETS = 20_000
+FULL_COLLECTION_EVERY_S = 600.0  # see Engine._freeze_survivors
 RESEEK_AFTER_S = 15.0  # a seek whose offset has not come back by then is issued again
 
 
@@ -144,6 +157,16 @@ class Engine:
         self.gaps = 0
         self.phase_seconds: dict[str, float] = defaultdict(float)  # where batch time goes (ready page)
         self.completion: asyncio.Future | None = None  # the previous batch's completion (see _complete)
+        gc.callbacks.append(self._time_gc)
+        self._gc_started = 0.0
+        self._full_collection_at = time.monotonic()
+
+    def _time_gc(self, phase: str, info: dict) -> None:
+        """Collections' time per generation, on the ready page (pauses show in freshness)."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.phase_seconds[f"gc{info['generation']}"] += time.perf_counter() - self._gc_started
 
     # --- per partition -----------------------------------------------------------------------
 
@@ -214,6 +237,23 @@ class Engine:
                 if generation != self.source.generation:
                     continue  # read before a rebalance: re-read from the durable offsets by their owner
                 await self.process_batch(messages)
+            del messages
+            self._freeze_survivors()
+
+    def _freeze_survivors(self) -> None:
+        """What survives a batch (cached records, indexes) is long-lived: move it out of the
+        collector's generations (gc.freeze) so that every later collection does not traverse it
+        again (measured: ~12% of the worker's time went to young collections re-walking the
+        caches). Frozen objects are still freed by reference counting; only cyclic garbage among
+        them would wait, so now and then everything is unfrozen and collected in full."""
+        now = time.monotonic()
+        if now - self._full_collection_at >= FULL_COLLECTION_EVERY_S:
+            self._full_collection_at = now
+            gc.unfreeze()
+            started = time.perf_counter()
+            freed = gc.collect()
+            log.info("full collection: %d objects freed in %.3f s", freed, time.perf_counter() - started)
+        gc.freeze()
 
     def _resume_offset(self, partition: int) -> int:
         raw = self._db(self.customers_table, partition).get(records.PARTITION_KEY)
@@ -233,11 +273,10 @@ class Engine:
         if processor is None:
             customers_db = self._db(self.customers_table, partition)
             usage_db = self._db(self.usage_table, partition)
-            customers = records.BatchCache(customers_db, records.customer_key)
-            # Seen records are read once per event and rarely again: keep few decoded.
-            seen = records.BatchCache(usage_db, records.seen_key, max_entries=20_000,
+            customers = records.BatchCache(customers_db, records.customer_key, max_entries=CACHED_CUSTOMERS)
+            seen = records.BatchCache(usage_db, records.seen_key, max_entries=CACHED_SEEN,
                                       dump=records.dump_seen, load=records.load_seen)
-            buckets = records.BatchCache(usage_db, records.bucket_key, max_entries=50_000,
+            buckets = records.BatchCache(usage_db, records.bucket_key, max_entries=CACHED_BUCKETS,
                                          dump=records.dump_bucket, load=records.load_bucket)
             raw = customers_db.get(records.PARTITION_KEY)
             partition_state = records.loads(raw) if raw is not None else PartitionState()
@@ -258,12 +297,12 @@ class Engine:
         for key, value in db.items():
             if key == records.PARTITION_KEY or key.startswith(b"__faust"):
                 continue
-            try:
-                state = records.loads(value)
-            except Exception:  # noqa: BLE001 - not one of our records (e.g. Faust's offset key)
-                continue
-            if isinstance(state, CustomerState):
-                found.append(state)
+            # Anything else here is a customer record: one we cannot read must stop the worker
+            # (skipped, its customer would never be invoiced), never be passed over.
+            state = records.loads(value)
+            if not isinstance(state, CustomerState):
+                raise TypeError(f"customers store: key {key!r} holds a {type(state).__name__}, not a CustomerState")
+            found.append(state)
         return found
 
     # --- one batch ---------------------------------------------------------------------------
@@ -383,10 +422,14 @@ class Engine:
             # batch changed stays in the caches (BatchCache.take_dirty), nothing else changes here.
             started = time.perf_counter()
             for write in state_records:
-                put, produce = write.db.put, output.produce
+                # One atomic write per store and batch: a db.put per record cost ~6 us, an entry in
+                # a WriteBatch ~1 us (measured).
+                batch, produce = WriteBatch(raw_mode=True), output.produce
+                put = batch.put
                 for key, value in write.items:
                     put(key, value)
                     produce(write.changelog_topic, value, key, write.partition)
+                write.db.write(batch)
             self.phase_seconds["state_write"] += time.perf_counter() - started
             await output.acked()
             last_offsets = output.take_last_offsets()
@@ -510,8 +553,10 @@ def create_app(settings: Settings) -> tuple[Any, Engine]:
     source = app.topic(settings.topic("customer-facts"), key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
     # Keys and values are bytes (the app's serializers are "raw"): we pickle records ourselves.
-    customers_table = app.Table("customers", partitions=settings.partitions, key_type=bytes, value_type=bytes)
-    usage_table = app.Table("usage", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    customers_table = app.Table("customers", partitions=settings.partitions, key_type=bytes, value_type=bytes,
+                                options=dict(ROCKSDB_OPTIONS))
+    usage_table = app.Table("usage", partitions=settings.partitions, key_type=bytes, value_type=bytes,
+                            options=dict(ROCKSDB_OPTIONS))
     engine = Engine(app, settings, customers_table, usage_table)
 
     @app.agent(source)

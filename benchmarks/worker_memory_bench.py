@@ -1,0 +1,90 @@
+"""Stream worker memory at the issue's scale: 100,000 customers x 2 meters, events over a day.
+
+Every customer has a grant and a subscription to both metered prices; each (customer, meter) gets
+EVENTS_PER_METER events at random minutes of the last 24 hours, so the worker holds 100,000
+customer records and ~600,000 minute buckets (in its stores, behind bounded caches). Measured: the
+worker's peak RSS (VmHWM) once it has folded everything. Target < 1 GiB.
+
+    python -m benchmarks --only worker_memory
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.streams_bench import _free_port, _row, _Worker
+from drawdown.settings import Settings
+from streams import walkthrough as w
+from streams.topics import ensure_topics
+
+CUSTOMERS = 100_000
+EVENTS_PER_METER = 3
+DAY_MS = 24 * 3_600_000
+TARGET_RSS_BYTES = 1 << 30
+
+
+def _produce(settings: Settings, rng: random.Random) -> int:
+    from producers.producer import FactProducer
+
+    now_ms = time.time_ns() // 1_000_000
+    customers = [f"cus_mem_{n}" for n in range(CUSTOMERS)]
+    with FactProducer(settings, validate=False) as producer:
+        producer.send_all(w.catalog_facts())
+        producer.flush()
+        for customer_id in customers:
+            producer.send_all(w.customer_setup(customer_id, None, start_ms=now_ms - 2 * DAY_MS,
+                                               grant_minor=10_000_000))
+        producer.flush()
+        for customer_id in customers:
+            for name in ("hypernian_input_tokens", "hypernian_output_tokens"):
+                for _ in range(EVENTS_PER_METER):
+                    producer.send_meter_event(name, {"stripe_customer_id": customer_id,
+                                                     "value": str(rng.randint(1, 999))},
+                                              event_time_ms=now_ms - rng.randrange(DAY_MS))
+    return CUSTOMERS * 3 + CUSTOMERS * 2 * EVENTS_PER_METER
+
+
+def run(settings: Settings) -> list[dict[str, Any]]:
+    rng = random.Random(23)
+    work_dir = Path(tempfile.mkdtemp(prefix="worker-memory-bench-"))
+    settings = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}.memory",
+                                           "worker_data_dir": work_dir / "worker",
+                                           "worker_web_port": _free_port()})
+    ensure_topics(settings)
+    total = _produce(settings, rng)
+    worker = _Worker(settings, work_dir / "worker.log")
+    try:
+        started = worker.start()
+        last_report = 0.0
+
+        def folded_all(status: dict) -> bool:
+            nonlocal last_report
+            if time.monotonic() - last_report > 15:  # progress: this takes a minute or two
+                last_report = time.monotonic()
+                print(f"  worker memory: {status.get('facts', 0):,} of {total:,} facts folded", file=sys.stderr)
+            return status.get("facts", 0) >= total
+
+        worker.wait(folded_all, timeout_s=1200)
+        seconds = time.monotonic() - started
+        rss = worker.peak_rss_bytes()
+        print(f"  worker memory: {total:,} facts folded in {seconds:.0f} s, peak RSS {rss / 2**20:,.0f} MiB",
+              file=sys.stderr)
+    finally:
+        worker.stop()
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return [_row(f"worker peak RSS: {CUSTOMERS:,} customers x 2 meters, "
+                 f"{CUSTOMERS * 2 * EVENTS_PER_METER:,} events over a day", "MiB", rss / 2**20, None,
+                 "< 1024 MiB", rss < TARGET_RSS_BYTES)]
+
+
+if __name__ == "__main__":
+    from drawdown.settings import get_settings
+
+    for result in run(get_settings()):
+        print(result)
