@@ -271,12 +271,20 @@ def run(settings: Settings) -> list[dict[str, Any]]:
         rows.append(_row(f"worker peak RSS ({CUSTOMERS:,} customers x 2 meters, {2 * EVENTS:,} events)",
                          "MiB", rss / 2**20, None, "< 1024 MiB", rss < TARGET_RSS_BYTES))
 
+        before = worker.status()
         latencies = sorted(_freshness_ms(settings, worker, customers, rng))
+        after = worker.status()
+        phases = {phase: round(seconds - before.get("seconds", {}).get(phase, 0.0), 2)
+                  for phase, seconds in after.get("seconds", {}).items()}
+        print(f"  worker at {STEADY_EVENTS_PER_SECOND:,} events/s: {after['batches'] - before['batches']} batches, "
+              f"seconds per phase: {phases}", file=sys.stderr)
         if latencies:
             p50 = latencies[len(latencies) // 2]
             p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
         else:
             p50 = p99 = float("inf")
+        print(f"  worker's own lag over its last batches (oldest fact produced -> outputs sent): "
+              f"{worker.status().get('recent_batch_lag_ms')}", file=sys.stderr)
         rows.append(_row(f"freshness p50 at {STEADY_EVENTS_PER_SECOND:,} events/s ({len(latencies)} probes)", "ms",
                          p50, None, "(p99 < 1000 ms)", p99 < TARGET_P99_MS))
         rows.append(_row(f"freshness p99 at {STEADY_EVENTS_PER_SECOND:,} events/s", "ms", p99, None,

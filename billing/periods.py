@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import calendar
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import UTC, datetime, timedelta
 
 from billing.errors import GracePeriodOutOfRange, InstantBeforeSubscriptionStart
@@ -94,6 +95,7 @@ def anchored_period_containing(
     )
 
 
+@lru_cache(maxsize=1 << 16)  # pure, and asked again for every live balance of the same period
 def subscription_period_containing(
     subscription_start_ms: int,
     billing_cycle_anchor_ms: int,
