@@ -10,7 +10,9 @@ end + the lateness limit (35 days) or the log end, whichever comes first. Each p
 on its own, in log order, exactly as the stream worker folds it (streams/processor.py): meter events
 validated with billing.meter_events (the customer's now is the arrival time, or its test clock's
 frozen time), then deduplicated, cancelled and bucketed by billing.usage.UsageLedger, the one
-definition of usage. Buckets whose minute lies in [start, end) are then grouped.
+definition of usage (the common event, surely valid and new, takes an inlined copy of both that a
+property test holds to the same state: PartitionFold._fold_plain_event). Buckets whose minute lies
+in [start, end) are then grouped.
 
 What the engine knows from before the seek point (which customers exist, on which test clock) is
 read from the start of each partition, decoding only those facts (picked by schema fingerprint).
@@ -40,10 +42,19 @@ from billing.facts import (
     TestClockCreated,
     TestClockDeleted,
 )
-from billing.meter_events import MAX_EVENT_AGE_MS, MAX_EVENT_LEAD_MS, customer_now_ms, validate_meter_event
-from billing.meters import MeterAggregator, MeterUsage
+from billing.meter_events import (
+    MAX_EVENT_AGE_MS,
+    MAX_EVENT_LEAD_MS,
+    MAX_EVENT_NAME_LENGTH,
+    MAX_IDENTIFIER_LENGTH,
+    customer_now_ms,
+    is_surely_valid_value,
+    validate_meter_event,
+)
+from billing.meters import MeterAggregator, MeterReading, MeterUsage
+from billing.money import EXACT_CONTEXT
 from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_HOUR, MILLISECONDS_PER_MINUTE
-from billing.usage import DEFAULT_DEDUPE_WINDOW_MS, UsageLedger
+from billing.usage import DEFAULT_DEDUPE_WINDOW_MS, SeenEvent, UsageBucket, UsageLedger
 from drawdown.settings import Settings
 
 GROUP_SIZES_MS = {"minute": MILLISECONDS_PER_MINUTE, "hour": MILLISECONDS_PER_HOUR, "day": MILLISECONDS_PER_DAY}
@@ -123,6 +134,16 @@ class PartitionFold:
         self.aggregators = {meter_id: catalog.aggregator(meter_id) for meter_id in catalog.meters}
         self.meter_events = 0
         self.rejected: Counter[str] = Counter()
+        # Event name -> (meter id, payload keys, aggregator) of the meters whose events may take
+        # _fold_plain_event: active and raw (no event-time window: sum, count and last alike add
+        # every reading to the minute's usage).
+        self._plain_meters = {
+            event_name: (meter.meter_id, meter.customer_payload_key, meter.value_payload_key,
+                         self.aggregators[meter.meter_id])
+            for event_name, meter in catalog.meters_by_event_name.items()
+            if meter.meter_id not in catalog.inactive_meter_ids and meter.event_time_window is None
+            and len(event_name) <= MAX_EVENT_NAME_LENGTH
+        }
 
     def apply(self, offset: int, fact: object) -> None:
         """Fold the fact at `offset` (facts that do not bear on usage change nothing)."""
@@ -147,6 +168,8 @@ class PartitionFold:
 
     def _meter_event(self, offset: int, event: MeterEventRecorded) -> None:
         self.meter_events += 1
+        if self._fold_plain_event(offset, event):
+            return
         catalog = self.catalog
         meter = catalog.meters_by_event_name.get(event.event_name)
         frozen_ms = None
@@ -161,6 +184,50 @@ class PartitionFold:
             self.rejected[str(verdict.code)] += 1
             return
         self.ledger.apply_event(offset, verdict, event.event_name, self.aggregators[meter_id])
+
+    def _fold_plain_event(self, offset: int, event: MeterEventRecorded) -> bool:
+        """If `event` is the common one, fold it exactly as validate_meter_event and
+        UsageLedger.apply_event would and return True; else change nothing and return False.
+
+        The common event: validate_meter_event surely accepts it (an active raw meter, a known
+        customer on the wall clock, a plain digit value, an event time in [arrival - 35 days,
+        arrival + 5 minutes]) and its identifier is new. Nearly every replayed event is one, and
+        for it the general path's calls, re-checks and intermediate objects (verdict, outcome)
+        cost about as much as the fold's own work, so they are inlined here.
+        tests/unit/producers/test_partition_fold.py checks that both paths leave the same state.
+        """
+        plain_meter = self._plain_meters.get(event.event_name)
+        if plain_meter is None:
+            return False
+        meter_id, customer_key, value_key, aggregator = plain_meter
+        payload, identifier = event.payload, event.identifier
+        customer_id = payload.get(customer_key)
+        value_text = payload.get(value_key)
+        event_time_ms, received_at_ms = event.event_time_ms, event.received_at_ms
+        seen_key = (event.event_name, identifier)
+        seen = self.ledger.seen
+        if not (customer_id and customer_id in self._known_customers and self.customers.get(customer_id) is None
+                and is_surely_valid_value(value_text) and len(identifier) <= MAX_IDENTIFIER_LENGTH
+                and received_at_ms - MAX_EVENT_AGE_MS <= event_time_ms <= received_at_ms + MAX_EVENT_LEAD_MS
+                and seen_key not in seen):
+            return False
+        value = Decimal(value_text)
+        reading = MeterReading(event_time_ms, received_at_ms, identifier, value)
+        seen[seen_key] = {customer_id: SeenEvent(offset, meter_id, reading)}
+        buckets = self.ledger.buckets
+        bucket_key = (customer_id, meter_id, event_time_ms - event_time_ms % MILLISECONDS_PER_MINUTE)
+        current = buckets.get(bucket_key)
+        if current is not None and current.applied_offset >= offset:
+            return True  # the bucket already has it (never in one replay: offsets only grow)
+        usage = aggregator.initialize() if current is None else current.usage
+        latest = usage.latest
+        if latest is None or event_time_ms > latest.event_time_ms:
+            # aggregator.add of a raw meter, for a reading later than the bucket's latest (the usual)
+            usage = MeterUsage(EXACT_CONTEXT.add(usage.value_sum, value), usage.event_count + 1, reading)
+        else:
+            usage = aggregator.add(usage, reading)
+        buckets[bucket_key] = UsageBucket(usage, offset)
+        return True
 
 
 def group_rows(ledgers: Iterable[UsageLedger], catalog: Catalog, start_ms: int, end_ms: int, group_by: str,
@@ -402,6 +469,19 @@ class _ReplayJob:
     with_history: bool
 
     def run(self, ranges: list[PartitionRange], progress: Progress | None = None, codec=None) -> _PartialResult:
+        # scan() pauses the cyclic garbage collector while the folds grow; it stays paused until
+        # they are dropped (on return from _fold_and_group): back on with the folds alive, its next
+        # passes traverse their whole heap, which has no cycles, while the rows are grouped
+        # (measured after 300,000 events: 0.3 to 0.9 s, the grouping itself 0.01 s).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._fold_and_group(ranges, progress, codec)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _fold_and_group(self, ranges: list[PartitionRange], progress: Progress | None, codec) -> _PartialResult:
         if codec is None:
             from schemas.codec import FactCodec
 
