@@ -13,7 +13,7 @@ _PART_SEPARATOR = "\x1f"
 _HEX_DIGITS = 24
 
 
-@lru_cache(maxsize=1 << 16)  # pure; the same ids are derived again for every live balance and invoice preview
+@lru_cache(maxsize=1 << 16, typed=True)  # pure; the same ids are derived again for every live balance and invoice preview
 def _digest(*parts: object) -> str:
     joined = _PART_SEPARATOR.join(str(part) for part in parts)
     return hashlib.sha256(joined.encode("utf-8")).hexdigest()[:_HEX_DIGITS]

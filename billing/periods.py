@@ -95,7 +95,7 @@ def anchored_period_containing(
     )
 
 
-@lru_cache(maxsize=1 << 16)  # pure, and asked again for every live balance of the same period
+@lru_cache(maxsize=1 << 16, typed=True)  # pure, and asked again for every live balance of the same period
 def subscription_period_containing(
     subscription_start_ms: int,
     billing_cycle_anchor_ms: int,

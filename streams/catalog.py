@@ -9,10 +9,17 @@ whenever an event names something unknown makes the verdict a function of the lo
 
 from __future__ import annotations
 
+import logging
 import time
 
 from billing.catalog import Catalog, evolve_catalog
 from drawdown.settings import Settings
+
+log = logging.getLogger("drawdown.catalog")
+
+
+class CatalogBehind(RuntimeError):
+    """The catalog topic could not be read to its end in time."""
 
 
 class CatalogFollower:
@@ -47,9 +54,14 @@ class CatalogFollower:
                     continue
                 try:
                     self.catalog = evolve_catalog(self.catalog, self._codec.decode(message.value()))
-                except Exception:  # noqa: BLE001 - a bad catalog record cannot stop billing; skip it
-                    pass
+                except Exception as error:  # noqa: BLE001 - a bad catalog record cannot stop billing
+                    log.error("catalog offset %s skipped (%s): %s", message.offset(), type(error).__name__, error)
                 self.next_offset = message.offset() + 1
+        if self.next_offset < high:
+            # A partial catalog would judge facts against an older catalog than the log says:
+            # never go on with one (the worker stops and is restarted).
+            raise CatalogBehind(f"catalog topic {self._topic!r} read to offset {self.next_offset} of {high} in "
+                                f"{timeout_s:.0f} s: is the broker reachable and the topic readable?")
         self.caught_up_at = time.monotonic()
         return self.catalog
 
