@@ -9,10 +9,13 @@ seek each partition of customer-facts there by arrival time (offsets_for_times) 
 end + the lateness limit (35 days) or the log end, whichever comes first. Each partition is folded
 on its own, in log order, exactly as the stream worker folds it (streams/processor.py): meter events
 validated with billing.meter_events (the customer's now is the arrival time, or its test clock's
-frozen time), then deduplicated, cancelled and bucketed by billing.usage.UsageLedger, the one
-definition of usage (the common event, surely valid and new, takes an inlined copy of both that a
-property test holds to the same state: PartitionFold._fold_plain_event). Buckets whose minute lies
-in [start, end) are then grouped.
+frozen time), then deduplicated, cancelled and bucketed by the rules of billing.usage.UsageLedger,
+the one definition of usage. Events of hour/day-windowed meters go through UsageLedger itself;
+events of raw meters (nearly all) go through ReplayLedger, the same rules kept in plain tuples and
+lists for one pass over a log (building UsageLedger's records per event cost more than reading
+and decoding it), turned into the same MeterUsage values at the end. Property tests hold both,
+and the fast path for the common event (PartitionFold._fold_plain_event), to the rows of
+UsageLedger. Buckets whose minute lies in [start, end) are then grouped.
 
 What the engine knows from before the seek point (which customers exist, on which test clock) is
 read from the start of each partition, decoding only those facts (picked by schema fingerprint).
@@ -28,10 +31,12 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from decimal import Decimal
 from types import MappingProxyType
+from typing import NamedTuple
 
 from billing.catalog import Catalog
 from billing.facts import (
@@ -47,14 +52,21 @@ from billing.meter_events import (
     MAX_EVENT_LEAD_MS,
     MAX_EVENT_NAME_LENGTH,
     MAX_IDENTIFIER_LENGTH,
+    MAX_VALUE_INTEGER_DIGITS,
     customer_now_ms,
-    is_surely_valid_value,
     validate_meter_event,
 )
 from billing.meters import MeterAggregator, MeterReading, MeterUsage
 from billing.money import EXACT_CONTEXT
 from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_HOUR, MILLISECONDS_PER_MINUTE
-from billing.usage import DEFAULT_DEDUPE_WINDOW_MS, SeenEvent, UsageBucket, UsageLedger
+from billing.usage import (
+    CANCEL_WINDOW_MS,
+    DEFAULT_DEDUPE_WINDOW_MS,
+    BucketKey,
+    SeenKey,
+    UsageLedger,
+    supports_cancel,
+)
 from drawdown.settings import Settings
 
 GROUP_SIZES_MS = {"minute": MILLISECONDS_PER_MINUTE, "hour": MILLISECONDS_PER_HOUR, "day": MILLISECONDS_PER_DAY}
@@ -121,55 +133,292 @@ class _EveryCustomer:
         return True
 
 
+_EMPTY_SUM = MeterUsage().value_sum  # the sum a bucket starts from (MeterAggregator.initialize)
+_LEAST_LATENESS_MS = -MAX_EVENT_LEAD_MS  # arrival - event time: an event may be 5 minutes ahead
+_NOT_CREATED = object()  # PartitionFold.customers.get's answer for a customer never created (None: no test clock)
+
+# One accepted event of a raw meter as ReplayLedger keeps it, a plain tuple (one is built per event;
+# a NamedTuple costs 3x more): (customer_id, identifier, event_time_ms, received_at_ms, value, canceled).
+# The value is an int when the event's value is plain digits (nearly always), else a Decimal.
+ReplayRecord = tuple[str, str, int, int, int | Decimal, bool]
+_identifier_of = itemgetter(1)
+# What FirstOccurrences keeps per identifier: the record of the one customer who sent it (the
+# usual), or customer id -> record when several customers sent the same event name and identifier.
+SeenEntry = ReplayRecord | dict[str, ReplayRecord]
+# A ReplayLedger bucket, a list changed in place: [sum of the int values, sum of the Decimal values
+# (from 0), event count, latest record in event time].
+ReplayBucket = list
+
+
+class FirstOccurrences:
+    """The first occurrence of each identifier of one event name (UsageLedger.seen, for replay).
+
+    A new identifier (nearly every event) needs only `identifiers`, a set, and `unindexed`, a list:
+    its record goes to the index only when an event that is not new or a cancellation looks
+    something up. A dict of 300,000 identifiers costs twice a set's insert: it keeps no hashes
+    beside its keys, so each insert reads keys already there, which are out of cache.
+    """
+
+    __slots__ = ("identifiers", "unindexed", "_index")
+
+    def __init__(self) -> None:
+        self.identifiers: set[str] = set()  # every identifier folded so far
+        self.unindexed: list[ReplayRecord] = []  # records of new identifiers not yet in _index
+        self._index: dict[str, SeenEntry] = {}
+
+    def get(self, identifier: str) -> SeenEntry | None:
+        """The entry of `identifier`; None when it is new."""
+        if identifier not in self.identifiers:
+            return None
+        self._index_unindexed()
+        return self._index[identifier]
+
+    def put(self, identifier: str, entry: SeenEntry) -> None:
+        """Set the entry of `identifier` (of a new one: its one record)."""
+        if identifier in self.identifiers:
+            self._index_unindexed()
+            self._index[identifier] = entry
+        else:
+            self.identifiers.add(identifier)
+            self.unindexed.append(entry)
+
+    def _index_unindexed(self) -> None:
+        if self.unindexed:
+            self._index.update(zip(map(_identifier_of, self.unindexed), self.unindexed))
+            self.unindexed.clear()  # in place: PartitionFold holds its append
+
+
+class ReplayLedger:
+    """UsageLedger's rules (billing/usage.py) for raw meters, over one pass of one log, in replay's
+    own compact state: plain tuples, sets and lists changed in place instead of UsageLedger's
+    immutable records, which cost more to build per event than reading and decoding the event.
+
+    The same rules: an event counts once per (customer, event name, identifier) within the dedupe
+    window after its first receipt; a cancellation received within 24 hours of the event removes
+    its value, once (callers pass only cancellations of sum and count meters: for the others
+    UsageLedger refuses, changing nothing); a minute bucket keeps the exact sum, the count and the
+    reading latest in event time (ties: later received, then greater identifier). Facts come once
+    each and in log order, so UsageLedger's offset guards (against re-reads) would never fire and
+    no offsets are kept. Plain digit values are summed as ints (Decimal arithmetic costs several
+    times more), the others as Decimals from 0; `usage_buckets` adds the two parts, which is
+    UsageLedger's sum to the last digit and exponent (exact sums do not depend on grouping, and
+    their exponent is the least of their terms' and 0's), and gives each bucket as the MeterUsage
+    UsageLedger holds.
+    """
+
+    def __init__(self, dedupe_window_ms: int = DEFAULT_DEDUPE_WINDOW_MS) -> None:
+        self.dedupe_window_ms = dedupe_window_ms
+        self.seen: dict[str, FirstOccurrences] = {}  # by event name
+        self.buckets: dict[BucketKey, ReplayBucket] = {}
+
+    def seen_of(self, event_name: str) -> FirstOccurrences:
+        seen = self.seen.get(event_name)
+        if seen is None:
+            seen = self.seen[event_name] = FirstOccurrences()
+        return seen
+
+    def bucket(self, customer_id: str, meter_id: str, bucket_start_ms: int, record: ReplayRecord) -> ReplayBucket:
+        """A minute's bucket; a new one is empty, with `record` (about to be added) as its latest."""
+        bucket_key = (customer_id, meter_id, bucket_start_ms)
+        bucket = self.buckets.get(bucket_key)
+        if bucket is None:
+            bucket = self.buckets[bucket_key] = [0, _EMPTY_SUM, 0, record]
+        return bucket
+
+    def add(self, event_name: str, meter_id: str, record: ReplayRecord) -> None:
+        """Fold one accepted event (UsageLedger.apply_event)."""
+        customer_id, identifier, event_time_ms, received_at_ms, value, _ = record
+        seen = self.seen_of(event_name)
+        earlier = seen.get(identifier)
+        if earlier is not None:
+            first = _first_occurrence(earlier, customer_id)
+            if first is not None and received_at_ms - first[3] <= self.dedupe_window_ms:
+                return  # a duplicate counts nothing
+        # new for this customer, or an identifier reused after the dedupe window: a new event
+        seen.put(identifier, record if earlier is None else _with_first_occurrence(earlier, record))
+        bucket = self.bucket(customer_id, meter_id, event_time_ms - event_time_ms % MILLISECONDS_PER_MINUTE, record)
+        if type(value) is int:
+            bucket[0] += value
+        else:
+            bucket[1] = EXACT_CONTEXT.add(bucket[1], value)
+        bucket[2] += 1
+        latest = bucket[3]
+        if (event_time_ms, received_at_ms, identifier) > (latest[2], latest[3], latest[1]):
+            bucket[3] = record
+
+    def cancel(self, meter_id: str, cancel: MeterEventCanceled) -> None:
+        """Fold a cancellation of an event of a sum or count meter (UsageLedger.apply_cancel)."""
+        seen = self.seen_of(cancel.event_name)
+        earlier = seen.get(cancel.identifier)
+        for record in _occurrences(earlier):
+            customer_id, identifier, event_time_ms, received_at_ms, value, canceled = record
+            if (canceled or (cancel.customer_id is not None and cancel.customer_id != customer_id)
+                    or cancel.received_at_ms - received_at_ms > CANCEL_WINDOW_MS):
+                continue
+            earlier = _with_first_occurrence(earlier, (customer_id, identifier, event_time_ms, received_at_ms,
+                                                       value, True))
+            seen.put(identifier, earlier)
+            bucket = self.buckets[(customer_id, meter_id, event_time_ms - event_time_ms % MILLISECONDS_PER_MINUTE)]
+            if type(value) is int:
+                bucket[0] -= value
+            else:
+                bucket[1] = EXACT_CONTEXT.subtract(bucket[1], value)
+            bucket[2] -= 1
+
+    def usage_buckets(self) -> Iterator[tuple[BucketKey, MeterUsage]]:
+        """Every minute bucket, as UsageLedger's bucket.usage."""
+        for bucket_key, (int_sum, decimal_sum, event_count, latest) in self.buckets.items():
+            _, identifier, event_time_ms, received_at_ms, value, _ = latest
+            yield bucket_key, MeterUsage(EXACT_CONTEXT.add(decimal_sum, int_sum), event_count,
+                                         MeterReading(event_time_ms, received_at_ms, identifier, Decimal(value)))
+
+
+def _occurrences(earlier: SeenEntry | None) -> tuple[ReplayRecord, ...]:
+    if earlier is None:
+        return ()
+    return tuple(earlier.values()) if type(earlier) is dict else (earlier,)
+
+
+def _first_occurrence(earlier: SeenEntry, customer_id: str) -> ReplayRecord | None:
+    if type(earlier) is dict:
+        return earlier.get(customer_id)
+    return earlier if earlier[0] == customer_id else None
+
+
+def _with_first_occurrence(earlier: SeenEntry, record: ReplayRecord) -> SeenEntry:
+    """A seen entry with `record` as its customer's first occurrence (replacing any)."""
+    customer_id = record[0]
+    if type(earlier) is dict:
+        earlier[customer_id] = record
+        return earlier
+    return record if earlier[0] == customer_id else {earlier[0]: earlier, customer_id: record}
+
+
+class _PlainMeter(NamedTuple):
+    """What PartitionFold.apply's fast path needs of one active raw meter's event name."""
+
+    meter_id: str
+    customer_payload_key: str
+    value_payload_key: str
+    # the event name's FirstOccurrences: its identifiers, their add and the unindexed records' append
+    identifiers: set[str]
+    add_identifier: Callable[[str], None]
+    add_unindexed: Callable[[ReplayRecord], None]
+    # customer -> [customer id, minute start, minute end, bucket]: a known customer on the wall
+    # clock and the bucket of its last event's minute (a customer's events come mostly in
+    # event-time order: the next is likely in the same minute, found without building a key)
+    accounts: dict[str, list]
+
+
 class PartitionFold:
-    """One partition of customer-facts folded for usage, as the stream worker folds it."""
+    """One partition of customer-facts folded for usage, as the stream worker folds it. Facts come
+    once each and in log order (as scan reads them)."""
 
     def __init__(self, catalog: Catalog, dedupe_window_ms: int = DEFAULT_DEDUPE_WINDOW_MS,
                  every_customer_exists: bool = False) -> None:
         self.catalog = catalog
-        self.ledger = UsageLedger(dedupe_window_ms=dedupe_window_ms)
+        self.ledger = ReplayLedger(dedupe_window_ms)  # events of raw meters
+        self.windowed_ledger = UsageLedger(dedupe_window_ms=dedupe_window_ms)  # of hour/day-windowed meters
         self.customers: dict[str, str | None] = {}  # created customer -> its test clock id
         self._known_customers = _EveryCustomer() if every_customer_exists else self.customers
+        # customers.get(customer_id, self._clock_if_not_created) is None: a known customer on the wall clock
+        self._clock_if_not_created = None if every_customer_exists else _NOT_CREATED
         self.clocks: dict[str, int] = {}  # test clock -> frozen time
         self.aggregators = {meter_id: catalog.aggregator(meter_id) for meter_id in catalog.meters}
         self.meter_events = 0
         self.rejected: Counter[str] = Counter()
-        # Event name -> (meter id, payload keys, aggregator) of the meters whose events may take
-        # _fold_plain_event: active and raw (no event-time window: sum, count and last alike add
-        # every reading to the minute's usage).
-        self._plain_meters = {
-            event_name: (meter.meter_id, meter.customer_payload_key, meter.value_payload_key,
-                         self.aggregators[meter.meter_id])
-            for event_name, meter in catalog.meters_by_event_name.items()
-            if meter.meter_id not in catalog.inactive_meter_ids and meter.event_time_window is None
-            and len(event_name) <= MAX_EVENT_NAME_LENGTH
-        }
+        # The event names whose events may take apply's fast path: of active raw meters (no
+        # event-time window, by the meter id's rules, as catalog.aggregator reads them).
+        self._plain_meters: dict[str, _PlainMeter] = {}
+        for event_name, meter in catalog.meters_by_event_name.items():
+            if (meter.meter_id not in catalog.inactive_meter_ids
+                    and self.aggregators[meter.meter_id].event_time_window is None
+                    and len(event_name) <= MAX_EVENT_NAME_LENGTH):
+                seen = self.ledger.seen_of(event_name)
+                self._plain_meters[event_name] = _PlainMeter(
+                    meter.meter_id, meter.customer_payload_key, meter.value_payload_key,
+                    seen.identifiers, seen.identifiers.add, seen.unindexed.append, {})
 
     def apply(self, offset: int, fact: object) -> None:
-        """Fold the fact at `offset` (facts that do not bear on usage change nothing)."""
-        fact_class = type(fact)
-        if fact_class is MeterEventRecorded:
-            self._meter_event(offset, fact)
-        elif fact_class is MeterEventCanceled:
-            self.ledger.apply_cancel(offset, fact, self.aggregators)
+        """Fold the fact at `offset` (facts that do not bear on usage change nothing).
+
+        The common fact is folded right here: a meter event that validate_meter_event surely
+        accepts (an active raw meter, a known customer on the wall clock, a plain digit value, an
+        event time in [arrival - 35 days, arrival + 5 minutes]) with a new identifier, added as
+        ReplayLedger.add would add it. Nearly every replayed fact is one, and the fold has about a
+        microsecond for it to keep near the speed of reading the log, so the general path's calls,
+        re-checks and intermediate objects are skipped. Anything else takes _apply_other.
+        """
+        plain_meter = self._plain_meters.get(fact.event_name) if type(fact) is MeterEventRecorded else None
+        if plain_meter is None:
+            self._apply_other(offset, fact)
+            return
+        meter_id, customer_key, value_key, identifiers, add_identifier, add_unindexed, accounts = plain_meter
+        payload, identifier = fact.payload, fact.identifier
+        customer_id = payload.get(customer_key)
+        account = accounts.get(customer_id) or self._open_account(accounts, customer_id)
+        value_text = payload.get(value_key)
+        event_time_ms, received_at_ms = fact.event_time_ms, fact.received_at_ms
+        if not (account is not None
+                # is_surely_valid_value, inlined
+                and type(value_text) is str and len(value_text) <= MAX_VALUE_INTEGER_DIGITS
+                and value_text.isascii() and value_text.isdigit()
+                and len(identifier) <= MAX_IDENTIFIER_LENGTH
+                and _LEAST_LATENESS_MS <= received_at_ms - event_time_ms <= MAX_EVENT_AGE_MS
+                and identifier not in identifiers):
+            self._apply_other(offset, fact)
+            return
+        self.meter_events += 1
+        value = int(value_text)
+        # account[0]: the account's copy of the customer id, not this event's (which is freed)
+        record = (account[0], identifier, event_time_ms, received_at_ms, value, False)
+        add_identifier(identifier)
+        add_unindexed(record)
+        if account[1] <= event_time_ms < account[2]:
+            bucket = account[3]
         else:
-            self.apply_directory(fact)
+            bucket_start_ms = event_time_ms - event_time_ms % MILLISECONDS_PER_MINUTE
+            bucket = self.ledger.bucket(account[0], meter_id, bucket_start_ms, record)
+            account[1:] = bucket_start_ms, bucket_start_ms + MILLISECONDS_PER_MINUTE, bucket
+        bucket[0] += value
+        bucket[2] += 1
+        latest = bucket[3]
+        if event_time_ms >= latest[2] and (event_time_ms > latest[2] or received_at_ms > latest[3]
+                                           or (received_at_ms == latest[3] and identifier > latest[1])):
+            bucket[3] = record
 
     def apply_directory(self, fact: object) -> None:
         """Fold a fact that says who exists or what time a test clock shows."""
         fact_class = type(fact)
         if fact_class is CustomerCreated:
-            self.customers.setdefault(fact.customer_id, fact.test_clock_id)
+            if self.customers.setdefault(fact.customer_id, fact.test_clock_id) is not None:
+                # on a test clock (a customer taken to exist may have an account): its events
+                # take the general path, judged by the clock
+                for plain_meter in self._plain_meters.values():
+                    plain_meter.accounts.pop(fact.customer_id, None)
         elif fact_class is TestClockCreated or fact_class is TestClockAdvanced:
             self.clocks[fact.test_clock_id] = max(self.clocks.get(fact.test_clock_id, fact.frozen_time_ms),
                                                   fact.frozen_time_ms)
         elif fact_class is TestClockDeleted:
             self.clocks.pop(fact.test_clock_id, None)
 
-    def _meter_event(self, offset: int, event: MeterEventRecorded) -> None:
-        self.meter_events += 1
-        if self._fold_plain_event(offset, event):
-            return
+    def usage_buckets(self) -> Iterator[tuple[BucketKey, MeterUsage]]:
+        """Every minute bucket's usage, as UsageLedger's buckets hold it."""
+        yield from self.ledger.usage_buckets()
+        for bucket_key, bucket in self.windowed_ledger.buckets.items():
+            yield bucket_key, bucket.usage
+
+    def _apply_other(self, offset: int, fact: object) -> None:
+        fact_class = type(fact)
+        if fact_class is MeterEventRecorded:
+            self.meter_events += 1
+            self._fold_event(offset, fact)
+        elif fact_class is MeterEventCanceled:
+            self._fold_cancel(fact)
+        else:
+            self.apply_directory(fact)
+
+    def _fold_event(self, offset: int, event: MeterEventRecorded) -> None:
         catalog = self.catalog
         meter = catalog.meters_by_event_name.get(event.event_name)
         frozen_ms = None
@@ -183,69 +432,46 @@ class PartitionFold:
         if meter_id is None:
             self.rejected[str(verdict.code)] += 1
             return
-        self.ledger.apply_event(offset, verdict, event.event_name, self.aggregators[meter_id])
+        aggregator = self.aggregators[meter_id]
+        if aggregator.event_time_window is not None:
+            self.windowed_ledger.apply_event(offset, verdict, event.event_name, aggregator)
+            return
+        reading = verdict.reading
+        self.ledger.add(event.event_name, meter_id, (verdict.customer_id, reading.identifier, reading.event_time_ms,
+                                                     reading.received_at_ms, reading.value, False))
 
-    def _fold_plain_event(self, offset: int, event: MeterEventRecorded) -> bool:
-        """If `event` is the common one, fold it exactly as validate_meter_event and
-        UsageLedger.apply_event would and return True; else change nothing and return False.
+    def _fold_cancel(self, cancel: MeterEventCanceled) -> None:
+        meter = self.catalog.meters_by_event_name.get(cancel.event_name)
+        # Only events of raw sum and count meters can be canceled: for the others UsageLedger
+        # refuses, changing nothing (and no event has an event name without a meter).
+        if meter is not None and supports_cancel(self.aggregators[meter.meter_id]):
+            self.ledger.cancel(meter.meter_id, cancel)
 
-        The common event: validate_meter_event surely accepts it (an active raw meter, a known
-        customer on the wall clock, a plain digit value, an event time in [arrival - 35 days,
-        arrival + 5 minutes]) and its identifier is new. Nearly every replayed event is one, and
-        for it the general path's calls, re-checks and intermediate objects (verdict, outcome)
-        cost about as much as the fold's own work, so they are inlined here.
-        tests/unit/producers/test_partition_fold.py checks that both paths leave the same state.
-        """
-        plain_meter = self._plain_meters.get(event.event_name)
-        if plain_meter is None:
-            return False
-        meter_id, customer_key, value_key, aggregator = plain_meter
-        payload, identifier = event.payload, event.identifier
-        customer_id = payload.get(customer_key)
-        value_text = payload.get(value_key)
-        event_time_ms, received_at_ms = event.event_time_ms, event.received_at_ms
-        seen_key = (event.event_name, identifier)
-        seen = self.ledger.seen
-        if not (customer_id and customer_id in self._known_customers and self.customers.get(customer_id) is None
-                and is_surely_valid_value(value_text) and len(identifier) <= MAX_IDENTIFIER_LENGTH
-                and received_at_ms - MAX_EVENT_AGE_MS <= event_time_ms <= received_at_ms + MAX_EVENT_LEAD_MS
-                and seen_key not in seen):
-            return False
-        value = Decimal(value_text)
-        reading = MeterReading(event_time_ms, received_at_ms, identifier, value)
-        seen[seen_key] = {customer_id: SeenEvent(offset, meter_id, reading)}
-        buckets = self.ledger.buckets
-        bucket_key = (customer_id, meter_id, event_time_ms - event_time_ms % MILLISECONDS_PER_MINUTE)
-        current = buckets.get(bucket_key)
-        if current is not None and current.applied_offset >= offset:
-            return True  # the bucket already has it (never in one replay: offsets only grow)
-        usage = aggregator.initialize() if current is None else current.usage
-        latest = usage.latest
-        if latest is None or event_time_ms > latest.event_time_ms:
-            # aggregator.add of a raw meter, for a reading later than the bucket's latest (the usual)
-            usage = MeterUsage(EXACT_CONTEXT.add(usage.value_sum, value), usage.event_count + 1, reading)
-        else:
-            usage = aggregator.add(usage, reading)
-        buckets[bucket_key] = UsageBucket(usage, offset)
-        return True
+    def _open_account(self, accounts: dict[str, list], customer_id: str | None) -> list | None:
+        """A new account when `customer_id` is a known customer on the wall clock, else None."""
+        if not customer_id or self.customers.get(customer_id, self._clock_if_not_created) is not None:
+            return None
+        account = accounts[customer_id] = [customer_id, 0, 0, None]
+        return account
 
 
-def group_rows(ledgers: Iterable[UsageLedger], catalog: Catalog, start_ms: int, end_ms: int, group_by: str,
-               customer_ids: Collection[str] = (), meter_ids: Collection[str] = ()) -> tuple[UsageRow, ...]:
-    """Minute buckets with start in [start_ms, end_ms), merged per (customer, meter, group), sorted."""
+def group_rows(buckets: Iterable[tuple[BucketKey, MeterUsage]], catalog: Catalog, start_ms: int, end_ms: int,
+               group_by: str, customer_ids: Collection[str] = (), meter_ids: Collection[str] = ()
+               ) -> tuple[UsageRow, ...]:
+    """Minute buckets (key, usage) with start in [start_ms, end_ms), merged per (customer, meter,
+    group), sorted."""
     size_ms = GROUP_SIZES_MS[group_by]
     groups: dict[tuple[str, str, int], MeterUsage] = {}
     aggregators: dict[str, MeterAggregator] = {}
-    for ledger in ledgers:
-        for (customer_id, meter_id, bucket_start_ms), bucket in ledger.buckets.items():
-            if not start_ms <= bucket_start_ms < end_ms:
-                continue
-            if (customer_ids and customer_id not in customer_ids) or (meter_ids and meter_id not in meter_ids):
-                continue
-            aggregator = aggregators.get(meter_id) or aggregators.setdefault(meter_id, catalog.aggregator(meter_id))
-            key = (customer_id, meter_id, bucket_start_ms - bucket_start_ms % size_ms)
-            current = groups.get(key)
-            groups[key] = bucket.usage if current is None else aggregator.merge(current, bucket.usage)
+    for (customer_id, meter_id, bucket_start_ms), usage in buckets:
+        if not start_ms <= bucket_start_ms < end_ms:
+            continue
+        if (customer_ids and customer_id not in customer_ids) or (meter_ids and meter_id not in meter_ids):
+            continue
+        aggregator = aggregators.get(meter_id) or aggregators.setdefault(meter_id, catalog.aggregator(meter_id))
+        key = (customer_id, meter_id, bucket_start_ms - bucket_start_ms % size_ms)
+        current = groups.get(key)
+        groups[key] = usage if current is None else aggregator.merge(current, usage)
     rows = []
     for (customer_id, meter_id, period_start_ms), usage in sorted(groups.items()):
         aggregator = aggregators[meter_id]
@@ -330,6 +556,7 @@ def scan(settings: Settings, ranges: list[PartitionRange], folds: Mapping[int, P
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
     })
     read = 0
+    current_partition = last_offset = fold_offset = fold = apply = None
     # The fold keeps a record per event (dedupe) and builds no reference cycles: the cyclic garbage
     # collector would only rescan that growing heap again and again (measured: about half the
     # replay's time), so it is paused for the scan.
@@ -354,18 +581,21 @@ def scan(settings: Settings, ranges: list[PartitionRange], folds: Mapping[int, P
                 if message.error() is not None:
                     continue
                 partition, offset = message.partition(), message.offset()
-                if offset >= stop[partition]:
+                if partition != current_partition:  # a batch comes in runs of one partition's records
+                    current_partition = partition
+                    last_offset, fold_offset, fold = stop[partition] - 1, fold_from[partition], folds[partition]
+                    apply = fold.apply
+                if offset >= last_offset:
                     remaining.discard(partition)
-                    continue
-                if offset + 1 >= stop[partition]:
-                    remaining.discard(partition)
+                    if offset > last_offset:
+                        continue
                 read += 1
                 if customer_keys:
                     key = message.key()
                     if key and key not in customer_keys:
                         continue
                 value = message.value()
-                before_window = offset < fold_from[partition]
+                before_window = offset < fold_offset
                 if before_window and value[:10] not in history_headers and value[:1] != b"\x00":
                     continue  # not a directory fact: nothing to learn from before the window
                 try:
@@ -373,9 +603,9 @@ def scan(settings: Settings, ranges: list[PartitionRange], folds: Mapping[int, P
                 except UndecodableFact:
                     continue  # the engine dead-letters it: it counts nothing
                 if before_window:
-                    folds[partition].apply_directory(fact)
+                    fold.apply_directory(fact)
                 else:
-                    folds[partition].apply(offset, fact)
+                    apply(offset, fact)
             if progress is not None:
                 progress(read, total)
     finally:
@@ -490,8 +720,8 @@ class _ReplayJob:
                                             every_customer_exists=not self.with_history) for r in ranges}
         read = scan(self.settings, ranges, folds, customer_keys={c.encode() for c in self.customer_ids},
                     codec=codec, progress=progress)
-        rows = group_rows((fold.ledger for fold in folds.values()), self.catalog, self.start_ms, self.end_ms,
-                          self.group_by, set(self.customer_ids), set(self.meter_ids))
+        rows = group_rows((bucket for fold in folds.values() for bucket in fold.usage_buckets()), self.catalog,
+                          self.start_ms, self.end_ms, self.group_by, set(self.customer_ids), set(self.meter_ids))
         rejected: Counter[str] = Counter()
         for fold in folds.values():
             rejected.update(fold.rejected)

@@ -1,10 +1,12 @@
 """Replay's per-partition fold without Kafka: who exists and test clocks decide validation, the
-usage ledger decides dedupe and cancellation, grouping merges minutes; the fast path for the common
-event leaves exactly the state the general path leaves."""
+usage ledger decides dedupe and cancellation, grouping merges minutes; replay's compact ledger (and
+its fast path for the common event) gives exactly the buckets and rows of the engine's UsageLedger."""
 
 from __future__ import annotations
 
+from collections import Counter
 from decimal import Decimal
+from itertools import accumulate
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -21,7 +23,8 @@ from billing.facts import (
     TestClockCreated,
     TestClockDeleted,
 )
-from billing.meter_events import MAX_EVENT_AGE_MS, MAX_EVENT_LEAD_MS
+from billing.meter_events import MAX_EVENT_AGE_MS, MAX_EVENT_LEAD_MS, customer_now_ms, validate_meter_event
+from billing.usage import UsageLedger
 from producers.catalog import fold_catalog
 from producers.replay import PartitionFold, group_rows
 
@@ -46,7 +49,7 @@ def fold(facts) -> PartitionFold:
 
 def rows(partition: PartitionFold, group_by: str = "minute"):
     return [(r.customer_id, r.period_start_ms, r.value, r.event_count)
-            for r in group_rows([partition.ledger], CATALOG, NOW_MS - 200 * DAY_MS, NOW_MS + DAY_MS, group_by)]
+            for r in group_rows(partition.usage_buckets(), CATALOG, NOW_MS - 200 * DAY_MS, NOW_MS + DAY_MS, group_by)]
 
 
 def test_duplicates_count_once_and_a_cancellation_removes_the_event():
@@ -82,7 +85,7 @@ def test_grouping_by_day_merges_the_minutes_of_a_day():
     assert rows(partition, "day") == [("cus_a", NOW_MS - DAY_MS, Decimal("3.75"), 2)]
 
 
-# --- the fast path for the common event leaves exactly the state of the general path ----------
+# --- the compact ledger and its fast path give exactly the engine's buckets and rows -----------
 
 LONG_NAME = "n" * 101
 MIXED_METERS = [
@@ -99,7 +102,11 @@ MIXED_METERS = [
     MeterDefined(meter_id="m_long", display_name="Long", event_name=LONG_NAME, aggregation=MeterAggregation.SUM,
                  created_at_ms=0),
 ]
-MIXED_CATALOG = fold_catalog([*MIXED_METERS, MeterDeactivated(meter_id="m_old", deactivated_at_ms=0)])
+# m_last's first definition, under another event name and formula: "seats_v1" events count for
+# m_last by the meter id's rules (last), in the same buckets as "seats" events
+FIRST_SEATS = MeterDefined(meter_id="m_last", display_name="Seats", event_name="seats_v1",
+                           aggregation=MeterAggregation.SUM, created_at_ms=0)
+MIXED_CATALOG = fold_catalog([FIRST_SEATS, *MIXED_METERS, MeterDeactivated(meter_id="m_old", deactivated_at_ms=0)])
 
 # Each strategy draws the common case most often (sampled_from is uniform over its list).
 CUSTOMER_IDS = st.sampled_from(["cus_a", "cus_b", "cus_c", "cus_a", "cus_b", "cus_c", ""])
@@ -116,7 +123,7 @@ LATENESS_MS = st.one_of(st.sampled_from([0, 0, 0, 1, -1, MAX_EVENT_AGE_MS, MAX_E
 EVENT_TIMES_MS = st.integers(min_value=0, max_value=6).map(lambda step: NOW_MS + step * 20_000)
 RECEIPTS_MS = st.integers(min_value=0, max_value=3 * DAY_MS).map(lambda ms: NOW_MS + ms)
 IDENTIFIERS = st.sampled_from([*(f"e{number}" for number in range(20)), "i" * 100, "i" * 101])
-EVENT_NAMES = st.sampled_from(["tokens", "images", "seats"] * 3 + ["hourly", "old", LONG_NAME, "unknown"])
+EVENT_NAMES = st.sampled_from(["tokens", "images", "seats"] * 3 + ["hourly", "seats_v1", "old", LONG_NAME, "unknown"])
 
 
 @st.composite
@@ -156,45 +163,131 @@ LOGS = st.builds(lambda created, facts: [*created, *facts], st.lists(CUSTOMERS_C
                  st.lists(FACTS, min_size=5, max_size=40))
 
 
-def fold_state(partition: PartitionFold):
-    """Everything a fold leaves, with exact reprs (Decimal('1.50') is not Decimal('1.5'))."""
-    ledger = partition.ledger
-    return ({key: repr(bucket) for key, bucket in ledger.buckets.items()},
-            {key: repr(by_customer) for key, by_customer in ledger.seen.items()},
-            dict(partition.rejected), partition.meter_events, partition.customers, partition.clocks)
+class Everyone:
+    def __contains__(self, customer_id: object) -> bool:
+        return True
 
 
-def on_time(identifier: str, received_at_ms: int = NOW_MS, event_time_ms: int = NOW_MS) -> MeterEventRecorded:
-    return event("cus_a", identifier, "1", event_time_ms, received_at_ms)
+class EngineFold:
+    """The engine's fold of one partition, spelled out: every meter event through
+    validate_meter_event and the engine's own UsageLedger (as streams/processor.py folds it)."""
+
+    def __init__(self, catalog, dedupe_window_ms: int, every_customer_exists: bool) -> None:
+        self.catalog = catalog
+        self.ledger = UsageLedger(dedupe_window_ms=dedupe_window_ms)
+        self.aggregators = {meter_id: catalog.aggregator(meter_id) for meter_id in catalog.meters}
+        self.customers: dict[str, str | None] = {}
+        self.known_customers = Everyone() if every_customer_exists else self.customers
+        self.clocks: dict[str, int] = {}
+        self.meter_events = 0
+        self.rejected: Counter[str] = Counter()
+
+    def apply(self, offset: int, fact) -> None:
+        if type(fact) is MeterEventRecorded:
+            self.meter_events += 1
+            meter = self.catalog.meters_by_event_name.get(fact.event_name)
+            clock = None if meter is None else self.customers.get(fact.payload.get(meter.customer_payload_key, ""))
+            now_ms = customer_now_ms(fact.received_at_ms, None if clock is None else self.clocks.get(clock, 0))
+            verdict = validate_meter_event(fact, self.catalog.meters_by_event_name, self.catalog.inactive_meter_ids,
+                                           self.known_customers, now_ms)
+            if not hasattr(verdict, "meter_id"):
+                self.rejected[str(verdict.code)] += 1
+                return
+            self.ledger.apply_event(offset, verdict, fact.event_name, self.aggregators[verdict.meter_id])
+        elif type(fact) is MeterEventCanceled:
+            self.ledger.apply_cancel(offset, fact, self.aggregators)
+        elif type(fact) is CustomerCreated:
+            self.customers.setdefault(fact.customer_id, fact.test_clock_id)
+        elif type(fact) in (TestClockCreated, TestClockAdvanced):
+            self.clocks[fact.test_clock_id] = max(self.clocks.get(fact.test_clock_id, fact.frozen_time_ms),
+                                                  fact.frozen_time_ms)
+        elif type(fact) is TestClockDeleted:
+            self.clocks.pop(fact.test_clock_id, None)
+
+    def usage_buckets(self):
+        return ((bucket_key, bucket.usage) for bucket_key, bucket in self.ledger.buckets.items())
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def exact_buckets(partition):
+    """Every minute bucket's MeterUsage, with exact reprs (Decimal('1.50') is not Decimal('1.5'))."""
+    return {bucket_key: repr(usage) for bucket_key, usage in partition.usage_buckets()}
+
+
+def exact_rows(partition, group_by: str):
+    """Rows with exact reprs."""
+    return [(r.customer_id, r.meter_id, r.period_start_ms, repr(r.value), r.event_count)
+            for r in group_rows(partition.usage_buckets(), MIXED_CATALOG, NOW_MS - 200 * DAY_MS, NOW_MS + 80 * DAY_MS,
+                                group_by)]
+
+
+def on_time(identifier: str, received_at_ms: int = NOW_MS, event_time_ms: int = NOW_MS, customer_id: str = "cus_a",
+            value: str = "1") -> MeterEventRecorded:
+    return event(customer_id, identifier, value, event_time_ms, received_at_ms)
+
+
+def cancel(identifier: str, customer_id: str | None = None, received_at_ms: int = NOW_MS) -> MeterEventCanceled:
+    return MeterEventCanceled(event_name="tokens", identifier=identifier, customer_id=customer_id,
+                              received_at_ms=received_at_ms)
+
+
+CREATED_A = CustomerCreated(customer_id="cus_a", created_at_ms=0)
+CREATED_B = CustomerCreated(customer_id="cus_b", created_at_ms=0)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(facts=LOGS, every_customer_exists=st.booleans(), dedupe_window_ms=st.sampled_from([DAY_MS, 35 * DAY_MS]),
-       offsets=st.one_of(st.none(), st.lists(st.integers(min_value=0, max_value=50), min_size=43, max_size=43)))
+       offset_steps=st.lists(st.integers(min_value=1, max_value=3), min_size=43, max_size=43))
 # Cases too precise to be drawn often: a tie in event time (the bucket's latest is then the later
 # received, then the greater identifier: "e9" > "e10"), the exact bounds of accepted event times,
-# and a new event at an offset its bucket has already applied (seen, but not added again).
-@example(facts=[CustomerCreated(customer_id="cus_a", created_at_ms=0), on_time("e9"), on_time("e10")],
-         every_customer_exists=False, dedupe_window_ms=DAY_MS, offsets=None)
-@example(facts=[CustomerCreated(customer_id="cus_a", created_at_ms=0), on_time("e1", received_at_ms=NOW_MS + 1),
-                on_time("e2")], every_customer_exists=False, dedupe_window_ms=DAY_MS, offsets=None)
+# of the dedupe window and of the cancellation window, one identifier sent by two customers (then
+# cancelled without a customer), a cancellation naming another customer, two events through the
+# general path received in the other order than their event times, a duplicate and a reuse after
+# the dedupe window of an identifier first folded by the fast path, values summed as ints and as
+# Decimals in one bucket, and a customer taken to exist and then created on a test clock.
+@example(facts=[CREATED_A, on_time("e9"), on_time("e10")], every_customer_exists=False, dedupe_window_ms=DAY_MS,
+         offset_steps=[1] * 43)
+@example(facts=[CREATED_A, on_time("e1", received_at_ms=NOW_MS + 1), on_time("e2")], every_customer_exists=False,
+         dedupe_window_ms=DAY_MS, offset_steps=[1] * 43)
 @example(facts=[on_time("e1", received_at_ms=NOW_MS + MAX_EVENT_AGE_MS),
                 on_time("e2", received_at_ms=NOW_MS + MAX_EVENT_AGE_MS + 1),
                 on_time("e3", received_at_ms=NOW_MS - MAX_EVENT_LEAD_MS),
                 on_time("e4", received_at_ms=NOW_MS - MAX_EVENT_LEAD_MS - 1)],
-         every_customer_exists=True, dedupe_window_ms=DAY_MS, offsets=None)
-@example(facts=[on_time("e1"), on_time("e2")], every_customer_exists=True, dedupe_window_ms=DAY_MS, offsets=[5, 3])
-def test_the_fast_path_for_the_common_event_leaves_exactly_the_state_of_the_general_path(
-        facts, every_customer_exists, dedupe_window_ms, offsets):
-    # offsets None: log order; else arbitrary (repeated and going back, as a re-read would)
-    fast = PartitionFold(MIXED_CATALOG, dedupe_window_ms, every_customer_exists=every_customer_exists)
-    general = PartitionFold(MIXED_CATALOG, dedupe_window_ms, every_customer_exists=every_customer_exists)
-    general._plain_meters = {}  # every event through validate_meter_event and UsageLedger.apply_event
-    for index, fact in enumerate(facts):
-        offset = index if offsets is None else offsets[index]
-        fast.apply(offset, fact)
-        general.apply(offset, fact)
-        assert fold_state(fast) == fold_state(general), f"after fact {index}: {fact}"
+         every_customer_exists=True, dedupe_window_ms=DAY_MS, offset_steps=[1] * 43)
+@example(facts=[CREATED_A, on_time("e1"), on_time("e1", received_at_ms=NOW_MS + DAY_MS, value="2"),
+                on_time("e1", received_at_ms=NOW_MS + DAY_MS + 1, value="3")],
+         every_customer_exists=False, dedupe_window_ms=DAY_MS, offset_steps=[1] * 43)
+@example(facts=[CREATED_A, on_time("e1"), on_time("e2", value="2"), cancel("e1", received_at_ms=NOW_MS + DAY_MS),
+                cancel("e2", received_at_ms=NOW_MS + DAY_MS + 1)],
+         every_customer_exists=False, dedupe_window_ms=DAY_MS, offset_steps=[1] * 43)
+@example(facts=[CREATED_A, CREATED_B, on_time("e1"), on_time("e1", customer_id="cus_b", value="2"), cancel("e1"),
+                cancel("e1", "cus_b")], every_customer_exists=False, dedupe_window_ms=DAY_MS, offset_steps=[1] * 43)
+@example(facts=[CREATED_A, CREATED_B, on_time("e1"), cancel("e1", "cus_b")], every_customer_exists=False,
+         dedupe_window_ms=DAY_MS, offset_steps=[1] * 43)
+@example(facts=[CREATED_A, on_time("e1", received_at_ms=NOW_MS + 5, value="1.5"),
+                on_time("e2", received_at_ms=NOW_MS + 1, event_time_ms=NOW_MS + 1, value="2.5")],
+         every_customer_exists=False, dedupe_window_ms=DAY_MS, offset_steps=[1] * 43)
+@example(facts=[CREATED_A, on_time("e1", value="5"), on_time("e1", received_at_ms=NOW_MS + 2 * DAY_MS, value="7"),
+                on_time("e1", received_at_ms=NOW_MS + 2 * DAY_MS + 1, value="9"),
+                cancel("e1", "cus_a", received_at_ms=NOW_MS + 2 * DAY_MS + 2)],
+         every_customer_exists=False, dedupe_window_ms=DAY_MS, offset_steps=[2] * 43)
+@example(facts=[CREATED_A, on_time("e1", value="1.50"), on_time("e2", value="3"), on_time("e3", value="-0"),
+                cancel("e1", received_at_ms=NOW_MS + 1)],
+         every_customer_exists=False, dedupe_window_ms=DAY_MS, offset_steps=[1] * 43)
+@example(facts=[TestClockCreated(test_clock_id="clock_1", frozen_time_ms=NOW_MS - 100 * DAY_MS, created_at_ms=0),
+                on_time("e1"), CustomerCreated(customer_id="cus_a", test_clock_id="clock_1", created_at_ms=0),
+                on_time("e2")], every_customer_exists=True, dedupe_window_ms=DAY_MS, offset_steps=[1] * 43)
+def test_the_compact_ledger_gives_exactly_the_buckets_and_rows_of_the_engines_usage_ledger(
+        facts, every_customer_exists, dedupe_window_ms, offset_steps):
+    replay = PartitionFold(MIXED_CATALOG, dedupe_window_ms, every_customer_exists=every_customer_exists)
+    engine = EngineFold(MIXED_CATALOG, dedupe_window_ms, every_customer_exists)
+    # in log order, offsets skipping now and then (as transaction markers make them)
+    for index, (offset, fact) in enumerate(zip(accumulate(offset_steps), facts)):
+        replay.apply(offset, fact)
+        engine.apply(offset, fact)
+        assert exact_buckets(replay) == exact_buckets(engine), f"after fact {index}: {fact}"
+    for group_by in ("minute", "hour", "day"):
+        assert exact_rows(replay, group_by) == exact_rows(engine, group_by)
+    assert (dict(replay.rejected), replay.meter_events) == (dict(engine.rejected), engine.meter_events)
 
 
 def test_the_common_event_does_not_go_through_the_general_path(monkeypatch):
