@@ -52,7 +52,7 @@ from streams.source import SourceReader
 
 log = logging.getLogger("drawdown.worker")
 
-BATCH_MAX_EVENTS = 50_000  # large batches amortise the ack round trips and each touched record's write
+BATCH_MAX_EVENTS = 20_000  # amortises the ack round trips and each touched record's write; bounds a batch's memory
 # ... and gather for at least this long: with many customers each touched record is written about
 # once per event either way, so a short window costs little and keeps freshness (p99 < 1 s).
 BATCH_WINDOW_S = 0.05
