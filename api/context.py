@@ -37,13 +37,16 @@ class ApiContext:
             raise ProjectionLagging()
 
     def worker_committed_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        """The stream workers' committed offsets (consumer group "<prefix>.worker") of `partitions`."""
+        """The stream workers' durable offsets + 1 of `partitions`: every fact below it has its outputs
+        and state acknowledged (committed to the group streams.source.progress_group names)."""
         from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
         from confluent_kafka.admin import AdminClient
 
+        from streams.source import progress_group
+
         if self._admin is None:
             self._admin = AdminClient({"bootstrap.servers": self.settings.effective_kafka_bootstrap_servers})
-        request = ConsumerGroupTopicPartitions(f"{self.settings.topic_prefix}.worker",
+        request = ConsumerGroupTopicPartitions(progress_group(self.settings),
                                               [TopicPartition(topic, partition) for topic, partition in partitions])
         try:
             answer = self._admin.list_consumer_group_offsets([request], request_timeout=5)

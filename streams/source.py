@@ -8,7 +8,8 @@ partition record's durable offset (streams/worker.py): the worker assigns the pa
 that offset once Faust has recovered the tables.
 
 The reader commits durable offsets to a group of its own (`<prefix>.worker.source`), which never
-joins as a member: for lag monitoring only (kafka-consumer-groups --describe), never read back.
+joins as a member: for lag monitoring (kafka-consumer-groups --describe) and for the API, which
+reports a test clock "ready" once every partition is durable past its advance. Never read back.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from drawdown.settings import Settings
 log = logging.getLogger("drawdown.worker.source")
 
 IDLE_POLL_S = 0.002  # nothing buffered: look again this soon (librdkafka fetches meanwhile)
+PROGRESS_RETRY_S = 1.0  # an unacknowledged progress commit is sent again after this long
+
+
+def progress_group(settings: Settings) -> str:
+    """The group the workers commit their durable offsets to (read by the API: test clock status)."""
+    return f"{settings.topic_prefix}.worker.source"
 
 
 class SourceReader:
@@ -35,7 +42,7 @@ class SourceReader:
         self.topic = topic
         self._consumer = Consumer({
             "bootstrap.servers": settings.effective_kafka_bootstrap_servers,
-            "group.id": f"{settings.topic_prefix}.worker.source",
+            "group.id": progress_group(settings),
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": False,
@@ -44,7 +51,11 @@ class SourceReader:
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 50,  # freshness: a quiet partition's fetch returns within 50 ms
             "queued.max.messages.kbytes": 32_768,
+            "on_commit": self._on_commit,
         })
+        self._progress: dict[int, int] = {}  # partition -> durable offset + 1, as told to the group
+        self._committed: dict[int, int] = {}  # ... as the group acknowledged it
+        self._progress_sent_at = 0.0
         # Bumped on every (un)assignment: a batch gathered under an older one is not folded.
         self.generation = 0
         self.partitions: frozenset[int] = frozenset()
@@ -56,12 +67,20 @@ class SourceReader:
         self._consumer.assign([TopicPartition(self.topic, partition, offset) for partition, offset in offsets.items()])
         self.partitions = frozenset(offsets)
         self.generation += 1
+        self._forget_progress()
 
     def unassign(self) -> None:
         if self.partitions:
             self._consumer.unassign()
         self.partitions = frozenset()
         self.generation += 1
+        self._forget_progress()
+
+    def _forget_progress(self) -> None:
+        """A partition we no longer own is another worker's to report: never commit it again
+        (a late retry of ours would move its progress back)."""
+        self._progress = {p: o for p, o in self._progress.items() if p in self.partitions}
+        self._committed = {p: o for p, o in self._committed.items() if p in self.partitions}
 
     def seek(self, partition: int, offset: int) -> None:
         """Read the partition again from `offset` (librdkafka drops what it had buffered past it)."""
@@ -70,16 +89,38 @@ class SourceReader:
         self._consumer.seek(TopicPartition(self.topic, partition, offset))
 
     def commit_progress(self, durable_offsets: Mapping[int, int]) -> None:
-        """Tell the monitoring group how far each partition is durable (asynchronous, best effort)."""
+        """Tell the progress group how far each partition is durable (asynchronous: a commit that
+        fails is tried again while the reader idles, see _retry_progress)."""
+        for partition, offset in durable_offsets.items():
+            if offset + 1 > self._progress.get(partition, 0):
+                self._progress[partition] = offset + 1
+        self._commit(self._progress)
+
+    def _commit(self, progress: Mapping[int, int]) -> None:
         from confluent_kafka import TopicPartition
 
-        offsets = [TopicPartition(self.topic, partition, offset + 1)
-                   for partition, offset in durable_offsets.items() if offset >= 0]
+        self._progress_sent_at = time.monotonic()
+        offsets = [TopicPartition(self.topic, partition, offset) for partition, offset in progress.items()]
         if offsets:
             try:
                 self._consumer.commit(offsets=offsets, asynchronous=True)
-            except Exception as error:  # noqa: BLE001 - monitoring only: never fails a batch
-                log.debug("progress commit failed: %s", error)
+            except Exception as error:  # noqa: BLE001 - progress only: never fails a batch
+                log.warning("progress commit failed (tried again shortly): %s", error)
+
+    def _on_commit(self, error: Any, partitions: list) -> None:
+        if error is not None:
+            log.warning("progress commit failed (tried again shortly): %s", error)
+            return
+        for tp in partitions:
+            if tp.error is None and tp.offset > self._committed.get(tp.partition, -1):
+                self._committed[tp.partition] = tp.offset
+
+    def _retry_progress(self) -> None:
+        """While idle: commit again what was not acknowledged (the last batch before a quiet spell
+        has no later batch to carry its progress)."""
+        behind = {p: o for p, o in self._progress.items() if self._committed.get(p, -1) < o}
+        if behind and time.monotonic() - self._progress_sent_at > PROGRESS_RETRY_S:
+            self._commit(behind)
 
     async def batch(self, max_messages: int, window_s: float) -> tuple[int, list]:
         """The next batch and the assignment generation it was read under: whatever is buffered,
@@ -100,6 +141,8 @@ class SourceReader:
                 continue
             if batch and time.monotonic() - first_at >= window_s:
                 break
+            if not batch:
+                self._retry_progress()
             await asyncio.sleep(IDLE_POLL_S)
         return generation, batch
 
