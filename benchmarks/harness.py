@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from drawdown.settings import PROJECT_ROOT, Settings, get_settings
+from streams.topics import delete_topics
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 BENCH_RESULTS_DIR = PROJECT_ROOT / ".bench"
@@ -123,21 +124,6 @@ def write_results(rows: Sequence[dict], directory: Path, started_at: datetime,
     stamped.write_text(text)
     latest.write_text(text)
     return stamped, latest
-
-
-def delete_topics(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Delete every topic of this run's prefix, and of prefixes a benchmark derived from it
-    ("<prefix>-<suffix>."): benchmarks write millions of throwaway records."""
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": settings.effective_kafka_bootstrap_servers})
-    mine = [name for name in admin.list_topics(timeout=timeout_s).topics
-            if name.startswith((f"{settings.topic_prefix}.", f"{settings.topic_prefix}-"))]
-    for future in admin.delete_topics(mine, operation_timeout=timeout_s).values() if mine else ():
-        try:
-            future.result(timeout=timeout_s)
-        except Exception as error:  # noqa: BLE001 - cleanup is best effort; say so and go on
-            print(f"[bench] could not delete a topic: {error}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

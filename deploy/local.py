@@ -239,11 +239,18 @@ def kafka_server_properties(settings: Settings) -> str:
 def kafka_log4j_properties(settings: Settings) -> str:
     return "\n".join([
         "status = warn",
-        "appender.file.type = File",
+        # Rolled at 64 MiB, three kept: a broker that runs for weeks must not fill the disk.
+        "appender.file.type = RollingFile",
         "appender.file.name = file",
         f"appender.file.fileName = {log_file(settings, 'kafka')}",
+        f"appender.file.filePattern = {log_file(settings, 'kafka')}.%i",
         "appender.file.layout.type = PatternLayout",
         "appender.file.layout.pattern = [%d] %p %m (%c)%n",
+        "appender.file.policies.type = Policies",
+        "appender.file.policies.size.type = SizeBasedTriggeringPolicy",
+        "appender.file.policies.size.size = 64MB",
+        "appender.file.strategy.type = DefaultRolloverStrategy",
+        "appender.file.strategy.max = 3",
         "rootLogger.level = INFO",
         "rootLogger.appenderRef.file.ref = file",
         "logger.state.name = state.change.logger",
@@ -303,7 +310,8 @@ def start_kafka(settings: Settings) -> str:
         "-XX:TieredStopAtLevel=1",  # faster start-up on 2 cores; the broker is I/O bound here
         "-cp", classpath, logging_flag, "kafka.Kafka", str(properties)],
     )
-    # log4j2 and the JVM's own stdout/stderr both append (O_APPEND) to logs/kafka.log.
+    # log4j2 and the JVM's own stdout/stderr both append (O_APPEND) to logs/kafka.log (after a
+    # roll-over the JVM's rare own lines land in kafka.log.1: start-up failures come before any).
     wait_until(lambda: kafka_ready(bootstrap), KAFKA_READY_TIMEOUT_S, lambda: pid_alive(pid),
                "Kafka", log_file(settings, "kafka"))
     return bootstrap

@@ -80,6 +80,24 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     wait_for_leaders(admin, [topic.topic for topic in missing], timeout_s)
 
 
+def delete_topics(settings: Settings, timeout_s: float = 30.0) -> None:
+    """Delete every topic of settings.topic_prefix, and of prefixes derived from it
+    ("<prefix>-<suffix>."): test sessions and benchmarks clean up their throwaway topics, or the
+    broker's data folder grows by thousands of partitions and its restart slows to minutes."""
+    import logging
+
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.effective_kafka_bootstrap_servers})
+    mine = [name for name in admin.list_topics(timeout=timeout_s).topics
+            if name.startswith((f"{settings.topic_prefix}.", f"{settings.topic_prefix}-"))]
+    for future in admin.delete_topics(mine, operation_timeout=timeout_s).values() if mine else ():
+        try:
+            future.result(timeout=timeout_s)
+        except Exception as error:  # noqa: BLE001 - cleanup is best effort; say so and go on
+            logging.getLogger("drawdown.topics").warning("could not delete a topic: %s", error)
+
+
 def wait_for_leaders(admin, names: list[str], timeout_s: float) -> None:
     """Return once every partition of `names` has a leader: a topic that was just created answers
     NOT_LEADER_FOR_PARTITION to reads and writes until the controller has elected them."""

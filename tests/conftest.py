@@ -100,11 +100,16 @@ def database_url(postgres_server_url: str, session_id: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def settings(kafka_bootstrap: str, database_url: str, session_id: str, local_settings: Settings,
-             tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Settings for the engine under test: real services, this session's topics and database."""
-    return local_settings.model_copy(update={
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings for the engine under test: real services, this session's topics and database.
+    The session's topics (and those of prefixes derived from its own) are deleted at the end."""
+    from streams.topics import delete_topics
+
+    settings = local_settings.model_copy(update={
         "kafka_bootstrap_servers": kafka_bootstrap,
         "database_url": database_url,
         "topic_prefix": f"test-{session_id}",
         "worker_data_dir": tmp_path_factory.mktemp("worker"),
     })
+    yield settings
+    delete_topics(settings)

@@ -9,6 +9,8 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from drawdown.settings import Settings
+
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 
@@ -38,8 +40,8 @@ def consume_all(bootstrap: str, topic: str, count: int, timeout_s: float = 30.0)
     return received
 
 
-def test_bytes_produced_to_the_broker_come_back_intact(kafka_bootstrap: str) -> None:
-    topic = f"smoke-bytes-{uuid.uuid4().hex[:8]}"
+def test_bytes_produced_to_the_broker_come_back_intact(kafka_bootstrap: str, settings: Settings) -> None:
+    topic = f"{settings.topic_prefix}-smoke.bytes-{uuid.uuid4().hex[:8]}"
     create_topic(kafka_bootstrap, topic)
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
     payloads = [bytes([i % 256]) * (i + 1) for i in range(50)]
@@ -51,11 +53,11 @@ def test_bytes_produced_to_the_broker_come_back_intact(kafka_bootstrap: str) -> 
     assert {m.key() for m in received} == {b"cus_1"}
 
 
-def test_an_avro_encoded_fact_produced_to_the_broker_is_consumed_back_intact(kafka_bootstrap: str) -> None:
+def test_an_avro_encoded_fact_produced_to_the_broker_is_consumed_back_intact(kafka_bootstrap: str, settings: Settings) -> None:
     from billing.facts import MeterEventRecorded
     from schemas.codec import decode, encode
 
-    topic = f"smoke-facts-{uuid.uuid4().hex[:8]}"
+    topic = f"{settings.topic_prefix}-smoke.facts-{uuid.uuid4().hex[:8]}"
     create_topic(kafka_bootstrap, topic)
     fact = MeterEventRecorded(
         customer_id="cus_jenny", event_name="hypernian_input_tokens", identifier="evt_1",

@@ -37,7 +37,7 @@ def own_topics(settings: Settings, tag: str):
     deletes those topics (the broker is shared: leave nothing behind)."""
     import uuid as _uuid
 
-    from benchmarks.harness import delete_topics
+    from streams.topics import delete_topics
     from streams.topics import ensure_topics
 
     own = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}-{tag}{_uuid.uuid4().hex[:6]}",
