@@ -160,11 +160,37 @@ def _open_period_usage_keys(state: CustomerState, meter_id: str, event_time_ms: 
     return keys
 
 
+def open_period_usage_span(state: CustomerState, meter_id: str, event_time_ms: int,
+                           catalog: Catalog) -> tuple[list[tuple[str, int, str]], int, int] | None:
+    """The period-usage keys that count a reading of the meter at `event_time_ms` (as add_usage
+    finds them) and the event-time span [start, end) holding it over which they stay the same:
+    while the customer's subscriptions and the catalog do not change, a caller may reuse the keys
+    for any event time in the span. None when the time lies outside some billing subscription's
+    open period (the keys are then a calendar's work: ask add_usage)."""
+    start_ms, end_ms = 0, 1 << 62
+    prices = catalog.prices
+    for sub in state.subscriptions.values():
+        if sub.ended:
+            continue
+        for item in sub.items:
+            price = prices.get(item.price_id)
+            if price is not None and price.meter_id == meter_id and price.usage_type == UsageType.METERED:
+                period_start_ms, period_end_ms = sub.open_period.start_ms, sub.current_end_ms()
+                if not period_start_ms <= event_time_ms < period_end_ms:
+                    return None
+                start_ms, end_ms = max(start_ms, period_start_ms), min(end_ms, period_end_ms)
+                break
+    return _open_period_usage_keys(state, meter_id, event_time_ms, catalog), start_ms, end_ms
+
+
 def add_usage(state: CustomerState, meter_id: str, reading: MeterReading, aggregator: MeterAggregator,
-              catalog: Catalog) -> None:
-    """Count one accepted, first-seen reading toward every open period that bills its meter."""
+              catalog: Catalog, keys: list[tuple[str, int, str]] | None = None) -> None:
+    """Count one accepted, first-seen reading toward every open period that bills its meter
+    (`keys`: those periods' keys, when the caller has them from open_period_usage_span)."""
     period_usage = state.period_usage
-    for key in _open_period_usage_keys(state, meter_id, reading.event_time_ms, catalog):
+    if keys is None:
+        keys = _open_period_usage_keys(state, meter_id, reading.event_time_ms, catalog)
+    for key in keys:
         usage = period_usage.get(key)
         period_usage[key] = aggregator.add(aggregator.initialize() if usage is None else usage, reading)
     state.live_pending = True

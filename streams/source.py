@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,8 @@ from drawdown.settings import Settings
 log = logging.getLogger("drawdown.worker.source")
 
 IDLE_POLL_S = 0.002  # nothing buffered: look again this soon (librdkafka fetches meanwhile)
+CHUNK_MESSAGES = 5_000  # a batch bounded by its keys is read in chunks this big
+_MESSAGE_KEY = operator.methodcaller("key")
 PROGRESS_RETRY_S = 1.0  # an unacknowledged progress commit is sent again after this long
 
 
@@ -122,22 +125,31 @@ class SourceReader:
         if behind and time.monotonic() - self._progress_sent_at > PROGRESS_RETRY_S:
             self._commit(behind)
 
-    async def batch(self, max_messages: int, window_s: float) -> tuple[int, list]:
+    async def batch(self, max_messages: int, window_s: float, max_keys: int | None = None) -> tuple[int, list]:
         """The next batch and the assignment generation it was read under: whatever is buffered,
         up to `max_messages`, gathered for at least `window_s` after its first message (each
-        touched customer is then written once per window, not once per trickle)."""
+        touched customer is then written once per window, not once per trickle). With `max_keys`,
+        the batch also ends once its messages carry that many distinct keys (customers), give or
+        take a chunk of CHUNK_MESSAGES: what a batch holds in memory grows with the customers it
+        touches, its cost per event shrinks with the events per customer."""
         consume = self._consumer.consume
         batch: list = []
+        keys: set = set()
         generation = self.generation
         first_at = 0.0
         while len(batch) < max_messages:
             if generation != self.generation:  # (un)assigned while we waited: start over
-                batch, generation = [], self.generation
-            messages = consume(max_messages - len(batch), 0) if self.partitions else []
+                batch, keys, generation = [], set(), self.generation
+            want = max_messages - len(batch) if max_keys is None else min(max_messages - len(batch), CHUNK_MESSAGES)
+            messages = consume(want, 0) if self.partitions else []
             if messages:
                 if not batch:
                     first_at = time.monotonic()
                 batch.extend(self._without_errors(messages))
+                if max_keys is not None:
+                    keys.update(map(_MESSAGE_KEY, messages))
+                    if len(keys) >= max_keys:
+                        break
                 continue
             if batch and time.monotonic() - first_at >= window_s:
                 break

@@ -236,6 +236,12 @@ def _reading(values: tuple) -> MeterReading:
 
 
 def dump_seen(by_customer: Mapping[str, SeenEvent]) -> bytes:
+    if len(by_customer) == 1:  # nearly always: spelled out, without a generator
+        for customer_id, seen in by_customer.items():
+            reading = seen.reading
+            return pickle.dumps(((customer_id, seen.offset, seen.meter_id,
+                                  (reading.event_time_ms, reading.received_at_ms, reading.identifier,
+                                   str(reading.value)), seen.canceled_offset),), protocol=5)
     return pickle.dumps(tuple((customer_id, seen.offset, seen.meter_id, _reading_tuple(seen.reading),
                                seen.canceled_offset) for customer_id, seen in by_customer.items()), protocol=5)
 

@@ -131,3 +131,176 @@ def test_each_partition_folds_only_the_run_that_continues_from_its_next_offset()
     assert next_offsets == {0: 7, 1: 12, 2: 8}
     runs, gaps = unbroken_runs([_Message(2, 8), _Message(2, 9)], next_offsets, resume_offset=lambda p: 0)
     assert ([m.offset() for m in runs[2]], gaps, next_offsets[2]) == ([8, 9], {}, 10)
+
+
+# --- the fast path for the common meter event changes nothing ------------------------------------
+
+from decimal import Decimal  # noqa: E402
+
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from billing.facts import (  # noqa: E402
+    EventTimeWindow,
+    MeterAggregation,
+    MeterDeactivated,
+    MeterDefined,
+    MeterEventCanceled,
+    MeterEventRecorded,
+    PriceCreated,
+    RecurringInterval,
+    SubscriptionCanceled,
+    SubscriptionItem,
+    SubscriptionItemsChanged,
+    TimeTicked,
+    UsageType,
+)
+from billing.meter_events import MAX_EVENT_AGE_MS, MAX_EVENT_LEAD_MS  # noqa: E402
+
+PERIOD_END_MS = w.first_period_end_ms()
+NOW_MS = PERIOD_END_MS - 2 * w.HOUR_MS
+# The walkthrough's two token meters, plus a count meter with its own payload keys and a price, an
+# hourly-windowed meter, a deactivated one and one whose event name is too long.
+EXTRA_METERS = [
+    MeterDefined(meter_id="mtr_img", display_name="Images", event_name="images", aggregation=MeterAggregation.COUNT,
+                 customer_payload_key="account", value_payload_key="quantity", created_at_ms=w.START_MS),
+    MeterDefined(meter_id="mtr_hourly", display_name="Hourly", event_name="hourly", aggregation=MeterAggregation.SUM,
+                 event_time_window=EventTimeWindow.HOUR, created_at_ms=w.START_MS),
+    MeterDefined(meter_id="mtr_old", display_name="Old", event_name="old", aggregation=MeterAggregation.SUM,
+                 created_at_ms=w.START_MS),
+    MeterDefined(meter_id="mtr_long", display_name="Long", event_name="n" * 101, aggregation=MeterAggregation.SUM,
+                 created_at_ms=w.START_MS),
+    PriceCreated(price_id="price_img", product_id="prod_in", currency="usd", unit_amount_decimal=Decimal("7"),
+                 usage_type=UsageType.METERED, meter_id="mtr_img", recurring_interval=RecurringInterval.MONTH,
+                 created_at_ms=w.START_MS),
+    MeterDeactivated(meter_id="mtr_old", deactivated_at_ms=w.START_MS),
+]
+
+
+def mixed_catalog() -> Catalog:
+    folded = catalog()
+    for fact in EXTRA_METERS:
+        folded = evolve_catalog(folded, fact)
+    return folded
+
+
+MIXED = mixed_catalog()
+CUSTOMERS = st.sampled_from(["cus_a", "cus_a", "cus_b", "cus_b", "cus_c", "cus_d", ""])  # c: test clock; d: unknown
+EVENT_NAMES = st.sampled_from(["hypernian_input_tokens", "hypernian_output_tokens", "images"] * 3
+                              + ["hourly", "old", "n" * 101, "unknown"])
+VALUES = st.one_of(st.from_regex(r"[0-9]{1,18}", fullmatch=True), st.from_regex(r"[0-9]{1,3}", fullmatch=True),
+                   st.none(), st.sampled_from(["9" * 19, "-5", "1.50", "1e3", " 5", "", "abc", "١٢"]))
+# Event times around "now" and around the first period's end (where cached period keys expire).
+EVENT_TIMES_MS = st.sampled_from([NOW_MS, NOW_MS + 20_000, NOW_MS + 61_000, PERIOD_END_MS - 1, PERIOD_END_MS,
+                                  PERIOD_END_MS + 30_000, w.START_MS - 1, w.START_MS])
+LATENESS_MS = st.sampled_from([0, 0, 0, 5, -MAX_EVENT_LEAD_MS, -MAX_EVENT_LEAD_MS - 1, MAX_EVENT_AGE_MS,
+                               MAX_EVENT_AGE_MS + 1])
+IDENTIFIERS = st.sampled_from([f"e{n}" for n in range(12)] + ["i" * 101])
+
+
+@st.composite
+def meter_events(draw):
+    event_name = draw(EVENT_NAMES)
+    meter = MIXED.meters_by_event_name.get(event_name)
+    customer_key, value_key = (meter.customer_payload_key, meter.value_payload_key) if meter else ("x", "y")
+    if draw(st.integers(min_value=0, max_value=5)) == 0:  # now and then, another meter's keys
+        customer_key, value_key = draw(st.sampled_from([("stripe_customer_id", "value"), ("account", "quantity")]))
+    customer_id = draw(CUSTOMERS)
+    payload = {customer_key: customer_id}
+    value = draw(VALUES)
+    if value is not None:
+        payload[value_key] = value
+    event_time_ms = draw(EVENT_TIMES_MS)
+    return MeterEventRecorded(customer_id=customer_id, event_name=event_name, identifier=draw(IDENTIFIERS),
+                              payload=payload, event_time_ms=event_time_ms,
+                              received_at_ms=max(0, event_time_ms + draw(LATENESS_MS)))
+
+
+FACTS = st.one_of(
+    *[meter_events()] * 6,
+    st.builds(MeterEventCanceled, event_name=EVENT_NAMES, identifier=IDENTIFIERS,
+              customer_id=st.one_of(st.none(), CUSTOMERS), received_at_ms=st.just(NOW_MS + 1)),
+    st.builds(TimeTicked, now_ms=st.sampled_from([NOW_MS, NOW_MS + 60_000, PERIOD_END_MS + 1,
+                                                  PERIOD_END_MS + 2 * w.HOUR_MS])),
+    st.builds(lambda frozen_ms: w.clock_advanced("clock", frozen_ms), st.sampled_from([NOW_MS, PERIOD_END_MS + 2 * w.HOUR_MS])),
+    st.builds(lambda customer_id, items: SubscriptionItemsChanged(
+        subscription_id=f"sub_{customer_id}", customer_id=customer_id, changed_at_ms=NOW_MS,
+        items=tuple(SubscriptionItem(item_id=f"si_{price}_{customer_id}", price_id=price) for price in items)),
+        st.sampled_from(["cus_a", "cus_b"]),
+        st.lists(st.sampled_from(["price_in", "price_out", "price_img"]), min_size=1, max_size=3, unique=True)),
+    st.builds(lambda customer_id: SubscriptionCanceled(subscription_id=f"sub_{customer_id}", customer_id=customer_id,
+                                                       invoice_now=False, canceled_at_ms=NOW_MS),
+              st.sampled_from(["cus_a", "cus_b"])),
+)
+SETUP = [w.clock_created("clock", NOW_MS), TimeTicked(now_ms=NOW_MS),
+         *w.customer_setup("cus_a", None, grant_minor=10**6), *w.customer_setup("cus_b", None, grant_minor=500),
+         *w.customer_setup("cus_c", "clock", grant_minor=10**6)]
+
+
+def fold_in_batches(proc: PartitionProcessor, log: list, batch_ends: set[int], start: int = 0) -> list:
+    out = []
+    for offset, fact in enumerate(log[start:], start):
+        out.extend(proc.process(offset, fact, b"bytes"))
+        if offset in batch_ends:
+            out.extend(proc.finish_batch())
+    return out + proc.finish_batch()
+
+
+def run(log: list, batch_ends: set[int], reread_from: int, fast_path: bool):
+    """Fold the log, then read it again from `reread_from` over the same state (a crash)."""
+    customers, ledger, state = {}, UsageLedger(), PartitionState()
+
+    def new_processor() -> PartitionProcessor:
+        proc = PartitionProcessor(topic="customer-facts", partition=0, customers=customers, ledger=ledger,
+                                  partition_state=state, catalog=MIXED, config=CONFIG,
+                                  existing_customers=list(customers.values()))
+        proc.fast_path = fast_path
+        return proc
+
+    out = fold_in_batches(new_processor(), log, batch_ends)
+    again = fold_in_batches(new_processor(), log, batch_ends, start=reread_from)
+    return (out, again, customers, {key: repr(bucket) for key, bucket in ledger.buckets.items()},
+            {key: repr(seen) for key, seen in ledger.seen.items()}, state)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(facts=st.lists(FACTS, min_size=1, max_size=40), batch_ends=st.sets(st.integers(0, 60), max_size=6),
+       reread=st.integers(0, 60))
+@example(facts=[w.meter_event("cus_a", "3", "e1", NOW_MS), w.meter_event("cus_a", "4", "e2", PERIOD_END_MS - 1),
+                w.meter_event("cus_a", "5", "e3", PERIOD_END_MS), TimeTicked(now_ms=PERIOD_END_MS + 2 * w.HOUR_MS),
+                w.meter_event("cus_a", "6", "e4", PERIOD_END_MS + 30_000,
+                              received_at_ms=PERIOD_END_MS + 2 * w.HOUR_MS)],
+         batch_ends=set(), reread=0)
+# A customer's subscription changing between two of its events (the period keys a fast-path event
+# found must not outlive it), and events at the bounds of accepted event times.
+@example(facts=[w.meter_event("cus_a", "3", "e1", NOW_MS),
+                SubscriptionItemsChanged(subscription_id="sub_cus_a", customer_id="cus_a", changed_at_ms=NOW_MS,
+                                         items=(SubscriptionItem(item_id="si_img", price_id="price_img"),)),
+                w.meter_event("cus_a", "4", "e2", NOW_MS),
+                SubscriptionCanceled(subscription_id="sub_cus_b", customer_id="cus_b", invoice_now=False,
+                                     canceled_at_ms=NOW_MS),
+                w.meter_event("cus_b", "4", "e3", NOW_MS), w.meter_event("cus_b", "4", "e4", NOW_MS)],
+         batch_ends=set(), reread=0)
+@example(facts=[w.meter_event("cus_a", "1", "e1", NOW_MS, received_at_ms=NOW_MS - MAX_EVENT_LEAD_MS),
+                w.meter_event("cus_a", "1", "e2", NOW_MS, received_at_ms=NOW_MS - MAX_EVENT_LEAD_MS - 1),
+                w.meter_event("cus_a", "1", "e3", NOW_MS - MAX_EVENT_AGE_MS, received_at_ms=NOW_MS),
+                w.meter_event("cus_a", "1", "e4", NOW_MS - MAX_EVENT_AGE_MS - 1, received_at_ms=NOW_MS)],
+         batch_ends=set(), reread=0)
+# Digits that are not ASCII, and a customer with a record but never created (a grant came first).
+@example(facts=[w.meter_event("cus_a", "١٢", "e1", NOW_MS), w.customer_setup("cus_d", None)[1],
+                w.meter_event("cus_d", "1", "e2", NOW_MS)], batch_ends=set(), reread=0)
+def test_the_fast_path_folds_every_log_exactly_as_the_general_path(facts, batch_ends, reread):
+    log = [*SETUP, *facts]
+    fast, general = run(log, batch_ends, reread % len(log), True), run(log, batch_ends, reread % len(log), False)
+    assert fast == general
+
+
+def test_the_fast_path_takes_the_common_event():
+    proc = processor()
+    proc.catalog = MIXED
+    fold(proc, [*SETUP, w.meter_event("cus_a", "3", "e1", NOW_MS)])
+    calls = []
+    proc._meter_event_general = lambda *args: calls.append(args) or []
+    proc.process(100, w.meter_event("cus_a", "4", "e2", NOW_MS), b"")
+    proc.process(101, w.meter_event("cus_a", "4", "e2", NOW_MS), b"")  # a duplicate: the general path
+    assert len(calls) == 1 and calls[0][0] == 101
