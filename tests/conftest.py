@@ -102,7 +102,8 @@ def database_url(postgres_server_url: str, session_id: str) -> Iterator[str]:
 def settings(kafka_bootstrap: str, database_url: str, session_id: str, local_settings: Settings,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings for the engine under test: real services, this session's topics and database.
-    The session's topics (and those of prefixes derived from its own) are deleted at the end."""
+    The session's topics (and those of prefixes derived from its own) are deleted at the end,
+    unless DRAWDOWN_KEEP_TEST_TOPICS is set."""
     from streams.topics import delete_topics
 
     settings = local_settings.model_copy(update={
@@ -112,4 +113,5 @@ def settings(kafka_bootstrap: str, database_url: str, session_id: str, local_set
         "worker_data_dir": tmp_path_factory.mktemp("worker"),
     })
     yield settings
-    delete_topics(settings)
+    if not os.environ.get("DRAWDOWN_KEEP_TEST_TOPICS"):  # set it to look into a failed run's topics
+        delete_topics(settings)
