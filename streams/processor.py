@@ -96,6 +96,31 @@ class PartitionState:
     # acknowledged: the worker resumes reading at durable_offset + 1, whatever Faust committed. It
     # lags applied_offset by a batch (a record written in batch N can only vouch for batch N - 1).
     durable_offset: int = -1
+    # Time as it stood at durable_offset. Facts re-read after a restart must be judged by the time
+    # they were first judged by (a meter event's "now" is its test clock's time): with the clocks of
+    # a later batch, an event the first pass accepted could be rejected as too old, its dedupe record
+    # (lost with that batch) not rebuilt, and a later retry of it counted as new.
+    durable_now_ms: int | None = None
+    durable_clocks: dict[str, int] | None = None
+
+    def mark_durable(self, offset: int, now_ms: int, clocks: dict[str, int]) -> None:
+        """Every fact up to `offset` is durable; `now_ms` and `clocks` are time as of `offset`."""
+        if offset >= self.durable_offset:
+            self.durable_offset, self.durable_now_ms, self.durable_clocks = offset, now_ms, dict(clocks)
+
+    def resumed(self) -> PartitionState:
+        """This state as a worker resumes it, at durable_offset + 1: time goes back to what it was
+        there (time facts re-read move it forward again); the offsets applied stay (each record
+        guards its own)."""
+        if self.durable_offset < 0:
+            now_ms, clocks = 0, {}
+        elif self.durable_now_ms is None:  # written before time was recorded with the offset
+            now_ms, clocks = self.now_ms, self.clocks
+        else:
+            now_ms, clocks = self.durable_now_ms, self.durable_clocks or {}
+        return PartitionState(applied_offset=self.applied_offset, now_ms=now_ms, clocks=dict(clocks),
+                              durable_offset=self.durable_offset, durable_now_ms=self.durable_now_ms,
+                              durable_clocks=self.durable_clocks)
 
 
 class _PlainMeter(NamedTuple):
@@ -190,23 +215,22 @@ class PartitionProcessor:
                                              str(error), key or None, self.state.now_ms))
         elif isinstance(fact, MeterEventRecorded):
             out.extend(self._meter_event(offset, fact, original_bytes, fresh))
+        # Time facts apply on re-reads too (time resumes as of the durable offset, see
+        # PartitionState.resumed): taking the later time, or forgetting a clock, is idempotent.
         elif isinstance(fact, TimeTicked):
-            if fresh:
-                self.state.now_ms = max(self.state.now_ms, fact.now_ms)
+            self.state.now_ms = max(self.state.now_ms, fact.now_ms)
             now_ms = self.state.now_ms
             due = [c for c, due_ms in self.due_ms.items() if due_ms <= now_ms and c not in self.on_clock]
             out.extend(self._time_passed(offset, due))
             out.extend(self._flush_live(offset, self.state.now_ms, clock=None))
         elif isinstance(fact, (TestClockCreated, TestClockAdvanced)):
-            if fresh:
-                current = self.state.clocks.get(fact.test_clock_id, fact.frozen_time_ms)
-                self.state.clocks[fact.test_clock_id] = max(current, fact.frozen_time_ms)
+            current = self.state.clocks.get(fact.test_clock_id, fact.frozen_time_ms)
+            self.state.clocks[fact.test_clock_id] = max(current, fact.frozen_time_ms)
             members = self.clock_members.get(fact.test_clock_id, set())
             out.extend(self._time_passed(offset, [c for c in members if c in self.due_ms]))
             out.extend(self._flush_live(offset, self.state.clocks[fact.test_clock_id], clock=fact.test_clock_id))
         elif isinstance(fact, TestClockDeleted):
-            if fresh:
-                self.state.clocks.pop(fact.test_clock_id, None)
+            self.state.clocks.pop(fact.test_clock_id, None)
         elif isinstance(fact, MeterEventCanceled):
             out.extend(self._cancel(offset, fact, original_bytes, fresh))
         elif isinstance(fact, CUSTOMER_FACTS):

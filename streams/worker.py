@@ -295,7 +295,8 @@ class Engine:
             buckets = records.BatchCache(usage_db, records.bucket_key, max_entries=CACHED_BUCKETS,
                                          dump=records.dump_bucket, load=records.load_bucket)
             raw = customers_db.get(records.PARTITION_KEY)
-            partition_state = records.loads(raw) if raw is not None else PartitionState()
+            # reading resumes at the durable offset + 1: time as it stood there
+            partition_state = records.loads(raw).resumed() if raw is not None else PartitionState()
             processor = PartitionProcessor(
                 topic=self.source_topic, partition=partition, customers=customers,
                 ledger=UsageLedger(seen, buckets, self.settings.dedupe_window_seconds * 1000),
@@ -374,13 +375,16 @@ class Engine:
         # records in place while this one's writes wait for the broker.
         state_records = self._take_state_records(decoded)
         durable_offsets = {partition: self.next_offsets.get(partition, 0) - 1 for partition in decoded}
+        # time as of those offsets: the state of a later batch's fold is what the next record says
+        times_at = {partition: (self.processors[partition].state.now_ms, dict(self.processors[partition].state.clocks))
+                    for partition in decoded}
         encode, topic_names, produce = self.codec.encode, self.topic_names, self.output.produce
         for fact in outputs:
             produce(topic_names[output_topic(fact)], encode(fact), output_key(fact).encode())
         produced_at = clock()
         if oldest_ms is not None:
             self.batch_lags_ms.append(time.time() * 1000 - oldest_ms)
-        self.completion = asyncio.ensure_future(self._complete(state_records, durable_offsets))
+        self.completion = asyncio.ensure_future(self._complete(state_records, durable_offsets, times_at))
         self.batches += 1
         self.facts_in += folded
         phases = self.phase_seconds
@@ -429,7 +433,8 @@ class Engine:
                                         table.changelog_topic.get_topic_name(), items))
         return taken
 
-    async def _complete(self, state_records: list[StateWrite], durable_offsets: dict[int, int]) -> None:
+    async def _complete(self, state_records: list[StateWrite], durable_offsets: dict[int, int],
+                        times_at: dict[int, tuple[int, dict[str, int]]]) -> None:
         """One batch, after its fold: (1) its output facts acknowledged by the broker, and only then
         (2) its state records sent to the changelogs and acknowledged, and only then (3) written to
         the local stores; then (4) it counts as durable (the partition's next record says so; the
@@ -471,7 +476,7 @@ class Engine:
             for partition, offset in durable_offsets.items():
                 processor = self.processors.get(partition)
                 if processor is not None:
-                    processor.state.durable_offset = max(processor.state.durable_offset, offset)
+                    processor.state.mark_durable(offset, *times_at[partition])
             self.source.commit_progress(durable_offsets)
         except asyncio.CancelledError:  # the worker stops: this batch is not durable, it is read again
             raise

@@ -108,6 +108,34 @@ def test_usage_records_lost_behind_a_newer_partition_record_come_back_when_re_re
         [f.subtotal_minor for f in once if isinstance(f, InvoiceFinalized)] == [9000]
 
 
+def test_facts_re_read_after_a_restart_are_judged_by_the_time_they_were_first_judged_by():
+    """A crash after a batch that moved a test clock 40 days on: its customer records made it, its
+    usage records did not. Re-read with the clock of that batch, the first event would be rejected
+    as too old, its dedupe record never rebuilt, and its retry counted as a new event."""
+    from billing.usage import bucket_value
+
+    day_ms = 86_400_000
+    log = [w.clock_created("clock"), *w.customer_setup("cus_1", "clock"),
+           w.clock_advanced("clock", w.START_MS + w.HOUR_MS),
+           w.meter_event("cus_1", "2000", "e1", w.START_MS + w.HOUR_MS),
+           w.clock_advanced("clock", w.START_MS + 40 * day_ms),
+           # a retry (received inside the 35-day dedupe window): counted once
+           w.meter_event("cus_1", "2000", "e1", w.START_MS + 39 * day_ms, received_at_ms=w.START_MS + 34 * day_ms)]
+    customers, ledger, state = {}, UsageLedger(), PartitionState()
+    fold(processor(customers, ledger, state), log[:5])
+    state.mark_durable(4, state.now_ms, state.clocks)  # offsets 0..4: every record acknowledged
+    durable_usage = UsageLedger(dict(ledger.seen), dict(ledger.buckets))
+    fold(processor(customers, ledger, state), log, start=5)  # customers and time move on, usage is lost
+    again = fold(processor(customers, durable_usage, state.resumed()), log, start=state.durable_offset + 1)
+    once_ledger = UsageLedger()
+    once = fold(processor(ledger=once_ledger), log)
+    values = {key: bucket_value(catalog().aggregator(key[1]), bucket) for key, bucket in durable_usage.buckets.items()}
+    assert values == {key: bucket_value(catalog().aggregator(key[1]), bucket)
+                      for key, bucket in once_ledger.buckets.items()}
+    assert len(values) == 1  # the retry opened no bucket of its own
+    assert [f for f in again if isinstance(f, DeadLetter)] == [f for f in once if isinstance(f, DeadLetter)] == []
+
+
 class _Message:
     def __init__(self, partition: int, offset: int) -> None:
         self._partition, self._offset = partition, offset
