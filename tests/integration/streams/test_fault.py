@@ -25,7 +25,7 @@ from billing.periods import add_months_clamped_ms
 from streams import walkthrough as w
 from streams.topics import ensure_topics
 
-from .conftest import OutputReader, WorkerProcess
+from .conftest import OutputReader, WorkerProcess, wait_until_durable_to_the_end
 from .reference import final_live_balances, fold_log
 
 CUSTOMERS = 300
@@ -155,8 +155,9 @@ def test_kill_9_during_200k_events_loses_nothing_and_counts_nothing_twice(stream
             worker.kill()
             kills += 1
             worker.start().wait_processing()
+        wait_until_durable_to_the_end(settings, timeout_s=300)
         reader.wait_for(lambda facts: len({f.invoice_id for f in facts if isinstance(f, InvoiceFinalized)})
-                        >= 2 * CUSTOMERS, timeout_s=240)
+                        >= 2 * CUSTOMERS, timeout_s=60)
         reader.settle(2.0)
     finally:
         worker.stop()

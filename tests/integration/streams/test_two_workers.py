@@ -8,7 +8,7 @@ import random
 from billing.facts import InvoiceFinalized
 from streams.topics import ensure_topics
 
-from .conftest import OutputReader, WorkerProcess
+from .conftest import OutputReader, WorkerProcess, wait_until_durable_to_the_end
 from .test_fault import assert_engine_equals_reference, produce_log
 
 CUSTOMERS = 60
@@ -26,8 +26,9 @@ def test_two_workers_sharing_the_partitions_give_the_same_results_as_one(stream_
         first.wait_ready()
         second.wait_ready()
         produce_log(settings, random.Random(7), customer_count=CUSTOMERS, event_count=EVENTS)
+        wait_until_durable_to_the_end(settings, timeout_s=180)
         reader.wait_for(lambda facts: len({f.invoice_id for f in facts if isinstance(f, InvoiceFinalized)})
-                        >= 2 * CUSTOMERS, timeout_s=180)
+                        >= 2 * CUSTOMERS, timeout_s=60)
         reader.settle(2.0)
         assert first.status()["batches"] > 0 and second.status()["batches"] > 0  # both did work
     finally:
