@@ -243,7 +243,9 @@ class Engine:
     async def read_source(self) -> None:
         """The worker's loop: batches from the source partitions, folded one after another."""
         while True:
+            started = time.perf_counter()
             generation, messages = await self.source.batch(BATCH_MAX_EVENTS, BATCH_WINDOW_S, BATCH_MAX_CUSTOMERS)
+            self.phase_seconds["read_and_idle"] += time.perf_counter() - started
             async with self.batch_lock:
                 if generation != self.source.generation:
                     continue  # read before a rebalance: re-read from the durable offsets by their owner
@@ -351,9 +353,9 @@ class Engine:
         runs = self._without_gaps(messages)
         # The oldest fact's produce time (each partition's run is in offset order): the batch's lag.
         oldest_ms = min((run[0].timestamp()[1] for run in runs.values() if run), default=None)
-        decoded = self._decode(runs)
+        decoded, names_unknown = self._decode(runs)
         if decoded:
-            await self._follow_catalog(decoded)
+            await self._follow_catalog(names_unknown)
         decoded_at = clock()
         outputs: list = []
         folded = 0
@@ -399,12 +401,15 @@ class Engine:
         if completion is not None:
             await completion
 
-    def _decode(self, runs: dict[int, list]) -> dict[int, list]:
+    def _decode(self, runs: dict[int, list]) -> tuple[dict[int, list], bool]:
         """Per partition: (offset, value, key, fact, error) per message; an undecodable one carries
         its error (dead-lettered by the fold), a schema registry outage raises (retry: the bytes
-        may be fine)."""
+        may be fine). And whether a fact names a meter or price the catalog does not know yet."""
         decoded: dict[int, list] = {}
         decode = self.codec.decode
+        catalog = self.catalog_follower.catalog
+        meter_names = catalog.meters_by_event_name
+        names_unknown = False
         for partition, messages in runs.items():
             if not messages:
                 continue
@@ -412,13 +417,20 @@ class Engine:
             for message in messages:
                 value = message.value() or b""
                 try:
-                    items.append((message.offset(), value, message.key(), decode(value), None))
+                    fact = decode(value)
                 except Exception as error:  # UndecodableFact (SchemaRegistryUnavailable: crash, retry)
                     if getattr(error, "reason_code", "schema_registry_unavailable") == "schema_registry_unavailable":
                         raise
                     items.append((message.offset(), value, message.key(), None, error))
+                    continue
+                items.append((message.offset(), value, message.key(), fact, None))
+                if type(fact) is MeterEventRecorded:
+                    if fact.event_name not in meter_names:
+                        names_unknown = True
+                elif not names_unknown and _names_unknown_price(fact, catalog):
+                    names_unknown = True
             decoded[partition] = items
-        return decoded
+        return decoded, names_unknown
 
     def _take_state_records(self, decoded: dict[int, list]) -> list[StateWrite]:
         """Every record this batch changed, pickled, with the store and changelog it goes to."""
@@ -485,7 +497,7 @@ class Engine:
             logging.shutdown()
             os._exit(70)
 
-    async def _follow_catalog(self, decoded: dict[int, list]) -> None:
+    async def _follow_catalog(self, names_unknown: bool) -> None:
         """Read the catalog on before the fold when a fact names something it does not know (the
         verdict on a fact must not depend on how far the catalog was read); otherwise refresh it
         in the background every CATALOG_REFRESH_S (a broker round trip must not hold up a batch)."""
@@ -496,7 +508,7 @@ class Engine:
                 refresh.result()
             except CatalogBehind as error:  # no verdict waited for it: try again next time
                 log.warning("background catalog refresh: %s", error)
-        if self._names_unknown(decoded):
+        if names_unknown:
             if self.catalog_refresh is not None:  # one reader of the catalog at a time
                 await self.catalog_refresh
                 self.catalog_refresh = None
@@ -504,18 +516,12 @@ class Engine:
         elif self.catalog_refresh is None and time.monotonic() - follower.caught_up_at > CATALOG_REFRESH_S:
             self.catalog_refresh = asyncio.ensure_future(follower.catch_up_async())
 
-    def _names_unknown(self, decoded: dict[int, list]) -> bool:
-        """Whether a fact names a meter or price the catalog does not know yet (read it again first:
-        the verdict on a fact must not depend on how far the catalog was read)."""
-        catalog = self.catalog_follower.catalog
-        for items in decoded.values():
-            for *_, fact, _ in items:
-                if isinstance(fact, MeterEventRecorded):
-                    if fact.event_name not in catalog.meters_by_event_name:
-                        return True
-                elif any(item.price_id not in catalog.prices for item in getattr(fact, "items", ())):
-                    return True
-        return False
+
+
+def _names_unknown_price(fact: object, catalog: Any) -> bool:
+    """Whether a fact (a subscription's) names a price the catalog does not know yet: read the
+    catalog on first (the verdict on a fact must not depend on how far the catalog was read)."""
+    return any(item.price_id not in catalog.prices for item in getattr(fact, "items", ()))
 
 
 class OutputProducer:
