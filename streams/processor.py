@@ -73,6 +73,8 @@ CUSTOMER_FACTS = (CustomerCreated, SubscriptionCreated, SubscriptionItemsChanged
                   SubscriptionCanceled, CreditGrantCreated, CreditGrantUpdated, CreditGrantExpired,
                   CreditGrantVoided, InvoiceVoidRequested)
 
+CACHED_USAGE_KEYS = 10_000  # customers whose period-usage keys the fast path keeps (see _usage_keys)
+
 # Where each derived fact goes (short topic names, see streams/topics.py).
 OUTPUT_TOPIC = {
     InvoiceFinalized: "invoices",
@@ -266,6 +268,8 @@ class PartitionProcessor:
                 else:
                     self.live_pending.discard(customer_id)
         self._touched_customers.clear()
+        if len(self._usage_keys) > CACHED_USAGE_KEYS:  # a cache: bounded like the records' caches
+            self._usage_keys.clear()
         return out
 
     # --- routing --------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from drawdown.settings import Settings
 log = logging.getLogger("drawdown.worker.source")
 
 IDLE_POLL_S = 0.002  # nothing buffered: look again this soon (librdkafka fetches meanwhile)
-CHUNK_MESSAGES = 5_000  # a batch bounded by its keys is read in chunks this big
+CHUNK_MESSAGES = 2_000  # a batch bounded by its keys is read in chunks this big
 _MESSAGE_KEY = operator.methodcaller("key")
 PROGRESS_RETRY_S = 1.0  # an unacknowledged progress commit is sent again after this long
 

@@ -55,10 +55,10 @@ log = logging.getLogger("drawdown.worker")
 # A batch (under backlog) ends at BATCH_MAX_EVENTS facts or once it touches BATCH_MAX_CUSTOMERS
 # customers (give or take a read chunk). Each touched customer costs a record write, a live balance
 # and its fact per batch (~35 us), so the more events per customer a batch folds the cheaper each
-# event; the customers a batch touches are what it holds in memory (decoded and snapshotted):
-# 20k of them kept the worker at ~780 MiB with 100k customers (50k events per batch: 981 MiB).
+# event; the customers a batch touches are what it holds in memory (decoded and snapshotted). With
+# 100k customers, 20k per batch peaked at 1.2 GiB (setup facts come three per new customer).
 BATCH_MAX_EVENTS = 100_000
-BATCH_MAX_CUSTOMERS = 20_000
+BATCH_MAX_CUSTOMERS = 10_000
 # ... and gather for at least this long: with many customers each touched record is written about
 # once per event either way, so a short window costs little and keeps freshness (p99 < 1 s).
 BATCH_WINDOW_S = 0.05
