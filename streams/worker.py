@@ -55,9 +55,11 @@ log = logging.getLogger("drawdown.worker")
 # A batch (under backlog) ends at BATCH_MAX_EVENTS facts or once it touches BATCH_MAX_CUSTOMERS
 # customers (give or take a read chunk). Each touched customer costs a record write, a live balance
 # and its fact per batch (~35 us), so the more events per customer a batch folds the cheaper each
-# event; the customers a batch touches are what it holds in memory (decoded and snapshotted). With
-# 100k customers, 20k per batch peaked at 1.2 GiB (setup facts come three per new customer).
-BATCH_MAX_EVENTS = 100_000
+# event. What a batch holds in memory (decoded facts, a dedupe record per event, touched buckets
+# and customers, their snapshots, twice over while the previous batch completes) is ~6.5 KiB per
+# fact in the 100k-customer backfill (measured): 100k facts peaked at 1.2 GiB there, 40k at
+# ~890 MiB. With 5k customers, 40k facts per batch give ~40k events/s, 100k ~45k.
+BATCH_MAX_EVENTS = 40_000
 BATCH_MAX_CUSTOMERS = 10_000
 # ... and gather for at least this long: with many customers each touched record is written about
 # once per event either way, so a short window costs little and keeps freshness (p99 < 1 s).
@@ -68,12 +70,12 @@ ACK_POLL_S = 0.001
 # Per store (one per table and partition: 12 with 6 partitions). Faust's defaults (64 MiB memtables
 # x 3, a 2 GiB block cache each) let a long-running worker grow to gigabytes; our writes come in
 # one WriteBatch per batch and our reads are cached above the store, so small buffers suffice.
-ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2, "block_cache_size": 16 << 20,
+ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2, "block_cache_size": 8 << 20,
                    "block_cache_compressed_size": 0}
 # Records kept decoded per partition between batches (beyond those a batch touches): what bounds
-# the worker's memory. A customer costs a few KiB decoded and ~20 us to load again; a seen event
+# the worker's memory (x 6 partitions). A customer costs a few KiB decoded and ~20 us to load again; a seen event
 # is read once per event and rarely again; a live minute bucket is hot for a minute.
-CACHED_CUSTOMERS = 10_000
+CACHED_CUSTOMERS = 5_000
 CACHED_SEEN = 10_000
 CACHED_BUCKETS = 20_000
 FULL_COLLECTION_EVERY_S = 600.0  # see Engine._freeze_survivors
