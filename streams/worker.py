@@ -356,12 +356,18 @@ class Engine:
         # The oldest fact's produce time (each partition's run is in offset order): the batch's lag.
         oldest_ms = min((run[0].timestamp()[1] for run in runs.values() if run), default=None)
         decoded, names_unknown = self._decode(runs)
+        # A batch's memory is what bounds its size (BATCH_MAX_EVENTS): let go of each part as soon
+        # as it is done with, the messages once decoded, each partition's facts once folded.
+        del runs
+        messages.clear()
         if decoded:
             await self._follow_catalog(names_unknown)
         decoded_at = clock()
         outputs: list = []
         folded = 0
-        for partition, items in decoded.items():
+        partitions = list(decoded)
+        for partition in partitions:
+            items = decoded.pop(partition)
             processor = self._processor(partition)
             process = processor.process
             for index, (offset, value, key, fact, error) in enumerate(items):
@@ -370,6 +376,7 @@ class Engine:
                     await asyncio.sleep(0)  # let the previous batch's completion move on
             outputs.extend(processor.finish_batch())
             folded += len(items)
+            items = fact = value = None  # (the loop variables would keep the last fact alive)
         folded_at = clock()
         # The previous batch's completion ran while we folded: wait for the rest of it. Its state
         # is then in the local stores, so this batch's snapshot may evict what it wrote.
@@ -377,14 +384,15 @@ class Engine:
         waited_at = clock()
         # Snapshot this batch's state records now, as bytes: the next batch's fold mutates the
         # records in place while this one's writes wait for the broker.
-        state_records = self._take_state_records(decoded)
-        durable_offsets = {partition: self.next_offsets.get(partition, 0) - 1 for partition in decoded}
+        state_records = self._take_state_records(partitions)
+        durable_offsets = {partition: self.next_offsets.get(partition, 0) - 1 for partition in partitions}
         # time as of those offsets: the state of a later batch's fold is what the next record says
         times_at = {partition: (self.processors[partition].state.now_ms, dict(self.processors[partition].state.clocks))
-                    for partition in decoded}
+                    for partition in partitions}
         encode, topic_names, produce = self.codec.encode, self.topic_names, self.output.produce
-        for fact in outputs:
-            produce(topic_names[output_topic(fact)], encode(fact), output_key(fact).encode())
+        for output in outputs:
+            produce(topic_names[output_topic(output)], encode(output), output_key(output).encode())
+        del outputs
         produced_at = clock()
         if oldest_ms is not None:
             self.batch_lags_ms.append(time.time() * 1000 - oldest_ms)
@@ -434,10 +442,10 @@ class Engine:
             decoded[partition] = items
         return decoded, names_unknown
 
-    def _take_state_records(self, decoded: dict[int, list]) -> list[StateWrite]:
+    def _take_state_records(self, partitions: list[int]) -> list[StateWrite]:
         """Every record this batch changed, pickled, with the store and changelog it goes to."""
         taken = []
-        for partition in decoded:
+        for partition in partitions:
             customers, seen, buckets = self.caches[partition]
             customer_records = customers.take_dirty()
             customer_records.append((records.PARTITION_KEY, records.dumps(self.processors[partition].state)))
