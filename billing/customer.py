@@ -141,11 +141,10 @@ def _period_of(sub: SubscriptionState, instant_ms: int) -> BillingPeriod | None:
     return period
 
 
-def _open_period_usage_keys(state: CustomerState, meter_id: str, event_time_ms: int,
-                            catalog: Catalog) -> list[tuple[str, int, str]]:
-    """(subscription, period start, meter) of every not-yet-invoiced period that bills the meter
-    at that event time. (Plain loops, no generators: this runs for every meter event.)"""
-    keys = []
+def _subscriptions_billing(state: CustomerState, meter_id: str, catalog: Catalog) -> list[SubscriptionState]:
+    """The customer's subscriptions not ended with a metered item of the meter. (Plain loops, no
+    generators: this runs for every meter event.)"""
+    billing = []
     prices = catalog.prices
     for sub in state.subscriptions.values():
         if sub.ended:
@@ -153,10 +152,20 @@ def _open_period_usage_keys(state: CustomerState, meter_id: str, event_time_ms: 
         for item in sub.items:
             price = prices.get(item.price_id)
             if price is not None and price.meter_id == meter_id and price.usage_type == UsageType.METERED:
-                period = _period_of(sub, event_time_ms)
-                if period is not None:
-                    keys.append((sub.created.subscription_id, period.start_ms, meter_id))
+                billing.append(sub)
                 break
+    return billing
+
+
+def _open_period_usage_keys(state: CustomerState, meter_id: str, event_time_ms: int,
+                            catalog: Catalog) -> list[tuple[str, int, str]]:
+    """(subscription, period start, meter) of every not-yet-invoiced period that bills the meter
+    at that event time."""
+    keys = []
+    for sub in _subscriptions_billing(state, meter_id, catalog):
+        period = _period_of(sub, event_time_ms)
+        if period is not None:
+            keys.append((sub.created.subscription_id, period.start_ms, meter_id))
     return keys
 
 
@@ -168,19 +177,14 @@ def open_period_usage_span(state: CustomerState, meter_id: str, event_time_ms: i
     for any event time in the span. None when the time lies outside some billing subscription's
     open period (the keys are then a calendar's work: ask add_usage)."""
     start_ms, end_ms = 0, 1 << 62
-    prices = catalog.prices
-    for sub in state.subscriptions.values():
-        if sub.ended:
-            continue
-        for item in sub.items:
-            price = prices.get(item.price_id)
-            if price is not None and price.meter_id == meter_id and price.usage_type == UsageType.METERED:
-                period_start_ms, period_end_ms = sub.open_period.start_ms, sub.current_end_ms()
-                if not period_start_ms <= event_time_ms < period_end_ms:
-                    return None
-                start_ms, end_ms = max(start_ms, period_start_ms), min(end_ms, period_end_ms)
-                break
-    return _open_period_usage_keys(state, meter_id, event_time_ms, catalog), start_ms, end_ms
+    billing = _subscriptions_billing(state, meter_id, catalog)
+    for sub in billing:
+        period_start_ms, period_end_ms = sub.open_period.start_ms, sub.current_end_ms()
+        if not period_start_ms <= event_time_ms < period_end_ms:
+            return None
+        start_ms, end_ms = max(start_ms, period_start_ms), min(end_ms, period_end_ms)
+    # inside every open period: each key is its subscription's open period (as _period_of finds it)
+    return [(sub.created.subscription_id, sub.open_period.start_ms, meter_id) for sub in billing], start_ms, end_ms
 
 
 def add_usage(state: CustomerState, meter_id: str, reading: MeterReading, aggregator: MeterAggregator,
