@@ -27,6 +27,7 @@ from billing.meter_events import MAX_EVENT_AGE_MS, MAX_EVENT_LEAD_MS, customer_n
 from billing.usage import UsageLedger
 from producers.catalog import fold_catalog
 from producers.replay import PartitionFold, group_rows
+from tests.unit.meter_event_strategies import meter_events as shared_meter_events
 
 DAY_MS = 86_400_000
 NOW_MS = 1_763_856_000_000  # a whole day
@@ -126,22 +127,13 @@ IDENTIFIERS = st.sampled_from([*(f"e{number}" for number in range(20)), "i" * 10
 EVENT_NAMES = st.sampled_from(["tokens", "images", "seats"] * 3 + ["hourly", "seats_v1", "old", LONG_NAME, "unknown"])
 
 
-@st.composite
-def meter_events(draw):
-    event_name = draw(EVENT_NAMES)
-    meter = MIXED_CATALOG.meters_by_event_name.get(event_name, MIXED_METERS[0])
-    customer_key, value_key = meter.customer_payload_key, meter.value_payload_key
-    if draw(st.integers(min_value=0, max_value=4)) == 0:  # now and then, another meter's keys
-        customer_key, value_key = draw(st.sampled_from([("stripe_customer_id", "value"), ("account", "quantity")]))
-    customer_id = draw(CUSTOMER_IDS)
-    payload = {customer_key: customer_id}
-    value = draw(VALUES)
-    if value is not None:
-        payload[value_key] = value
-    event_time_ms = draw(EVENT_TIMES_MS)
-    return MeterEventRecorded(customer_id=customer_id, event_name=event_name, identifier=draw(IDENTIFIERS),
-                              payload=payload, event_time_ms=event_time_ms,
-                              received_at_ms=event_time_ms + draw(LATENESS_MS))
+def meter_events():
+    # an unknown event name gets the first meter's keys
+    return shared_meter_events(MIXED_CATALOG, event_names=EVENT_NAMES, customer_ids=CUSTOMER_IDS, values=VALUES,
+                               event_times_ms=EVENT_TIMES_MS, lateness_ms=LATENESS_MS, identifiers=IDENTIFIERS,
+                               unknown_meter_keys=(MIXED_METERS[0].customer_payload_key,
+                                                   MIXED_METERS[0].value_payload_key),
+                               other_keys_one_in=5)
 
 
 CUSTOMERS_CREATED = st.builds(CustomerCreated, customer_id=CUSTOMER_IDS,

@@ -174,7 +174,6 @@ from billing.facts import (  # noqa: E402
     MeterDeactivated,
     MeterDefined,
     MeterEventCanceled,
-    MeterEventRecorded,
     PriceCreated,
     RecurringInterval,
     SubscriptionCanceled,
@@ -184,6 +183,7 @@ from billing.facts import (  # noqa: E402
     UsageType,
 )
 from billing.meter_events import MAX_EVENT_AGE_MS, MAX_EVENT_LEAD_MS  # noqa: E402
+from tests.unit.meter_event_strategies import meter_events as shared_meter_events  # noqa: E402
 
 PERIOD_END_MS = w.first_period_end_ms()
 NOW_MS = PERIOD_END_MS - 2 * w.HOUR_MS
@@ -226,22 +226,10 @@ LATENESS_MS = st.sampled_from([0, 0, 0, 5, -MAX_EVENT_LEAD_MS, -MAX_EVENT_LEAD_M
 IDENTIFIERS = st.sampled_from([f"e{n}" for n in range(12)] + ["i" * 101])
 
 
-@st.composite
-def meter_events(draw):
-    event_name = draw(EVENT_NAMES)
-    meter = MIXED.meters_by_event_name.get(event_name)
-    customer_key, value_key = (meter.customer_payload_key, meter.value_payload_key) if meter else ("x", "y")
-    if draw(st.integers(min_value=0, max_value=5)) == 0:  # now and then, another meter's keys
-        customer_key, value_key = draw(st.sampled_from([("stripe_customer_id", "value"), ("account", "quantity")]))
-    customer_id = draw(CUSTOMERS)
-    payload = {customer_key: customer_id}
-    value = draw(VALUES)
-    if value is not None:
-        payload[value_key] = value
-    event_time_ms = draw(EVENT_TIMES_MS)
-    return MeterEventRecorded(customer_id=customer_id, event_name=event_name, identifier=draw(IDENTIFIERS),
-                              payload=payload, event_time_ms=event_time_ms,
-                              received_at_ms=max(0, event_time_ms + draw(LATENESS_MS)))
+def meter_events():
+    return shared_meter_events(MIXED, event_names=EVENT_NAMES, customer_ids=CUSTOMERS, values=VALUES,
+                               event_times_ms=EVENT_TIMES_MS, lateness_ms=LATENESS_MS, identifiers=IDENTIFIERS,
+                               unknown_meter_keys=("x", "y"), other_keys_one_in=6)
 
 
 FACTS = st.one_of(
