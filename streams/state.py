@@ -158,7 +158,7 @@ class BatchCache(MutableMapping):
         self.load = load or loads
         self.max_entries = max_entries  # records kept decoded across batches (this worker is their only writer)
         self.cache: dict[Any, Any] = {}
-        self.dirty: set[Any] = set()
+        self.dirty: dict[Any, Any] = {}  # key -> record, changed in this batch
 
     def __getitem__(self, key: Any) -> Any:
         value = self.cache.get(key, _MISSING)
@@ -180,8 +180,7 @@ class BatchCache(MutableMapping):
         return default if value is None else value
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self.cache[key] = value
-        self.dirty.add(key)
+        self.cache[key] = self.dirty[key] = value
 
     def __delitem__(self, key: Any) -> None:  # records are never deleted (no tombstones needed yet)
         raise NotImplementedError
@@ -195,14 +194,13 @@ class BatchCache(MutableMapping):
     def take_dirty(self) -> list[tuple[bytes, bytes]]:
         """The changed records as (key, pickled value). The decoded records stay cached for the next
         batches (bounded by `max_entries`), so hot customers are not unpickled per batch."""
-        encode_key, cache, dump = self.encode_key, self.cache, self.dump
-        dirty = self.dirty
-        records = [(encode_key(key), dump(cache[key])) for key in dirty]
-        self.dirty = set()
-        if len(cache) > self.max_entries:
+        encode_key, dump, dirty = self.encode_key, self.dump, self.dirty
+        records = [(encode_key(key), dump(value)) for key, value in dirty.items()]
+        self.dirty = {}
+        if len(self.cache) > self.max_entries:
             # Keep what was just taken: it reaches the store only after the broker acks this
             # batch's outputs, while the next batch is folded (streams/worker.py).
-            self.cache = {key: cache[key] for key in dirty}
+            self.cache = dirty
         return records
 
 
