@@ -55,7 +55,7 @@ from billing.facts import (
     TimeTicked,
     UsageBucketUpdated,
 )
-from billing.meters import MeterAggregator, MeterReading
+from billing.meters import MeterAggregator, MeterReading, add_plain
 from billing.meter_events import (
     MAX_EVENT_AGE_MS,
     MAX_EVENT_LEAD_MS,
@@ -333,13 +333,13 @@ class PartitionProcessor:
                 and -MAX_EVENT_LEAD_MS <= received_at_ms - event_time_ms <= MAX_EVENT_AGE_MS
                 and ledger.seen.get(seen_key) is None):
             return self._meter_event_general(offset, event, original_bytes, fresh)
-        meter_id, aggregator = plain.meter_id, plain.aggregator
+        meter_id = plain.meter_id
         reading = MeterReading(event_time_ms, received_at_ms, identifier, Decimal(value_text))
         ledger.seen[seen_key] = {customer_id: SeenEvent(offset, meter_id, reading)}
         bucket_key = (customer_id, meter_id, event_time_ms - event_time_ms % MILLISECONDS_PER_MINUTE)
         current = ledger.buckets.get(bucket_key)
-        if current is None or current.applied_offset < offset:
-            usage = aggregator.add(aggregator.initialize() if current is None else current.usage, reading)
+        if current is None or current.applied_offset < offset:  # (add_plain: the aggregator's add)
+            usage = add_plain(None if current is None else current.usage, reading)
             self._touched_buckets[bucket_key] = ledger.buckets[bucket_key] = UsageBucket(usage, offset)
         if offset > state.applied_offset:
             spans = self._usage_keys.get(customer_id)
@@ -349,9 +349,13 @@ class PartitionProcessor:
                 if found is not None:
                     keys, start_ms, end_ms = found
                     self._usage_keys.setdefault(customer_id, {})[meter_id] = (start_ms, end_ms, keys)
-                add_usage(state, meter_id, reading, aggregator, self.catalog, None if found is None else found[0])
-            else:
-                add_usage(state, meter_id, reading, aggregator, self.catalog, span[2])
+                add_usage(state, meter_id, reading, plain.aggregator, self.catalog,
+                          None if found is None else found[0])
+            else:  # add_usage with the keys in hand, spelled out
+                period_usage = state.period_usage
+                for key in span[2]:
+                    period_usage[key] = add_plain(period_usage.get(key), reading)
+                state.live_pending = True
             state.applied_offset = offset
             if received_at_ms > state.last_received_ms:
                 state.last_received_ms = received_at_ms

@@ -234,20 +234,28 @@ def _reading(values: tuple) -> MeterReading:
 
 
 def dump_seen(by_customer: Mapping[str, SeenEvent]) -> bytes:
-    if len(by_customer) == 1:  # nearly always: spelled out, without a generator
+    """A seen-event record. Nearly always one customer: then one flat tuple (what a record costs
+    here is paid once per meter event); otherwise a tuple of nested tuples, one per customer."""
+    if len(by_customer) == 1:  # spelled out, without a generator
         for customer_id, seen in by_customer.items():
             reading = seen.reading
-            return pickle.dumps(((customer_id, seen.offset, seen.meter_id,
-                                  (reading.event_time_ms, reading.received_at_ms, reading.identifier,
-                                   str(reading.value)), seen.canceled_offset),), protocol=5)
+            return pickle.dumps((customer_id, seen.offset, seen.meter_id, reading.event_time_ms,
+                                 reading.received_at_ms, reading.identifier, str(reading.value),
+                                 seen.canceled_offset), protocol=5)
     return pickle.dumps(tuple((customer_id, seen.offset, seen.meter_id, _reading_tuple(seen.reading),
                                seen.canceled_offset) for customer_id, seen in by_customer.items()), protocol=5)
 
 
 def load_seen(data: bytes) -> dict[str, SeenEvent]:
+    values = pickle.loads(data)
+    if type(values[0]) is str:  # one customer, flat (a tuple of tuples otherwise, as written before too)
+        customer_id, offset, meter_id, event_time_ms, received_at_ms, identifier, value, canceled_offset = values
+        return {customer_id: SeenEvent(offset, meter_id,
+                                       MeterReading(event_time_ms, received_at_ms, identifier, Decimal(value)),
+                                       canceled_offset)}
     return {customer_id: SeenEvent(offset=offset, meter_id=meter_id, reading=_reading(reading),
                                    canceled_offset=canceled_offset)
-            for customer_id, offset, meter_id, reading, canceled_offset in pickle.loads(data)}
+            for customer_id, offset, meter_id, reading, canceled_offset in values}
 
 
 def _usage_tuple(usage: MeterUsage) -> tuple:

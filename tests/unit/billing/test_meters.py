@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing.facts import EventTimeWindow, MeterAggregation
-from billing.meters import MeterAggregator, MeterReading, billable_quantity
+from billing.meters import MeterAggregator, MeterReading, add_plain, billable_quantity
 from billing.periods import minute_bucket_start_ms
 
 from .conftest import utc_ms
@@ -93,3 +93,15 @@ def test_folding_readings_in_any_order_and_any_batch_split_gives_the_same_result
     batch_usages = [aggregator.add_all(aggregator.initialize(), batch) for batch in batches]
     merged = aggregator.merge_all(data.draw(st.permutations(batch_usages)))
     assert aggregator.result(merged) == expected
+
+
+@given(aggregation=st.sampled_from(list(MeterAggregation)), readings=readings_strategy,
+       same_times=st.booleans())
+def test_add_plain_is_the_add_of_a_meter_without_window(aggregation, readings, same_times):
+    aggregator = MeterAggregator(aggregation)
+    if same_times:  # ties on event time, then on receipt: the identifier decides the latest
+        readings = [one._replace(event_time_ms=0, received_at_ms=one.received_at_ms % 2) for one in readings]
+    usage, plain = aggregator.initialize(), None
+    for one in readings:
+        usage, plain = aggregator.add(usage, one), add_plain(plain, one)
+        assert repr(plain) == repr(usage)  # repr: Decimal('1.50') is not Decimal('1.5')

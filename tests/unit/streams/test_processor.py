@@ -302,6 +302,10 @@ def run(log: list, batch_ends: set[int], reread_from: int, fast_path: bool):
                 w.meter_event("cus_a", "1", "e3", NOW_MS - MAX_EVENT_AGE_MS, received_at_ms=NOW_MS),
                 w.meter_event("cus_a", "1", "e4", NOW_MS - MAX_EVENT_AGE_MS - 1, received_at_ms=NOW_MS)],
          batch_ends=set(), reread=0)
+# A batch ends between two events of a customer: the second (period keys cached by the first) must
+# still owe a live balance.
+@example(facts=[w.meter_event("cus_a", "3", "e1", NOW_MS), w.meter_event("cus_a", "4", "e2", NOW_MS + 1000)],
+         batch_ends={len(SETUP)}, reread=0)
 # Digits that are not ASCII, and a customer with a record but never created (a grant came first).
 @example(facts=[w.meter_event("cus_a", "١٢", "e1", NOW_MS), w.customer_setup("cus_d", None)[1],
                 w.meter_event("cus_d", "1", "e2", NOW_MS)], batch_ends=set(), reread=0)

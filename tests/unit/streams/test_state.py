@@ -295,6 +295,15 @@ def test_seen_records_round_trip_exactly(by_customer):
     assert repr(loaded) == repr(by_customer)  # repr: Decimal('1.50') is not Decimal('1.5')
 
 
+def test_seen_records_written_before_the_flat_format_still_load():
+    import pickle
+
+    # one customer as a tuple of one nested tuple: how every seen record was written before
+    old = pickle.dumps((("cus_1", 7, "mtr_1", (60_000, 61_000, "ev_1", "2.50"), None),), protocol=5)
+    assert load_seen(old) == {"cus_1": SeenEvent(7, "mtr_1", MeterReading(60_000, 61_000, "ev_1", Decimal("2.50")))}
+    assert load_seen(dump_seen(load_seen(old))) == load_seen(old)
+
+
 @settings(max_examples=300)
 @given(st.builds(MeterUsage, value_sum=READINGS.map(lambda r: r.value), event_count=st.integers(0, 10**6),
                  latest=st.one_of(st.none(), READINGS),
