@@ -74,7 +74,7 @@ def subscription(row: dict[str, Any], items: list[dict[str, Any]], prices: dict[
         "id": row["id"], "object": "subscription", "billing_cycle_anchor": seconds(row["billing_cycle_anchor_ms"]),
         "cancel_at_period_end": row["cancel_at_period_end"], "canceled_at": seconds(row["canceled_ms"]),
         "created": seconds(row["created_ms"]), "currency": row["currency"], "current_period_start": period_start,
-        "current_period_end": period_end, "customer": row["customer_id"], "ended_at": seconds(row["canceled_ms"]),
+        "current_period_end": period_end, "customer": row["customer_id"], "ended_at": seconds(row["ended_ms"]),
         "items": {"object": "list", "has_more": False, "url": url, "data": [
             {"id": item["id"], "object": "subscription_item", "created": seconds(row["created_ms"]),
              "current_period_start": period_start, "current_period_end": period_end, "metadata": {},

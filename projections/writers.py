@@ -132,6 +132,11 @@ class Batch:
             " created_ms) values (%s, %s, %s, %s, %s, 'active', %s) on conflict do nothing",
             (fact.subscription_id, fact.customer_id, fact.currency, fact.billing_cycle_anchor_ms, fact.test_clock_id,
              fact.created_at_ms)))
+        # Its final invoice may have been projected first (invoices is another topic): then it has ended.
+        self.statements.append((
+            "update subscriptions s set status = 'canceled', ended_ms = coalesce(s.ended_ms, i.period_end_ms)"
+            " from invoices i where s.id = %s and i.subscription_id = s.id"
+            " and i.billing_reason = 'subscription_cancel'", (fact.subscription_id,)))
         self._items(fact.subscription_id, fact.items)
 
     @_rule(f.SubscriptionItemsChanged)
@@ -149,14 +154,18 @@ class Batch:
 
     @_rule(f.SubscriptionCancelScheduled)
     def _(self, fact: f.SubscriptionCancelScheduled, partition: int, offset: int) -> None:
-        self.statements.append(("update subscriptions set cancel_at_period_end = %s where id = %s",
-                                (fact.cancel_at_period_end, fact.subscription_id)))
+        # Stripe: canceled_at is the time of the latest request to cancel at period end (none once taken back)
+        # (a subscription canceled now, invoice_now set, stays as that made it)
+        self.statements.append(("update subscriptions set cancel_at_period_end = %s, canceled_ms = %s"
+                                " where id = %s and invoice_now is null",
+                                (fact.cancel_at_period_end, fact.scheduled_at_ms if fact.cancel_at_period_end else None,
+                                 fact.subscription_id)))
 
     @_rule(f.SubscriptionCanceled)
     def _(self, fact: f.SubscriptionCanceled, partition: int, offset: int) -> None:
         self.statements.append((
-            "update subscriptions set status = 'canceled', canceled_ms = %s, invoice_now = %s where id = %s",
-            (fact.canceled_at_ms, fact.invoice_now, fact.subscription_id)))
+            "update subscriptions set status = 'canceled', canceled_ms = %s, ended_ms = %s, invoice_now = %s"
+            " where id = %s", (fact.canceled_at_ms, fact.canceled_at_ms, fact.invoice_now, fact.subscription_id)))
 
     @_rule(f.CreditGrantCreated)
     def _(self, fact: f.CreditGrantCreated, partition: int, offset: int) -> None:
@@ -215,6 +224,12 @@ class Batch:
             (fact.invoice_id, fact.customer_id, fact.subscription_id, fact.currency, fact.period_start_ms,
              fact.period_end_ms, str(fact.billing_reason), fact.finalized_at_ms, fact.subtotal_minor,
              fact.total_credits_minor, fact.amount_due_minor, status)))
+        if fact.billing_reason == f.BillingReason.SUBSCRIPTION_CANCEL:
+            # The final invoice: a subscription canceled at period end ends with the period it bills
+            # (one canceled now has ended already: its own time stays).
+            self.statements.append((
+                "update subscriptions set status = 'canceled', ended_ms = coalesce(ended_ms, %s) where id = %s",
+                (fact.period_end_ms, fact.subscription_id)))
         for position, line in enumerate(fact.lines):
             self.statements.append((
                 "insert into invoice_lines (id, invoice_id, position, subscription_item_id, price_id, meter_id, quantity,"

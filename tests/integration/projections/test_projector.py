@@ -211,3 +211,55 @@ def test_rebuild_replays_the_topics_into_tables_identical_to_the_live_projection
             assert difference == [], f"{table}: rows in {left} but not in {right}: {difference[:3]}"
     assert query(settings, rebuilt_schema, "select value from usage_buckets where customer_id = %s", customer_id) == [
         (Decimal("25"),)]
+
+
+@pytest.mark.parametrize("invoice_first", [False, True])
+def test_a_subscription_canceled_at_period_end_ends_with_its_final_invoice(topics, publish, schema, invoice_first):
+    settings = topics
+    customer_id, subscription_id = unique("cus"), unique("sub")
+    period_end_ms = NOW_MS + 31 * 86_400_000
+    publish("customer-facts", f.SubscriptionCreated(
+        subscription_id=subscription_id, customer_id=customer_id, currency="usd", billing_cycle_anchor_ms=NOW_MS,
+        created_at_ms=NOW_MS, items=(f.SubscriptionItem(item_id=unique("si"), price_id="price_x"),)), key=customer_id)
+    final_invoice = f.InvoiceFinalized(
+        invoice_id=unique("in"), customer_id=customer_id, subscription_id=subscription_id, currency="usd",
+        period_start_ms=NOW_MS, period_end_ms=period_end_ms, billing_reason=f.BillingReason.SUBSCRIPTION_CANCEL,
+        finalized_at_ms=period_end_ms + 3_600_000, lines=(), subtotal_minor=0, total_credits_minor=0,
+        amount_due_minor=0)
+    scheduled = f.SubscriptionCancelScheduled(subscription_id=subscription_id, customer_id=customer_id,
+                                              cancel_at_period_end=True, scheduled_at_ms=NOW_MS + 1000)
+    # The projector reads invoices and customer-facts as separate topics: either may come first.
+    if invoice_first:
+        publish("invoices", final_invoice, key=customer_id)
+        Projector(settings, schema=schema).catch_up(timeout_s=60)
+    publish("customer-facts", scheduled, key=customer_id)
+    Projector(settings, schema=schema).catch_up(timeout_s=60)
+    row = "select status, cancel_at_period_end, canceled_ms, ended_ms from subscriptions where id = %s"
+    if not invoice_first:
+        assert query(settings, schema, row, subscription_id) == [("active", True, NOW_MS + 1000, None)]
+        publish("invoices", final_invoice, key=customer_id)
+        Projector(settings, schema=schema).catch_up(timeout_s=60)
+    assert query(settings, schema, row, subscription_id) == [("canceled", True, NOW_MS + 1000, period_end_ms)]
+
+
+def test_a_subscription_canceled_now_keeps_its_own_end_whatever_its_final_invoice_says(topics, publish, schema):
+    settings = topics
+    customer_id, subscription_id = unique("cus"), unique("sub")
+    publish("customer-facts", f.SubscriptionCreated(
+        subscription_id=subscription_id, customer_id=customer_id, currency="usd", billing_cycle_anchor_ms=NOW_MS,
+        created_at_ms=NOW_MS, items=(f.SubscriptionItem(item_id=unique("si"), price_id="price_x"),)), key=customer_id)
+    publish("invoices", f.InvoiceFinalized(
+        invoice_id=unique("in"), customer_id=customer_id, subscription_id=subscription_id, currency="usd",
+        period_start_ms=NOW_MS, period_end_ms=NOW_MS + 86_400_000, billing_reason=f.BillingReason.SUBSCRIPTION_CANCEL,
+        finalized_at_ms=NOW_MS + 5000, lines=(), subtotal_minor=0, total_credits_minor=0, amount_due_minor=0),
+        key=customer_id)
+    Projector(settings, schema=schema).catch_up(timeout_s=60)
+    publish("customer-facts", f.SubscriptionCanceled(subscription_id=subscription_id, customer_id=customer_id,
+                                                     invoice_now=True, canceled_at_ms=NOW_MS + 5000), key=customer_id)
+    publish("customer-facts", f.SubscriptionCancelScheduled(subscription_id=subscription_id, customer_id=customer_id,
+                                                            cancel_at_period_end=True, scheduled_at_ms=NOW_MS + 6000),
+            key=customer_id)
+    Projector(settings, schema=schema).catch_up(timeout_s=60)
+    assert query(settings, schema, "select status, cancel_at_period_end, canceled_ms, ended_ms from subscriptions"
+                                   " where id = %s", subscription_id) == [("canceled", False, NOW_MS + 5000,
+                                                                            NOW_MS + 5000)]
