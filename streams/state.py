@@ -208,6 +208,40 @@ SEPARATOR = "\x1f"
 PARTITION_KEY = b"\x00partition"
 
 
+# --- packed changelog records ------------------------------------------------------------------------
+# A seen-event record is written once per meter event and (but for a cancellation) never again, so
+# log compaction has nothing to gain from it: the records of a batch go to the changelog as a few
+# packs of up to PACK_BYTES, each under a key of its own (compaction must never drop a pack, which
+# a later pack under the same key would do), one Kafka record instead of thousands. Recovery
+# (unpacked_changelog) puts each record of a pack in the store, as if it had come alone. In the
+# local store the records stay one per key.
+
+PACK_PREFIX = b"\x00pack:"
+PACK_BYTES = 512 * 1024  # well under the broker's default message.max.bytes (1 MiB)
+
+
+def packed(records: list[tuple[bytes, bytes]], key_prefix: bytes) -> list[tuple[bytes, bytes]]:
+    """Changelog records holding `records` (key, value) in packs: (PACK_PREFIX + key_prefix + n, pack)."""
+    packs, pack, size = [], [], 0
+    for record in records:
+        pack.append(record)
+        size += len(record[0]) + len(record[1]) + 16
+        if size >= PACK_BYTES:
+            packs.append(pack)
+            pack, size = [], 0
+    if pack:
+        packs.append(pack)
+    return [(PACK_PREFIX + key_prefix + b":%d" % number, pickle.dumps(pack, protocol=5))
+            for number, pack in enumerate(packs)]
+
+
+def unpacked(key: bytes, value: bytes | None) -> list[tuple[bytes, bytes | None]]:
+    """The store records one changelog record stands for: a pack's records, or the record itself."""
+    if value is not None and key.startswith(PACK_PREFIX):
+        return pickle.loads(value)
+    return [(key, value)]
+
+
 def customer_key(customer_id: str) -> bytes:
     return customer_id.encode()
 

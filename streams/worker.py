@@ -32,8 +32,9 @@ import gc
 import logging
 import os
 import time
+import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,8 @@ class StateWrite:
     partition: int
     db: Any  # the partition's rocksdict (Faust's store)
     changelog_topic: str
-    items: list[tuple[bytes, bytes]]
+    items: list[tuple[bytes, bytes]]  # for the local store
+    changelog_items: list[tuple[bytes, bytes]] | None = None  # for the changelog, when not `items` (packs)
 
 
 def unbroken_runs(messages: list, next_offsets: dict[int, int],
@@ -154,6 +156,7 @@ class Engine:
         self.caches: dict[int, tuple[records.BatchCache, records.BatchCache, records.BatchCache]] = {}
         self.batches = 0
         self.facts_in = 0
+        self.incarnation = uuid.uuid4().hex.encode()  # this process: keeps its changelog packs' keys unique
         self.ready = False
         self.source = SourceReader(settings, self.source_topic)
         # Held while a batch is folded and by rebalances: a batch never straddles two owners.
@@ -451,10 +454,14 @@ class Engine:
             customers, seen, buckets = self.caches[partition]
             customer_records = customers.take_dirty()
             customer_records.append((records.PARTITION_KEY, records.dumps(self.processors[partition].state)))
-            for table, items in ((self.customers_table, customer_records),
-                                 (self.usage_table, seen.take_dirty() + buckets.take_dirty())):
-                taken.append(StateWrite(table, partition, self._db(table, partition),
-                                        table.changelog_topic.get_topic_name(), items))
+            taken.append(StateWrite(self.customers_table, partition, self._db(self.customers_table, partition),
+                                    self.customers_table.changelog_topic.get_topic_name(), customer_records))
+            # Seen events go to the changelog in packs (records.packed), under keys no other pack has.
+            seen_records, bucket_records = seen.take_dirty(), buckets.take_dirty()
+            pack_prefix = b"%s:%d:%d" % (self.incarnation, self.batches, partition)
+            taken.append(StateWrite(self.usage_table, partition, self._db(self.usage_table, partition),
+                                    self.usage_table.changelog_topic.get_topic_name(), seen_records + bucket_records,
+                                    records.packed(seen_records, pack_prefix) + bucket_records))
         return taken
 
     async def _complete(self, state_records: list[StateWrite], durable_offsets: dict[int, int],
@@ -476,7 +483,7 @@ class Engine:
             produce = output.produce
             for write in state_records:
                 topic, partition = write.changelog_topic, write.partition
-                for key, value in write.items:
+                for key, value in write.items if write.changelog_items is None else write.changelog_items:
                     produce(topic, value, key, partition)
             self.phase_seconds["state_write"] += time.perf_counter() - started
             await output.acked()
@@ -598,6 +605,41 @@ class OutputProducer:
         return offsets
 
 
+class _UnpackedMessage:
+    """One record of a changelog pack, as Faust's store reads a changelog message."""
+
+    __slots__ = ("tp", "offset", "partition", "key", "value")
+
+    def __init__(self, packed_in: Any, key: bytes, value: bytes | None) -> None:
+        self.tp, self.offset, self.partition = packed_in.tp, packed_in.offset, packed_in.partition
+        self.key, self.value = key, value
+
+
+class _UnpackedEvent:
+    __slots__ = ("message",)
+
+    def __init__(self, message: _UnpackedMessage) -> None:
+        self.message = message
+
+
+def unpacked_changelog(batch: Any) -> Iterator[Any]:
+    """Changelog events with every pack (streams/state.py, "packed changelog records") replaced by
+    the records it holds, in order, at the pack's offset."""
+    for event in batch:
+        message = event.message
+        if message.value is not None and message.key is not None and message.key.startswith(records.PACK_PREFIX):
+            for key, value in records.unpacked(message.key, message.value):
+                yield _UnpackedEvent(_UnpackedMessage(message, key, value))
+        else:
+            yield event
+
+
+def _recover_packs(table: Any) -> None:
+    """Faust recovers the table from its changelog through table.apply_changelog_batch: unpack there."""
+    apply = table.apply_changelog_batch
+    table.apply_changelog_batch = lambda batch: apply(unpacked_changelog(batch))
+
+
 def create_app(settings: Settings) -> tuple[Any, Engine]:
     """The Faust app (consumer group = topic prefix) and its engine."""
     import faust
@@ -630,6 +672,7 @@ def create_app(settings: Settings) -> tuple[Any, Engine]:
                                 options=dict(ROCKSDB_OPTIONS))
     usage_table = app.Table("usage", partitions=settings.partitions, key_type=bytes, value_type=bytes,
                             options=dict(ROCKSDB_OPTIONS))
+    _recover_packs(usage_table)
     engine = Engine(app, settings, customers_table, usage_table)
 
     @app.agent(source)

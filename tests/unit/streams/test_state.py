@@ -312,3 +312,43 @@ def test_seen_records_written_before_the_flat_format_still_load():
 def test_bucket_records_round_trip_exactly(usage, offset):
     bucket = UsageBucket(usage, offset)
     assert repr(load_bucket(dump_bucket(bucket))) == repr(bucket)
+
+
+# --- changelog packs ---------------------------------------------------------------------------------
+
+from types import SimpleNamespace  # noqa: E402
+
+from streams.state import PACK_BYTES, PACK_PREFIX, packed, unpacked  # noqa: E402
+
+STORE_RECORDS = st.lists(st.tuples(st.binary(min_size=1, max_size=40), st.binary(max_size=3000)), max_size=600)
+
+
+@settings(max_examples=100, deadline=None)
+@given(STORE_RECORDS)
+def test_packs_hold_every_record_in_order_under_keys_of_their_own(store_records):
+    packs = packed(store_records, b"incarnation:7:3")
+    assert [record for key, value in packs for record in unpacked(key, value)] == store_records
+    assert len({key for key, _ in packs}) == len(packs)
+    assert all(key.startswith(PACK_PREFIX + b"incarnation:7:3:") for key, _ in packs)
+    assert all(len(value) < 2 * PACK_BYTES for _, value in packs)  # each stays far below a Kafka message's limit
+    if sum(len(k) + len(v) for k, v in store_records) > 3 * PACK_BYTES:
+        assert len(packs) > 1
+
+
+def test_a_record_that_is_not_a_pack_stands_for_itself_tombstones_too():
+    assert unpacked(b"b\x1fcus\x1fmtr\x1f0", b"value") == [(b"b\x1fcus\x1fmtr\x1f0", b"value")]
+    assert unpacked(PACK_PREFIX + b"x:0", None) == [(PACK_PREFIX + b"x:0", None)]
+
+
+def test_recovery_puts_each_record_of_a_pack_in_the_store_at_the_packs_offset():
+    from streams.worker import unpacked_changelog
+
+    def event(key, value, offset):
+        return SimpleNamespace(message=SimpleNamespace(tp=("usage-changelog", 2), offset=offset, partition=2,
+                                                       key=key, value=value))
+
+    (pack_key, pack_value), = packed([(b"s1", b"v1"), (b"s2", b"v2")], b"i:1:2")
+    events = list(unpacked_changelog([event(b"b1", b"x", 10), event(pack_key, pack_value, 11), event(b"b1", None, 12)]))
+    assert [(e.message.key, e.message.value, e.message.offset, e.message.partition, e.message.tp) for e in events] == [
+        (b"b1", b"x", 10, 2, ("usage-changelog", 2)), (b"s1", b"v1", 11, 2, ("usage-changelog", 2)),
+        (b"s2", b"v2", 11, 2, ("usage-changelog", 2)), (b"b1", None, 12, 2, ("usage-changelog", 2))]
