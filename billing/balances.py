@@ -91,7 +91,8 @@ def detect_low_balance(
     goes back above the threshold."""
     now_at_or_below = live_balance_minor <= watch.threshold_minor
     if not now_at_or_below or watch.at_or_below:
-        return replace(watch, at_or_below=now_at_or_below), None
+        # (unchanged nearly always: this runs with every live balance)
+        return (watch if watch.at_or_below == now_at_or_below else replace(watch, at_or_below=now_at_or_below)), None
     crossing_count = watch.crossing_count + 1
     alert = LowBalanceAlert(
         alert_id=ids.low_balance_alert_id(watch.customer_id, watch.currency, watch.threshold_minor, crossing_count),

@@ -24,6 +24,7 @@ from billing.money import add_exact
 from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_HOUR
 
 _ZERO = Decimal(0)
+_new_tuple = tuple.__new__
 _NO_SURVIVORS: Mapping[int, "MeterReading"] = MappingProxyType({})
 
 # MeterReading and MeterUsage are NamedTuples, not frozen dataclasses: one or two of each are built
@@ -85,7 +86,9 @@ def add_plain(usage: MeterUsage | None, reading: MeterReading) -> MeterUsage:
             reading.event_time_ms == latest.event_time_ms
             and (reading.received_at_ms, reading.identifier) > (latest.received_at_ms, latest.identifier)):
         latest = reading
-    return MeterUsage(add_exact(usage.value_sum, reading.value), usage.event_count + 1, latest)
+    # tuple.__new__: a NamedTuple's own __new__ is a Python function (every field given, in order)
+    return _new_tuple(MeterUsage, (add_exact(usage.value_sum, reading.value), usage.event_count + 1, latest,
+                                   _NO_SURVIVORS))
 
 
 @dataclass(frozen=True, slots=True)

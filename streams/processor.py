@@ -73,6 +73,7 @@ CUSTOMER_FACTS = (CustomerCreated, SubscriptionCreated, SubscriptionItemsChanged
                   SubscriptionCanceled, CreditGrantCreated, CreditGrantUpdated, CreditGrantExpired,
                   CreditGrantVoided, InvoiceVoidRequested)
 
+_new_tuple = tuple.__new__
 CACHED_USAGE_KEYS = 10_000  # customers whose period-usage keys the fast path keeps (see _usage_keys)
 
 # Where each derived fact goes (short topic names, see streams/topics.py).
@@ -203,11 +204,9 @@ class PartitionProcessor:
                 error: Exception | None = None) -> list:
         """Fold the fact at `offset` (or dead-letter `error`, the codec's failure) -> facts to emit.
         `key`: the record's key (the customer id), for dead letters only."""
-        fresh = offset > self.state.applied_offset
         if type(fact) is MeterEventRecorded and error is None:  # nearly every fact: dispatched first
-            if fresh:
-                self.state.applied_offset = offset
-            return self._meter_event(offset, fact, original_bytes, fresh)
+            return self.meter_event(offset, fact, original_bytes)
+        fresh = offset > self.state.applied_offset
         if type(key) is bytes:
             key = key.decode("utf-8", "replace")
         out: list = []
@@ -243,6 +242,13 @@ class PartitionProcessor:
                                          key or None, self.state.now_ms))
         self.state.applied_offset = max(self.state.applied_offset, offset)
         return out
+
+    def meter_event(self, offset: int, event: MeterEventRecorded, original_bytes: bytes) -> list:
+        """process() of a decoded MeterEventRecorded (nearly every fact: the worker calls it directly)."""
+        fresh = offset > self.state.applied_offset
+        if fresh:
+            self.state.applied_offset = offset
+        return self._meter_event(offset, event, original_bytes, fresh)
 
     def finish_batch(self) -> list:
         """Facts owed at the end of a batch: the latest value of each touched usage bucket, and
@@ -334,13 +340,14 @@ class PartitionProcessor:
                 and ledger.seen.get(seen_key) is None):
             return self._meter_event_general(offset, event, original_bytes, fresh)
         meter_id = plain.meter_id
-        reading = MeterReading(event_time_ms, received_at_ms, identifier, Decimal(value_text))
-        ledger.seen[seen_key] = {customer_id: SeenEvent(offset, meter_id, reading)}
+        # tuple.__new__: a NamedTuple's own __new__ is a Python function (every field given, in order)
+        reading = _new_tuple(MeterReading, (event_time_ms, received_at_ms, identifier, Decimal(value_text)))
+        ledger.seen[seen_key] = {customer_id: _new_tuple(SeenEvent, (offset, meter_id, reading, None))}
         bucket_key = (customer_id, meter_id, event_time_ms - event_time_ms % MILLISECONDS_PER_MINUTE)
         current = ledger.buckets.get(bucket_key)
         if current is None or current.applied_offset < offset:  # (add_plain: the aggregator's add)
             usage = add_plain(None if current is None else current.usage, reading)
-            self._touched_buckets[bucket_key] = ledger.buckets[bucket_key] = UsageBucket(usage, offset)
+            self._touched_buckets[bucket_key] = ledger.buckets[bucket_key] = _new_tuple(UsageBucket, (usage, offset))
         if offset > state.applied_offset:
             spans = self._usage_keys.get(customer_id)
             span = None if spans is None else spans.get(meter_id)

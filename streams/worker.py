@@ -368,7 +368,7 @@ class Engine:
         for partition in partitions:
             run = runs.pop(partition)
             processor = self._processor(partition)
-            process = processor.process
+            process, meter_event = processor.process, processor.meter_event
             # Decoded a chunk at a time and folded at once: the batch's decoded facts never pile
             # up (memory), and each is folded while still in the CPU's caches.
             for start in range(0, len(run), YIELD_EVERY_FACTS):
@@ -379,7 +379,12 @@ class Engine:
                     await self._follow_catalog(True)
                     processor.catalog = self.catalog_follower.catalog
                 for offset, value, key, fact, error in items:
-                    outputs.extend(process(offset, fact, value, key, error))
+                    if type(fact) is MeterEventRecorded and error is None:  # process() would do this
+                        emitted = meter_event(offset, fact, value)
+                    else:
+                        emitted = process(offset, fact, value, key, error)
+                    if emitted:
+                        outputs.extend(emitted)
                 folded += len(items)
                 items = fact = value = None  # (the loop variables would keep the last fact alive)
                 await asyncio.sleep(0)  # let the previous batch's completion move on
