@@ -247,7 +247,13 @@ def evolve(state: CustomerState, fact: object, catalog: Catalog, now_ms: int,
         elif isinstance(fact, SubscriptionCancelScheduled):
             sub = state.subscriptions.get(fact.subscription_id)
             if sub is not None and fact.cancel_at_period_end:
-                sub.final_period_end_ms = sub.open_period.end_ms
+                # The period the request falls in: the open period, or, when that one has ended and
+                # waits out its grace period, the one that began at its end (Stripe's subscription
+                # rolls over at period end; the invoice is only finalized later).
+                sub.final_period_end_ms = sub.open_period.end_ms if fact.scheduled_at_ms < sub.open_period.end_ms \
+                    else subscription_period_containing(sub.created.created_at_ms,
+                                                        sub.created.billing_cycle_anchor_ms, sub.interval,
+                                                        sub.interval_count, fact.scheduled_at_ms).end_ms
                 sub.final_reason = BillingReason.SUBSCRIPTION_CANCEL
             elif sub is not None:
                 sub.final_period_end_ms = None

@@ -1,0 +1,53 @@
+"""The per-customer fold (billing/customer.py): subscriptions canceled at period end."""
+
+from __future__ import annotations
+
+import pytest
+
+from billing.catalog import Catalog, evolve_catalog
+from billing.customer import CustomerState, FoldConfig, advance_time, evolve
+from billing.facts import BillingReason, InvoiceFinalized, SubscriptionCancelScheduled
+from billing.periods import add_months_clamped_ms
+from streams import walkthrough as w
+
+GRACE_MS = w.HOUR_MS
+CONFIG = FoldConfig(grace_period_ms=GRACE_MS, live_balance_interval_ms=0, low_balance_thresholds_minor=())
+FIRST_END_MS = w.first_period_end_ms()
+SECOND_END_MS = add_months_clamped_ms(w.START_MS, 2)
+
+
+def catalog() -> Catalog:
+    result = Catalog()
+    for fact in w.catalog_facts():
+        result = evolve_catalog(result, fact)
+    return result
+
+
+def invoices_until(scheduled_at_ms: int, until_ms: int) -> tuple[list[InvoiceFinalized], CustomerState]:
+    """A customer whose subscription is scheduled to cancel at period end at `scheduled_at_ms`
+    (time having reached it first), then time running on to `until_ms`: its invoices."""
+    prices, state, emitted = catalog(), CustomerState(customer_id="cus_1"), []
+    for fact in w.customer_setup("cus_1", None):
+        state, _ = evolve(state, fact, prices, w.START_MS, CONFIG)
+    emitted += advance_time(state, scheduled_at_ms, prices, CONFIG)
+    state, facts = evolve(state, SubscriptionCancelScheduled(
+        subscription_id="sub_cus_1", customer_id="cus_1", cancel_at_period_end=True,
+        scheduled_at_ms=scheduled_at_ms), prices, scheduled_at_ms, CONFIG)
+    emitted += facts + advance_time(state, until_ms, prices, CONFIG)
+    return [fact for fact in emitted if isinstance(fact, InvoiceFinalized)], state
+
+
+def test_cancel_at_period_end_makes_the_current_period_the_last():
+    invoices, state = invoices_until(w.START_MS + 10 * w.HOUR_MS, SECOND_END_MS + 2 * GRACE_MS)
+    assert [(i.period_end_ms, i.billing_reason) for i in invoices] == [(FIRST_END_MS, BillingReason.SUBSCRIPTION_CANCEL)]
+    assert state.subscriptions["sub_cus_1"].ended
+
+
+@pytest.mark.parametrize("after_end_ms", [0, 1, GRACE_MS // 2, GRACE_MS - 1])
+def test_cancel_at_period_end_asked_after_a_period_ended_ends_the_next_one(after_end_ms):
+    # The first period has ended but is not invoiced yet (its grace period runs): the request is
+    # about the period that began at its end, as Stripe's subscription has rolled over by then.
+    invoices, state = invoices_until(FIRST_END_MS + after_end_ms, SECOND_END_MS + 2 * GRACE_MS)
+    assert [(i.period_end_ms, i.billing_reason) for i in invoices] == [
+        (FIRST_END_MS, BillingReason.SUBSCRIPTION_CYCLE), (SECOND_END_MS, BillingReason.SUBSCRIPTION_CANCEL)]
+    assert state.subscriptions["sub_cus_1"].ended
