@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import idempotency
 from api.errors import ApiError, unauthorized
-from api.params import request_params
+from api.params import Params, request_params
 from drawdown.settings import Settings
 
 log = logging.getLogger("drawdown.api")
@@ -44,16 +44,35 @@ def error_response(error: ApiError) -> Response:
 
 
 def route(router: APIRouter, method: str, path: str, handler: Handler, *, summary: str,
-          query: dict[str, str] | None = None, form: dict[str, Any] | None = None) -> None:
+          query: dict[str, str] | None = None, form: dict[str, Any] | None = None,
+          answers_with: Handler | None = None, creates: str | None = None) -> None:
     """Register `handler(ctx, params, **path_params)` at `method path`, documented for OpenAPI.
 
     `query` / `form` map parameter names to JSON-schema types (for the OpenAPI document only: the
-    handler's Params reads and validates the real request).
+    handler's Params reads and validates the real request). A command names how a retry that
+    resumes it is answered once its first attempt took effect (api.idempotency): `answers_with`
+    (its retrieve handler) renders the object with the path's id, or, for a create, the object
+    with the id its first attempt derived from the key (`creates`: that id's prefix).
     """
 
     async def endpoint(request: Request) -> Response:
         params = await request_params(request)
-        result = await run_in_threadpool(handler, request.app.state.ctx, params, **request.path_params)
+        ctx = request.app.state.ctx
+        claim = idempotency.current()
+        resumed = answers_with is not None and claim is not None and claim.resumed
+        if resumed and creates is not None:  # created already: answer it, publish nothing again
+            existing = await _answer_if_present(answers_with, ctx, claim.nth_id(creates))
+            if existing is not None:
+                return json_response(existing)
+        try:
+            result = await run_in_threadpool(handler, ctx, params, **request.path_params)
+        except ApiError as refused:  # e.g. "already voided": by the first attempt, when resumed
+            object_id = request.path_params.get("id") or (claim.first_id if claim else None)
+            if not resumed or refused.status >= 500 or object_id is None:
+                raise
+            result = await _answer_if_present(answers_with, ctx, object_id)
+            if result is None:
+                raise
         return json_response(result)
 
     parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": 200}}
@@ -67,6 +86,13 @@ def route(router: APIRouter, method: str, path: str, handler: Handler, *, summar
     endpoint.__name__ = handler.__name__
     router.add_api_route(path, endpoint, methods=[method], summary=summary, openapi_extra=extra,
                          response_class=JSONResponse)
+
+
+async def _answer_if_present(retrieve: Handler, ctx: Any, object_id: str) -> Any:
+    try:
+        return await run_in_threadpool(retrieve, ctx, Params({}), id=object_id)
+    except ApiError:
+        return None
 
 
 def _schema(kind: Any) -> dict[str, Any]:
@@ -207,9 +233,9 @@ class Conventions:
         body = await _read_body(receive)
         query = scope.get("query_string", b"").decode("latin-1")
         fingerprint = idempotency.request_sha256(method, path, query, body)
-        stored = await run_in_threadpool(idempotency.claim, ctx.pool, caller.key_sha256, idempotency_key, fingerprint)
-        if stored is not None:
-            await _send_response(send, stored.status_code, stored.body,
+        held = await run_in_threadpool(idempotency.claim, ctx.pool, caller.key_sha256, idempotency_key, fingerprint)
+        if isinstance(held, idempotency.StoredResponse):
+            await _send_response(send, held.status_code, held.body,
                                  [(b"idempotent-replayed", b"true"), (b"idempotency-key", idempotency_key.encode())])
             return
         replayed = False
@@ -229,15 +255,20 @@ class Conventions:
             elif message["type"] == "http.response.body":
                 response["body"].append(message.get("body", b""))
 
+        token = idempotency.bind(held)
         try:
             await self.app(scope, receive_body, capture)
         except BaseException:
-            await run_in_threadpool(idempotency.complete, ctx.pool, caller.key_sha256, idempotency_key, 500, b"")
+            await run_in_threadpool(idempotency.complete, ctx.pool, held, 500, b"")
             raise
+        finally:
+            idempotency.unbind(token)
         response_body = b"".join(response["body"])
-        await run_in_threadpool(idempotency.complete, ctx.pool, caller.key_sha256, idempotency_key,
-                                response["status"], response_body)
+        await run_in_threadpool(idempotency.complete, ctx.pool, held, response["status"], response_body)
         extra = [(name, value) for name, value in response["headers"] if name.lower() != b"content-length"]
+        if response["status"] >= 500 and (held.published or held.resumed):
+            # The command may have taken effect: tell the SDKs that a retry with this key is safe.
+            extra.append((b"stripe-should-retry", b"true"))
         await _send_response(send, response["status"], response_body,
                              extra + [(b"idempotency-key", idempotency_key.encode())])
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from api import idempotency
 from api.errors import ApiError
 from drawdown.settings import Settings
 from schemas.codec import FactCodec
@@ -93,6 +94,7 @@ class Publisher:
         topic = self.topic(topic_name)
         values = encoded if encoded is not None else [self.codec.encode(fact) for _, fact, _ in records]
         pending = _Pending(len(records))
+        idempotency.note_published()  # from here on, a retry of this request must not make new facts
         for index, ((key, _, partition), value) in enumerate(zip(records, values)):
             def delivered(error: Any, message: Any, index: int = index) -> None:
                 if error is not None:

@@ -42,8 +42,17 @@ CatalogFact = (
 
 
 def evolve_catalog(catalog: Catalog, fact: CatalogFact) -> Catalog:
-    """The catalog after one catalog fact (unknown ids are ignored: facts are already accepted)."""
+    """The catalog after one catalog fact (unknown ids are ignored: facts are already accepted).
+
+    The first fact wins: a meter or price whose id is known is a retried command (ids are derived
+    from the Idempotency-Key), and a meter whose event_name another meter has lost the race for it
+    (event names are unique; the projection keeps the same first meter, and the API answers the
+    loser with a 400)."""
     match fact:
+        case MeterDefined() if fact.meter_id in catalog.meters or fact.event_name in catalog.meters_by_event_name:
+            return catalog
+        case PriceCreated() if fact.price_id in catalog.prices:
+            return catalog
         case MeterDefined():
             return replace(
                 catalog,

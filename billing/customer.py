@@ -229,8 +229,15 @@ def evolve(state: CustomerState, fact: object, catalog: Catalog, now_ms: int,
     """
     emitted: list = []
     try:
+        # A create whose id exists already is a retried command (the API derives ids from the
+        # Idempotency-Key): the first fact of an id wins, so a re-published create changes nothing.
         if isinstance(fact, CustomerCreated):
-            state.created = fact
+            if state.created is None:
+                state.created = fact
+        elif isinstance(fact, SubscriptionCreated) and fact.subscription_id in state.subscriptions:
+            pass
+        elif isinstance(fact, CreditGrantCreated) and fact.grant_id in state.grants:
+            pass
         elif isinstance(fact, SubscriptionCreated):
             interval, count = _subscription_interval(fact.items, catalog)
             open_period = subscription_period_containing(

@@ -96,10 +96,10 @@ def list_prices(ctx: ApiContext, params: Params) -> dict[str, Any]:
 
 
 PAGE = {"limit": "integer", "starting_after": STRING, "ending_before": STRING}
-route(router, "POST", "/v1/products", create_product, summary="Create a product", form={"name": STRING})
+route(router, "POST", "/v1/products", create_product, answers_with=retrieve_product, creates="prod", summary="Create a product", form={"name": STRING})
 route(router, "GET", "/v1/products", list_products, summary="List products", query=PAGE)
 route(router, "GET", "/v1/products/{id}", retrieve_product, summary="Retrieve a product")
-route(router, "POST", "/v1/prices", create_price, summary="Create a recurring price",
+route(router, "POST", "/v1/prices", create_price, answers_with=retrieve_price, creates="price", summary="Create a recurring price",
       form={"product": STRING, "currency": STRING, "unit_amount": "integer", "unit_amount_decimal": STRING,
             "billing_scheme": STRING, "recurring[interval]": STRING, "recurring[interval_count]": "integer",
             "recurring[usage_type]": STRING, "recurring[meter]": STRING})

@@ -147,7 +147,7 @@ def void_credit_grant(ctx: ApiContext, params: Params, id: str) -> dict[str, Any
     return objects.credit_grant(_grant(ctx, id))
 
 
-route(router, "POST", "/v1/billing/credit_grants", create_credit_grant, summary="Create a credit grant",
+route(router, "POST", "/v1/billing/credit_grants", create_credit_grant, answers_with=retrieve_credit_grant, creates="credgr", summary="Create a credit grant",
       form={"customer": "string", "amount[type]": "string", "amount[monetary][value]": "integer",
             "amount[monetary][currency]": "string", "applicability_config[scope][price_type]": "string",
             "category": "string", "effective_at": "integer", "expires_at": "integer", "name": "string",
@@ -155,7 +155,7 @@ route(router, "POST", "/v1/billing/credit_grants", create_credit_grant, summary=
 route(router, "GET", "/v1/billing/credit_grants", list_credit_grants, summary="List credit grants",
       query={"customer": "string", "limit": "integer", "starting_after": "string", "ending_before": "string"})
 route(router, "GET", "/v1/billing/credit_grants/{id}", retrieve_credit_grant, summary="Retrieve a credit grant")
-route(router, "POST", "/v1/billing/credit_grants/{id}", update_credit_grant, summary="Update expires_at or metadata",
+route(router, "POST", "/v1/billing/credit_grants/{id}", update_credit_grant, answers_with=retrieve_credit_grant, summary="Update expires_at or metadata",
       form={"expires_at": "integer"})
-route(router, "POST", "/v1/billing/credit_grants/{id}/expire", expire_credit_grant, summary="Expire a credit grant")
-route(router, "POST", "/v1/billing/credit_grants/{id}/void", void_credit_grant, summary="Void an unapplied grant")
+route(router, "POST", "/v1/billing/credit_grants/{id}/expire", expire_credit_grant, answers_with=retrieve_credit_grant, summary="Expire a credit grant")
+route(router, "POST", "/v1/billing/credit_grants/{id}/void", void_credit_grant, answers_with=retrieve_credit_grant, summary="Void an unapplied grant")

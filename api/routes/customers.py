@@ -55,7 +55,7 @@ def list_customers(ctx: ApiContext, params: Params) -> dict[str, Any]:
     return paginate(ctx.pool, params, "/v1/customers", "customers", conditions, arguments, objects.customer)
 
 
-route(router, "POST", "/v1/customers", create_customer, summary="Create a customer",
+route(router, "POST", "/v1/customers", create_customer, answers_with=retrieve_customer, creates="cus", summary="Create a customer",
       form={"name": STRING, "email": STRING, "test_clock": STRING})
 route(router, "GET", "/v1/customers", list_customers, summary="List customers",
       query={"email": STRING, "test_clock": STRING, "limit": "integer", "starting_after": STRING,

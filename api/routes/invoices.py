@@ -155,4 +155,4 @@ route(router, "GET", "/v1/invoices", list_invoices, summary="List invoices",
 route(router, "POST", "/v1/invoices/create_preview", create_preview, summary="Preview the current period's invoice",
       form={"subscription": "string", "customer": "string"})
 route(router, "GET", "/v1/invoices/{id}", retrieve_invoice, summary="Retrieve an invoice")
-route(router, "POST", "/v1/invoices/{id}/void", void_invoice, summary="Void an invoice (credits are reinstated)")
+route(router, "POST", "/v1/invoices/{id}/void", void_invoice, answers_with=retrieve_invoice, summary="Void an invoice (credits are reinstated)")

@@ -37,16 +37,22 @@ def create_meter(ctx: ApiContext, params: Params) -> dict[str, Any]:
     value_key = value_settings.str("event_payload_key", required=True, max_length=100) if value_settings else "value"
     window = params.str("event_time_window", choices=[w.value for w in EventTimeWindow])
     params.done()
-    if fetch_one(ctx.pool, "select id from meters where event_name = %s", event_name) is not None:
-        raise conflict(f"A meter with event_name '{event_name}' already exists.", "resource_already_exists",
-                       "event_name")
     meter_id = new_id("mtr")
+    if fetch_one(ctx.pool, "select id from meters where event_name = %s and id <> %s", event_name, meter_id):
+        raise _event_name_taken(event_name)
     fact = MeterDefined(meter_id=meter_id, display_name=display_name, event_name=event_name,
                         aggregation=MeterAggregation(formula), customer_payload_key=customer_key,
                         value_payload_key=value_key, event_time_window=EventTimeWindow(window) if window else None,
                         created_at_ms=now_ms())
     ctx.wait([ctx.publisher.publish("catalog", meter_id, fact)])
-    return objects.meter(require(ctx.pool, "meters", "billing.meter", meter_id))
+    created = fetch_one(ctx.pool, "select * from meters where id = %s", meter_id)
+    if created is None:  # a concurrent create of the same event_name came first in the log (billing.catalog)
+        raise _event_name_taken(event_name)
+    return objects.meter(created)
+
+
+def _event_name_taken(event_name: str) -> Exception:
+    return conflict(f"A meter with event_name '{event_name}' already exists.", "resource_already_exists", "event_name")
 
 
 def retrieve_meter(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
@@ -146,17 +152,17 @@ def _page(params: Params, items: list[dict[str, Any]], url: str) -> dict[str, An
 
 
 STRING = "string"
-route(router, "POST", "/v1/billing/meters", create_meter, summary="Create a billing meter",
+route(router, "POST", "/v1/billing/meters", create_meter, answers_with=retrieve_meter, creates="mtr", summary="Create a billing meter",
       form={"display_name": STRING, "event_name": STRING, "default_aggregation[formula]": STRING,
             "customer_mapping[event_payload_key]": STRING, "customer_mapping[type]": STRING,
             "value_settings[event_payload_key]": STRING, "event_time_window": STRING})
 route(router, "GET", "/v1/billing/meters", list_meters, summary="List billing meters",
       query={"status": STRING, "limit": "integer", "starting_after": STRING, "ending_before": STRING})
 route(router, "GET", "/v1/billing/meters/{id}", retrieve_meter, summary="Retrieve a billing meter")
-route(router, "POST", "/v1/billing/meters/{id}", update_meter, summary="Update a meter's display name",
+route(router, "POST", "/v1/billing/meters/{id}", update_meter, answers_with=retrieve_meter, summary="Update a meter's display name",
       form={"display_name": STRING})
-route(router, "POST", "/v1/billing/meters/{id}/deactivate", deactivate_meter, summary="Deactivate a meter")
-route(router, "POST", "/v1/billing/meters/{id}/reactivate", reactivate_meter, summary="Reactivate a meter")
+route(router, "POST", "/v1/billing/meters/{id}/deactivate", deactivate_meter, answers_with=retrieve_meter, summary="Deactivate a meter")
+route(router, "POST", "/v1/billing/meters/{id}/reactivate", reactivate_meter, answers_with=retrieve_meter, summary="Reactivate a meter")
 route(router, "GET", "/v1/billing/meters/{id}/event_summaries", event_summaries,
       summary="Usage summaries of a customer for a meter",
       query={"customer": STRING, "start_time": "integer", "end_time": "integer", "value_grouping_window": STRING,

@@ -128,14 +128,14 @@ def cancel_subscription(ctx: ApiContext, params: Params, id: str) -> dict[str, A
     return subscription_object(ctx, require(ctx.pool, "subscriptions", "subscription", id))
 
 
-route(router, "POST", "/v1/subscriptions", create_subscription, summary="Create a subscription",
+route(router, "POST", "/v1/subscriptions", create_subscription, answers_with=retrieve_subscription, creates="sub", summary="Create a subscription",
       form={"customer": "string", "items[0][price]": "string", "items[0][quantity]": "integer",
             "billing_cycle_anchor": "integer"})
 route(router, "GET", "/v1/subscriptions", list_subscriptions, summary="List subscriptions",
       query={"customer": "string", "status": "string", "limit": "integer", "starting_after": "string",
              "ending_before": "string"})
 route(router, "GET", "/v1/subscriptions/{id}", retrieve_subscription, summary="Retrieve a subscription")
-route(router, "POST", "/v1/subscriptions/{id}", update_subscription, summary="Update cancel_at_period_end",
+route(router, "POST", "/v1/subscriptions/{id}", update_subscription, answers_with=retrieve_subscription, summary="Update cancel_at_period_end",
       form={"cancel_at_period_end": "boolean"})
-route(router, "DELETE", "/v1/subscriptions/{id}", cancel_subscription, summary="Cancel a subscription now",
+route(router, "DELETE", "/v1/subscriptions/{id}", cancel_subscription, answers_with=retrieve_subscription, summary="Cancel a subscription now",
       form={"invoice_now": "boolean", "prorate": "boolean"})

@@ -103,11 +103,21 @@ def delete_test_clock(ctx: ApiContext, params: Params, id: str) -> dict[str, Any
     return {"id": id, "object": "test_helpers.test_clock", "deleted": True}
 
 
-route(router, "POST", "/v1/test_helpers/test_clocks", create_test_clock, summary="Create a test clock",
+def deleted_test_clock(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    """The answer to a delete, for a retry of one that took effect (api.idempotency)."""
+    clock = require(ctx.pool, "test_clocks", "test_helpers.test_clock", id)
+    if clock["deleted_ms"] is None:
+        from api.errors import not_found
+
+        raise not_found("test_helpers.test_clock", id)
+    return {"id": id, "object": "test_helpers.test_clock", "deleted": True}
+
+
+route(router, "POST", "/v1/test_helpers/test_clocks", create_test_clock, answers_with=retrieve_test_clock, creates="clock", summary="Create a test clock",
       form={"frozen_time": "integer", "name": "string"})
 route(router, "GET", "/v1/test_helpers/test_clocks", list_test_clocks, summary="List test clocks",
       query={"limit": "integer", "starting_after": "string", "ending_before": "string"})
 route(router, "GET", "/v1/test_helpers/test_clocks/{id}", retrieve_test_clock, summary="Retrieve a test clock")
-route(router, "POST", "/v1/test_helpers/test_clocks/{id}/advance", advance_test_clock, summary="Advance a test clock",
+route(router, "POST", "/v1/test_helpers/test_clocks/{id}/advance", advance_test_clock, answers_with=retrieve_test_clock, summary="Advance a test clock",
       form={"frozen_time": "integer"})
-route(router, "DELETE", "/v1/test_helpers/test_clocks/{id}", delete_test_clock, summary="Delete a test clock")
+route(router, "DELETE", "/v1/test_helpers/test_clocks/{id}", delete_test_clock, answers_with=deleted_test_clock, summary="Delete a test clock")

@@ -43,3 +43,30 @@ def test_prices_are_kept_by_id_and_products_change_nothing_billing_needs():
     catalog = fold([make_price(), ProductCreated(product_id="prod_input", name="Input", created_at_ms=0)])
     assert catalog.prices["price_input"] == make_price()
     assert catalog.meters == {}
+
+
+def test_the_first_meter_of_an_event_name_wins_and_a_re_published_meter_or_price_changes_nothing():
+    # Two API processes may both pass the uniqueness check; the catalog log orders them. The projection
+    # keeps the first meter (unique event_name, on conflict do nothing): so must the workers' catalog.
+    from dataclasses import replace
+
+    from billing.catalog import Catalog, evolve_catalog
+    from billing.facts import MeterAggregation, MeterDefined, PriceCreated
+
+    def meter(meter_id: str, display_name: str) -> MeterDefined:
+        return MeterDefined(meter_id=meter_id, display_name=display_name, event_name="tokens",
+                            aggregation=MeterAggregation.SUM, customer_payload_key="stripe_customer_id",
+                            value_payload_key="value", event_time_window=None, created_at_ms=1)
+
+    catalog = Catalog()
+    for fact in (meter("mtr_first", "First"), meter("mtr_second", "Second"), meter("mtr_first", "Retried")):
+        catalog = evolve_catalog(catalog, fact)
+    assert catalog.meters_by_event_name["tokens"].meter_id == "mtr_first"
+    assert set(catalog.meters) == {"mtr_first"}
+    assert catalog.meters["mtr_first"].display_name == "First"
+    from streams import walkthrough as w
+
+    (price,) = [fact for fact in w.catalog_facts() if isinstance(fact, PriceCreated)][:1]
+    catalog = evolve_catalog(catalog, price)
+    catalog = evolve_catalog(catalog, replace(price, unit_amount_decimal=price.unit_amount_decimal * 2))
+    assert catalog.prices[price.price_id].unit_amount_decimal == price.unit_amount_decimal

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from billing.catalog import Catalog, evolve_catalog
@@ -51,3 +53,45 @@ def test_cancel_at_period_end_asked_after_a_period_ended_ends_the_next_one(after
     assert [(i.period_end_ms, i.billing_reason) for i in invoices] == [
         (FIRST_END_MS, BillingReason.SUBSCRIPTION_CYCLE), (SECOND_END_MS, BillingReason.SUBSCRIPTION_CANCEL)]
     assert state.subscriptions["sub_cus_1"].ended
+
+
+def test_a_re_published_grant_create_changes_nothing_once_the_grant_has_expired():
+    # A retried command re-publishes the same CreditGrantCreated (the API derives the id from the
+    # Idempotency-Key). Before, the second fact replaced the grant: an expired 10 USD grant came back
+    # with its 10 USD ledger balance, money out of nothing.
+    from billing.facts import CreditBalanceTransaction, CreditGrantCreated, CreditGrantExpired
+
+    prices, state = catalog(), CustomerState(customer_id="cus_1")
+    setup = w.customer_setup("cus_1", None)
+    for fact in setup:
+        state, _ = evolve(state, fact, prices, w.START_MS, CONFIG)
+    state, _ = evolve(state, CreditGrantExpired(grant_id="credgr_cus_1", customer_id="cus_1",
+                                                expired_at_ms=w.START_MS + w.HOUR_MS), prices, w.START_MS + w.HOUR_MS,
+                      CONFIG)
+    assert state.grants["credgr_cus_1"].ledger_balance_minor == 0  # 1000 granted, 1000 expired
+    (created,) = [fact for fact in setup if isinstance(fact, CreditGrantCreated)]
+    retried = replace(created, created_at_ms=w.START_MS + 2 * w.HOUR_MS)
+    state, emitted = evolve(state, retried, prices, w.START_MS + 2 * w.HOUR_MS, CONFIG)
+    assert state.grants["credgr_cus_1"].ledger_balance_minor == 0
+    assert state.grants["credgr_cus_1"].expired_at_ms == w.START_MS + w.HOUR_MS
+    assert [fact for fact in emitted if isinstance(fact, CreditBalanceTransaction)] == []
+
+
+def test_a_re_published_subscription_or_customer_create_keeps_the_first():
+    from billing.facts import CustomerCreated, SubscriptionCreated
+
+    prices, state = catalog(), CustomerState(customer_id="cus_1")
+    setup = w.customer_setup("cus_1", None)
+    for fact in setup:
+        state, _ = evolve(state, fact, prices, w.START_MS, CONFIG)
+    first_period = state.subscriptions["sub_cus_1"].open_period
+    later_ms = FIRST_END_MS + 5 * w.HOUR_MS  # a retry published after the first period ended
+    for fact in setup:
+        if isinstance(fact, (CustomerCreated, SubscriptionCreated)):
+            again = replace(fact, created_at_ms=later_ms)
+            if isinstance(fact, SubscriptionCreated):
+                again = replace(again, billing_cycle_anchor_ms=later_ms)
+            state, _ = evolve(state, again, prices, w.START_MS, CONFIG)
+    assert state.created.created_at_ms == w.START_MS
+    assert state.subscriptions["sub_cus_1"].created.created_at_ms == w.START_MS
+    assert state.subscriptions["sub_cus_1"].open_period == first_period
