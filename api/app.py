@@ -233,7 +233,8 @@ class Conventions:
         body = await _read_body(receive)
         query = scope.get("query_string", b"").decode("latin-1")
         fingerprint = idempotency.request_sha256(method, path, query, body)
-        held = await run_in_threadpool(idempotency.claim, ctx.pool, caller.key_sha256, idempotency_key, fingerprint)
+        held = await run_in_threadpool(idempotency.claim, ctx.pool, caller.key_sha256, idempotency_key, fingerprint,
+                                       ctx.settings.idempotency_lease_ms)
         if isinstance(held, idempotency.StoredResponse):
             await _send_response(send, held.status_code, held.body,
                                  [(b"idempotent-replayed", b"true"), (b"idempotency-key", idempotency_key.encode())])

@@ -3,7 +3,7 @@
 Stripe's contract, made safe for a command whose fact may already be in Kafka when the answer is
 lost (a 503 while the projection lags, an ack that timed out, an API process killed mid-request):
 
-- A request claims its key by inserting a row without a response, holding it for LEASE_MS.
+- A request claims its key by inserting a row without a response, holding it for a lease (Settings.idempotency_lease_ms).
   A concurrent request with the same key gets 409 (the SDKs retry on 409); the same key with other
   parameters gets 400 idempotency_error.
 - While a key is claimed, every new object id (api.ids.new_id) is derived from the caller and the
@@ -28,9 +28,9 @@ from api.errors import ApiError
 
 REPLAY_WINDOW_MS = 24 * 3600 * 1000
 MAX_KEY_LENGTH = 255
-# Longer than a handler can take (publish ack 15 s + read-your-writes wait): a claim older than
-# this belongs to a request that died or gave up, and a retry may resume it.
-LEASE_MS = 30_000
+# Settings.idempotency_lease_ms: longer than a handler can take (publish ack 15 s + read-your-writes
+# wait), so a claim older than that belongs to a request that died or gave up: a retry may resume it.
+DEFAULT_LEASE_MS = 30_000
 
 
 @dataclass(frozen=True)
@@ -112,12 +112,12 @@ def _in_use(idempotency_key: str) -> ApiError:
 
 
 def claim(pool: Any, key_sha256: str, idempotency_key: str, fingerprint: str,
-          now_ms: int | None = None) -> StoredResponse | Claim:
+          lease_ms: int = DEFAULT_LEASE_MS) -> StoredResponse | Claim:
     """Claim the key for this request (a Claim: go ahead), or the stored response to replay."""
     if len(idempotency_key) > MAX_KEY_LENGTH:
         raise ApiError(f"Idempotency-Key must be at most {MAX_KEY_LENGTH} characters.", type="idempotency_error",
                        code="idempotency_key_too_long")
-    now = int(time.time() * 1000) if now_ms is None else now_ms
+    now = int(time.time() * 1000)
     with pool.connection() as conn:
         with conn.transaction():
             conn.execute("delete from idempotency_keys where key_sha256 = %s and idempotency_key = %s"
@@ -125,7 +125,7 @@ def claim(pool: Any, key_sha256: str, idempotency_key: str, fingerprint: str,
             inserted = conn.execute(
                 "insert into idempotency_keys (key_sha256, idempotency_key, request_sha256, created_ms, lease_until_ms)"
                 " values (%s, %s, %s, %s, %s) on conflict do nothing returning created_ms",
-                (key_sha256, idempotency_key, fingerprint, now, now + LEASE_MS)).fetchone()
+                (key_sha256, idempotency_key, fingerprint, now, now + lease_ms)).fetchone()
             if inserted is not None:
                 return Claim(key_sha256, idempotency_key, resumed=False)
             row = conn.execute("select request_sha256, status_code, response_body, lease_until_ms"
@@ -144,7 +144,7 @@ def claim(pool: Any, key_sha256: str, idempotency_key: str, fingerprint: str,
                 raise _in_use(idempotency_key)
             # The earlier attempt failed after it may have published, or died: resume it.
             conn.execute("update idempotency_keys set lease_until_ms = %s where key_sha256 = %s"
-                         " and idempotency_key = %s", (now + LEASE_MS, key_sha256, idempotency_key))
+                         " and idempotency_key = %s", (now + lease_ms, key_sha256, idempotency_key))
     return Claim(key_sha256, idempotency_key, resumed=True)
 
 

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     api_host: str = Field(default="127.0.0.1", description="API listen address.")
     api_port: int = Field(default=8000, description="API listen port.")
     read_your_writes_timeout_ms: int = Field(default=5000, ge=0, description="How long a command waits for its projection.")
+    idempotency_lease_ms: int = Field(default=30_000, ge=1000, description="How long a request holds its Idempotency-Key "
+                                      "before a retry may resume it; longer than a command can take (publish ack + "
+                                      "read-your-writes wait).")
 
     # --- derived ------------------------------------------------------------------------------
     @property
