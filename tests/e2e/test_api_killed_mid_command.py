@@ -60,7 +60,7 @@ class ApiProcess:
         self.env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=settings.effective_kafka_bootstrap_servers,
                         DATABASE_URL=settings.effective_database_url, DRAWDOWN_TOPIC_PREFIX=settings.topic_prefix,
                         DRAWDOWN_PARTITIONS=str(settings.partitions), DRAWDOWN_STATE_DIR=str(state_dir),
-                        DRAWDOWN_API_PORT=str(self.port), DRAWDOWN_READ_YOUR_WRITES_TIMEOUT_MS="5000",
+                        DRAWDOWN_API_PORT=str(self.port), DRAWDOWN_READ_YOUR_WRITES_TIMEOUT_MS="10000",
                         DRAWDOWN_IDEMPOTENCY_LEASE_MS=str(LEASE_MS), PYTHONUNBUFFERED="1",
                         PYTHONPATH=str(PROJECT_ROOT))
         self.process: subprocess.Popen | None = None
