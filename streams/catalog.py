@@ -44,9 +44,12 @@ class CatalogFollower:
 
     def catch_up(self, timeout_s: float = 10.0) -> Catalog:
         """Read every catalog fact up to the current end of the topic; returns the catalog."""
-        from confluent_kafka import TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
 
-        _, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, 0), timeout=timeout_s)
+        try:
+            _, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, 0), timeout=timeout_s)
+        except KafkaException as error:  # a broker down or its leadership moving: worth another try
+            raise CatalogBehind(f"catalog topic {self._topic!r}: no end offset ({error.args[0]})") from error
         deadline = time.monotonic() + timeout_s
         while self.next_offset < high and time.monotonic() < deadline:
             for message in self._consumer.consume(500, timeout=0.5):

@@ -67,6 +67,7 @@ BATCH_MAX_CUSTOMERS = 10_000
 # once per event either way, so a short window costs little and keeps freshness (p99 < 1 s).
 BATCH_WINDOW_S = 0.05
 CATALOG_REFRESH_S = 5.0
+CATALOG_PATIENCE_S = 120.0  # a catalog unreadable this long (not a leader moving) stops the worker
 YIELD_EVERY_FACTS = 1_000  # the fold yields this often, so that acks are served and state written
 ACK_POLL_S = 0.001
 # Per store (one per table and partition: 12 with 6 partitions). Faust's defaults (64 MiB memtables
@@ -522,6 +523,21 @@ class Engine:
             logging.shutdown()
             os._exit(70)
 
+    @staticmethod
+    async def _catch_up_catalog(follower: CatalogFollower) -> None:
+        """Read the catalog to its end, trying again while a broker is away (a leader moves within
+        seconds); only a catalog still unreadable after CATALOG_PATIENCE_S stops the worker."""
+        deadline = time.monotonic() + CATALOG_PATIENCE_S
+        while True:
+            try:
+                await follower.catch_up_async()
+                return
+            except CatalogBehind as error:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("catalog not readable yet, trying again: %s", error)
+                await asyncio.sleep(1.0)
+
     async def _follow_catalog(self, names_unknown: bool) -> None:
         """Read the catalog on before the fold when a fact names something it does not know (the
         verdict on a fact must not depend on how far the catalog was read); otherwise refresh it
@@ -535,9 +551,9 @@ class Engine:
                 log.warning("background catalog refresh: %s", error)
         if names_unknown:
             if self.catalog_refresh is not None:  # one reader of the catalog at a time
-                await self.catalog_refresh
+                await asyncio.gather(self.catalog_refresh, return_exceptions=True)
                 self.catalog_refresh = None
-            await follower.catch_up_async()
+            await self._catch_up_catalog(follower)
         elif self.catalog_refresh is None and time.monotonic() - follower.caught_up_at > CATALOG_REFRESH_S:
             self.catalog_refresh = asyncio.ensure_future(follower.catch_up_async())
 

@@ -34,6 +34,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "DATABASE_URL": settings.database_url,
         "DRAWDOWN_TOPIC_PREFIX": settings.topic_prefix,
         "DRAWDOWN_PARTITIONS": str(settings.partitions),
+        "DRAWDOWN_REPLICATION_FACTOR": str(settings.replication_factor),
         "DRAWDOWN_GRACE_PERIOD_SECONDS": str(settings.grace_period_seconds),
         "DRAWDOWN_DEDUPE_WINDOW_SECONDS": str(settings.dedupe_window_seconds),
         "DRAWDOWN_LIVE_BALANCE_INTERVAL_MS": str(settings.live_balance_interval_ms),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
+from decimal import Decimal
 
 import pytest
 
@@ -166,3 +167,67 @@ def test_kill_9_during_200k_events_loses_nothing_and_counts_nothing_twice(stream
     buckets = assert_engine_equals_reference(reader, settings, CUSTOMERS)
     print(f"\nfault test: produced in {produced_s:.1f}s, engine with {kills} kills {engine_s:.1f}s, "
           f"{len(buckets)} buckets, {2 * CUSTOMERS} invoices")
+
+
+WALL_CUSTOMERS = 200
+WALL_EVENTS = 60_000
+WALL_KILLS = 3
+CENTS_PER_UNIT = {"hypernian_input_tokens": 3, "hypernian_output_tokens": 5}  # walkthrough prices
+
+
+@pytest.mark.slow
+def test_kill_9_on_the_wall_clock_fast_path_loses_nothing_and_counts_nothing_twice(stream_settings, tmp_path):
+    """Wall-clock customers (no test clock: the worker's fast path) in their first period, 1% of events
+    retried, the worker SIGKILLed while it folds. Usage buckets and live balances are checked against
+    usage_oracle.py, which works them out from the raw log without engine code."""
+    from producers.producer import FactProducer, wall_clock_ms
+
+    rng = random.Random(20261203)
+    settings = stream_settings.model_copy(update={"topic_prefix": f"{stream_settings.topic_prefix}-fault-wall",
+                                                  "live_balance_interval_ms": 0})
+    ensure_topics(settings)
+    start_ms = wall_clock_ms() - w.HOUR_MS
+    customers = [f"cus_wall_{n}" for n in range(WALL_CUSTOMERS)]
+    grants = {customer_id: rng.randrange(1, 400) * 100 for customer_id in customers}
+    with FactProducer(settings, validate=False) as producer:
+        producer.send_all(w.catalog_facts())
+        producer.flush()
+        for customer_id in customers:
+            producer.send_all(w.customer_setup(customer_id, None, start_ms=start_ms, grant_minor=grants[customer_id]))
+        sent: list[tuple[str, str, bool]] = []
+        for n in range(WALL_EVENTS):
+            if sent and rng.random() < 0.01:  # a retried event: same identifier, same customer
+                customer_id, identifier, output = rng.choice(sent)
+            else:
+                customer_id, identifier, output = rng.choice(customers), f"evt_wall_{n}", rng.random() < 0.4
+                sent.append((customer_id, identifier, output))
+            producer.send(w.meter_event(customer_id, str(rng.randrange(0, 60)), identifier,
+                                        start_ms + rng.randrange(w.HOUR_MS), output=output,
+                                        received_at_ms=start_ms + w.HOUR_MS))
+            if n % 20000 == 0:
+                producer.poll(0)
+
+    worker = WorkerProcess(settings, "worker-fault-wall", tmp_path).start().wait_processing()
+    reader = OutputReader(settings)
+    try:
+        for _ in range(WALL_KILLS):
+            time.sleep(rng.uniform(0.3, 1.5))  # a random moment while it folds
+            worker.kill()
+            worker.start().wait_processing()
+        wait_until_durable_to_the_end(settings, timeout_s=240)
+        reader.settle(2.0)
+    finally:
+        worker.stop()
+        reader.close()
+
+    from .usage_oracle import counted_events, first_period_live_balances, minute_usage
+
+    events = counted_events(settings)
+    assert len(events) == len(sent)
+    meter_ids = {meter.event_name: meter.meter_id for meter in w.catalog_facts() if hasattr(meter, "event_name")}
+    buckets = {key: Decimal(str(fact.value)) for key, fact in latest_by(
+        reader.of(UsageBucketUpdated), lambda f: (f.customer_id, f.meter_id, f.bucket_start_ms)).items()}
+    assert buckets == minute_usage(events, meter_ids)
+    live = {customer_id: (f.available_credits_minor, f.accrued_usage_minor, f.live_balance_minor)
+            for customer_id, f in latest_by(reader.of(LiveBalanceChanged), lambda f: f.customer_id).items()}
+    assert live == first_period_live_balances(events, grants, CENTS_PER_UNIT)
