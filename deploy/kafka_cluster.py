@@ -40,6 +40,7 @@ class KafkaCluster:
 
     base_dir: Path
     jars: Settings  # whose state folder caches the broker's jars (resolved once from Maven Central)
+    replicated: bool = True  # REPLICATED settings (a one-node cluster keeps the single broker's)
     nodes: list[Settings] = field(default_factory=list)
     pids: dict[int, int] = field(default_factory=dict)
 
@@ -55,7 +56,8 @@ class KafkaCluster:
         home = local.kafka_dir(node)
         (home / "data").mkdir(parents=True, exist_ok=True)
         text = with_overrides(local.kafka_server_properties(node),
-                              {"node.id": str(index), "controller.quorum.voters": self.voters(), **REPLICATED})
+                              {"node.id": str(index), "controller.quorum.voters": self.voters(),
+                               **(REPLICATED if self.replicated else {})})
         path = home / "server.properties"
         path.write_text(text)
         (home / "log4j2.properties").write_text(local.kafka_log4j_properties(node))
@@ -110,9 +112,10 @@ class KafkaCluster:
                 local.stop_pid(pid, f"kafka node {index}", timeout_s=10)
 
 
-def cluster(jars: Settings, base_dir: Path, ports: list[tuple[int, int]], heap_mb: int = 384) -> KafkaCluster:
+def cluster(jars: Settings, base_dir: Path, ports: list[tuple[int, int]], heap_mb: int = 384,
+            replicated: bool = True) -> KafkaCluster:
     """A cluster with one node per (client port, controller port), each in base_dir/node-<n>."""
     nodes = [Settings(state_dir=base_dir / f"node-{index}", kafka_port=port, kafka_controller_port=controller,
                       kafka_heap_mb=heap_mb)
              for index, (port, controller) in enumerate(ports, 1)]
-    return KafkaCluster(base_dir=base_dir, jars=jars, nodes=nodes)
+    return KafkaCluster(base_dir=base_dir, jars=jars, nodes=nodes, replicated=replicated)

@@ -1,4 +1,5 @@
-"""Fault: one broker of a 3-node KRaft cluster (replication 3, min.insync.replicas 2) is SIGKILLed
+"""Broker faults. A single broker (the `make up` setup) SIGKILLed and started again while events flow;
+and one broker of a 3-node KRaft cluster (replication 3, min.insync.replicas 2) is SIGKILLed
 while 200,000 meter events (5% of them retried duplicates, wall-clock customers: the worker's fast
 path) are produced and folded. Nothing acknowledged may be lost, nothing counted twice.
 
@@ -7,6 +8,7 @@ Expected usage is worked out from the input log alone by usage_oracle.py (no eng
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 import pytest
@@ -16,11 +18,65 @@ from .usage_oracle import counted_events, minute_usage
 
 EVENTS = 200_000
 KILL_AFTER_EVENTS = 60_000
+RESTART_EVENTS = 60_000
+BROKER_DOWN_S = 5
+
+
+def final_buckets(settings) -> dict[tuple[str, str, int], Decimal]:
+    """The engine's last word on each usage bucket (in offset order per partition: the last is final)."""
+    from billing.facts import UsageBucketUpdated
+
+    reader = OutputReader(settings)
+    try:
+        reader.settle(3.0)
+        return {(bucket.customer_id, bucket.meter_id, bucket.bucket_start_ms): Decimal(str(bucket.value))
+                for bucket in reader.of(UsageBucketUpdated)}
+    finally:
+        reader.close()
+
+
+@pytest.mark.slow
+def test_the_only_broker_killed_and_restarted_mid_run_loses_and_doubles_nothing(settings, local_settings, tmp_path):
+    from deploy.kafka_cluster import cluster
+    from producers.loadgen import LoadPlan, generate
+    from streams.topics import ensure_topics
+
+    kafka = cluster(local_settings, tmp_path / "single", [(free_port(), free_port())], replicated=False)
+    worker = None
+    try:
+        bootstrap = kafka.start()
+        run = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap, "partitions": 3,
+                                          "topic_prefix": settings.topic_prefix + "-restart"})
+        ensure_topics(run)
+        worker = WorkerProcess(run, "worker-restart", tmp_path).start().wait_ready()
+        plan = LoadPlan(customers=100, meters=2, count=RESTART_EVENTS, rate_per_s=20_000, duplicate_share=0.05,
+                        seed=12)
+        restarted_at: list[int] = []
+
+        def restart_the_broker(sent: int, seconds: float) -> None:
+            if not restarted_at and sent >= RESTART_EVENTS // 3:
+                kafka.kill_node(1)
+                time.sleep(BROKER_DOWN_S)  # the producer and the worker see the broker gone
+                kafka.start_node(1)
+                restarted_at.append(sent)
+
+        summary = generate(run, plan, restart_the_broker)
+        assert restarted_at, "the broker was never restarted: the run tested nothing"
+        assert summary.failures == 0 and summary.events == RESTART_EVENTS
+        wait_until_durable_to_the_end(run, timeout_s=240)
+        assert worker.process.poll() is None, f"the worker died:\n{worker.log_tail()}"
+        meter_ids = {meter.event_name: meter.meter_id for meter in plan.meter_definitions()}
+        expected = minute_usage(counted_events(run), meter_ids)
+        assert sum(expected.values()) > 0
+        assert final_buckets(run) == expected
+    finally:
+        if worker is not None:
+            worker.stop()
+        kafka.stop()
 
 
 @pytest.mark.slow
 def test_a_broker_killed_during_a_200k_event_run_loses_and_doubles_nothing(settings, local_settings, tmp_path):
-    from billing.facts import UsageBucketUpdated
     from deploy.kafka_cluster import cluster
     from producers.loadgen import LoadPlan, generate
     from streams.topics import ensure_topics
@@ -51,15 +107,7 @@ def test_a_broker_killed_during_a_200k_event_run_loses_and_doubles_nothing(setti
         meter_ids = {meter.event_name: meter.meter_id for meter in plan.meter_definitions()}
         expected = minute_usage(counted_events(run), meter_ids)
         assert sum(expected.values()) > 0
-        reader = OutputReader(run)
-        try:
-            reader.settle(3.0)
-            final: dict[tuple[str, str, int], Decimal] = {}
-            for bucket in reader.of(UsageBucketUpdated):  # in offset order per partition: the last is final
-                final[(bucket.customer_id, bucket.meter_id, bucket.bucket_start_ms)] = Decimal(str(bucket.value))
-        finally:
-            reader.close()
-        assert final == expected
+        assert final_buckets(run) == expected
     finally:
         if worker is not None:
             worker.stop()
