@@ -174,8 +174,11 @@ def create_app(settings: Settings, *, schema: str = "public", context: Any = Non
         return json_response({"status": "ok"})
 
     @app.get("/metrics", include_in_schema=True, summary="Prometheus metrics")
-    def prometheus() -> Response:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+    def prometheus(request: Request) -> Response:
+        from api.routes.dead_letters import metrics_lines
+
+        text = metrics.render() + "".join(line + "\n" for line in metrics_lines(request.app.state.ctx.pool))
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     for router in all_routers():
         app.include_router(router)

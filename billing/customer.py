@@ -15,10 +15,11 @@ and its guard are written together.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from billing.balances import LowBalanceWatch, UninvoicedPeriod, detect_low_balances, live_balance
+from billing.bounds import AmountCheck, check_amounts
 from billing.errors import BillingError
 from billing.facts import (
     BillingReason,
@@ -91,6 +92,8 @@ class CustomerState:
     last_received_ms: int = 0  # latest receipt time of a counted meter event (live balance as-of)
     live_published_ms: int | None = None
     low_balance_watches: dict[str, tuple[LowBalanceWatch, ...]] = field(default_factory=dict)
+    # Its last exact amount check found a large line (billing/bounds.py): check every fact exactly.
+    large_amounts: bool = False
 
     @property
     def test_clock_id(self) -> str | None:
@@ -98,6 +101,16 @@ class CustomerState:
 
     def already_applied(self, offset: int) -> bool:
         return offset <= self.applied_offset
+
+
+def copy_state(state: CustomerState) -> CustomerState:
+    """A copy to fold a fact on, so that a fact that cannot be folded leaves `state` as it was:
+    the containers the fold changes are copied, their frozen values shared."""
+    return replace(state, grants=dict(state.grants),
+                   subscriptions={key: replace(sub) for key, sub in state.subscriptions.items()},
+                   period_usage=dict(state.period_usage), invoices=dict(state.invoices),
+                   voided_invoice_ids=set(state.voided_invoice_ids),
+                   low_balance_watches=dict(state.low_balance_watches))
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +211,18 @@ def add_usage(state: CustomerState, meter_id: str, reading: MeterReading, aggreg
         usage = period_usage.get(key)
         period_usage[key] = aggregator.add(aggregator.initialize() if usage is None else usage, reading)
     state.live_pending = True
+
+
+def usage_within(state: CustomerState, meter_id: str, reading: MeterReading, aggregator: MeterAggregator,
+                 catalog: Catalog, limit: Decimal) -> bool:
+    """Whether, with `reading` counted, every open period's quantity of the meter stays within
+    `limit` in size (billing/bounds.py: then no amount it forms needs an exact check)."""
+    for key in _open_period_usage_keys(state, meter_id, reading.event_time_ms, catalog):
+        usage = state.period_usage.get(key)
+        counted = aggregator.add(aggregator.initialize() if usage is None else usage, reading)
+        if abs(aggregator.result(counted)) > limit or abs(reading.value) > limit:
+            return False
+    return True
 
 
 def remove_usage(state: CustomerState, meter_id: str, reading: MeterReading, aggregator: MeterAggregator,
@@ -403,25 +428,10 @@ def live_balance_facts(state: CustomerState, catalog: Catalog, as_of_ms: int, co
     if not force and state.live_published_ms is not None and \
             arrival_ms - state.live_published_ms < config.live_balance_interval_ms:
         return []
-    currencies = sorted({grant.currency for grant in state.grants.values()}
-                        | {sub.created.currency for sub in state.subscriptions.values() if not sub.ended})
     emitted: list = []
-    for currency in currencies:
-        periods = []
-        for sub in state.subscriptions.values():
-            if sub.ended or sub.created.currency != currency:
-                continue
-            starts = sorted({key[1] for key in state.period_usage if key[0] == sub.subscription_id})
-            for start_ms in starts:
-                period = subscription_period_containing(
-                    sub.created.created_at_ms, sub.created.billing_cycle_anchor_ms, sub.interval,
-                    sub.interval_count, start_ms)
-                invoice_id = ids.invoice_id(sub.subscription_id, start_ms)
-                lines = rate_lines(invoice_id, sub.items, catalog.prices,
-                                   _period_usage_by_meter(state, sub, start_ms, catalog), currency)
-                periods.append(UninvoicedPeriod(period_end_ms=period.end_ms, lines=lines))
-        balance = live_balance(state.customer_id, currency, state.grants.values(), periods, catalog.prices,
-                               as_of_ms)
+    for currency in _currencies(state):
+        balance = live_balance(state.customer_id, currency, state.grants.values(),
+                               _uninvoiced_periods(state, catalog, currency), catalog.prices, as_of_ms)
         emitted.append(balance)
         watches = state.low_balance_watches.get(currency) or tuple(
             LowBalanceWatch(customer_id=state.customer_id, currency=currency, threshold_minor=threshold)
@@ -432,3 +442,49 @@ def live_balance_facts(state: CustomerState, catalog: Catalog, as_of_ms: int, co
     state.live_pending = False
     state.live_published_ms = arrival_ms
     return emitted
+
+
+def _currencies(state: CustomerState) -> list[str]:
+    return sorted({grant.currency for grant in state.grants.values()}
+                  | {sub.created.currency for sub in state.subscriptions.values() if not sub.ended})
+
+
+def _uninvoiced_periods(state: CustomerState, catalog: Catalog, currency: str,
+                        with_open_periods: bool = False) -> list[UninvoicedPeriod]:
+    """The rated periods of `currency` with usage not invoiced yet (and every subscription's open
+    period, usage or not, `with_open_periods`)."""
+    periods = []
+    for sub in state.subscriptions.values():
+        if sub.ended or sub.created.currency != currency:
+            continue
+        starts = {key[1] for key in state.period_usage if key[0] == sub.subscription_id}
+        if with_open_periods:
+            starts.add(sub.open_period.start_ms)
+        for start_ms in sorted(starts):
+            period = subscription_period_containing(
+                sub.created.created_at_ms, sub.created.billing_cycle_anchor_ms, sub.interval,
+                sub.interval_count, start_ms)
+            invoice_id = ids.invoice_id(sub.subscription_id, start_ms)
+            lines = rate_lines(invoice_id, sub.items, catalog.prices,
+                               _period_usage_by_meter(state, sub, start_ms, catalog), currency)
+            periods.append(UninvoicedPeriod(period_end_ms=period.end_ms, lines=lines))
+    return periods
+
+
+def check_customer_amounts(state: CustomerState, catalog: Catalog, as_of_ms: int) -> AmountCheck:
+    """Whether every amount the engine forms from this state fits (billing/bounds.py): the lines of
+    every period not invoiced yet (open periods included: licensed lines bill without usage), their
+    invoices' subtotals, and the live balance per currency."""
+    lines: list[int] = []
+    sums: list[tuple[str, int]] = []
+    for currency in _currencies(state):
+        periods = _uninvoiced_periods(state, catalog, currency, with_open_periods=True)
+        for period in periods:
+            amounts = [line.amount_minor for line in period.lines]
+            lines.extend(amounts)
+            sums.append((f"an invoice subtotal in {currency}", sum(amounts)))
+        balance = live_balance(state.customer_id, currency, state.grants.values(), periods, catalog.prices, as_of_ms)
+        sums += [(f"available credits in {currency}", balance.available_credits_minor),
+                 (f"accrued usage in {currency}", balance.accrued_usage_minor),
+                 (f"the live balance in {currency}", balance.live_balance_minor)]
+    return check_amounts(lines, sums)

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from billing.facts import MeterAggregation, MeterEventCanceled
 from billing.meter_events import MeterEventAccepted
@@ -151,19 +151,32 @@ class UsageLedger:
 
     # --- writes --------------------------------------------------------------------------------
 
+    def _earlier(self, offset: int, accepted: MeterEventAccepted, event_name: str) -> tuple[Any, SeenEvent | None, bool]:
+        """(the seen record of the event's key, its first occurrence if it is this one's, whether
+        this event is a duplicate of an earlier one)."""
+        reading = accepted.reading
+        by_customer = self.seen.get((event_name, reading.identifier))
+        first = None if by_customer is None else by_customer.get(accepted.customer_id)
+        if first is not None and first.offset != offset:
+            expired = reading.received_at_ms - first.reading.received_at_ms > self.dedupe_window_ms
+            if not expired or offset < first.offset:
+                return by_customer, first, True
+            first = None  # outside the dedupe window: a new event with a reused identifier
+        return by_customer, first, False
+
+    def is_duplicate(self, offset: int, accepted: MeterEventAccepted, event_name: str) -> bool:
+        """Whether apply_event would count nothing of this event (an earlier one had its key)."""
+        return self._earlier(offset, accepted, event_name)[2]
+
     def apply_event(
         self, offset: int, accepted: MeterEventAccepted, event_name: str, aggregator: MeterAggregator
     ) -> EventOutcome:
         """Fold one accepted meter event at log position `offset` into its minute bucket."""
         reading, customer_id = accepted.reading, accepted.customer_id
         seen_key = (event_name, reading.identifier)
-        by_customer = self.seen.get(seen_key)
-        first = None if by_customer is None else by_customer.get(customer_id)
-        if first is not None and first.offset != offset:
-            expired = reading.received_at_ms - first.reading.received_at_ms > self.dedupe_window_ms
-            if not expired or offset < first.offset:
-                return _DUPLICATE
-            first = None  # outside the dedupe window: a new event with a reused identifier
+        by_customer, first, duplicate = self._earlier(offset, accepted, event_name)
+        if duplicate:
+            return _DUPLICATE
         if first is None:
             first = SeenEvent(offset, accepted.meter_id, reading)
             self.seen[seen_key] = {customer_id: first} if by_customer is None else {**by_customer, customer_id: first}

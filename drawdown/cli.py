@@ -54,6 +54,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from projections.dead_letters import format_table, list_dead_letters
+    from projections.projector import connect
+
+    settings = get_settings()
+    with connect(settings.effective_database_url, "public") as conn:
+        rows, has_more = list_dead_letters(conn, reason_code=args.reason, limit=args.limit)
+    print(format_table(rows, has_more))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drawdown", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -63,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(run=cmd_up)
     commands.add_parser("down", help="stop what `up` started").set_defaults(run=cmd_down)
     commands.add_parser("status", help="what runs, where it listens, where its log is").set_defaults(run=cmd_status)
+    dead = commands.add_parser("dead-letters", help="records the engine could not take, newest first (README)")
+    dead.add_argument("--reason", metavar="CODE", help="only this reason code")
+    dead.add_argument("--limit", type=int, default=20, metavar="N", help="at most N (default 20)")
+    dead.set_defaults(run=cmd_dead_letters)
     for module in command_modules():
         module.add_commands(commands)
     return parser

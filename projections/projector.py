@@ -50,6 +50,13 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+# What the database refuses in a record (class 22 data exceptions, class 23 constraint violations):
+# that record is dead-lettered. Anything else (a lost connection) stops the batch: it is read again.
+UNWRITABLE = (psycopg.DataError, psycopg.IntegrityError)
+UNPROJECTABLE_FACT = "unprojectable_fact"  # no rule could turn the fact into rows
+UNWRITABLE_RECORD = "unwritable_record"  # the database refuses its rows (the message says why)
+
+
 class OffsetFenced(RuntimeError):
     """The stored offset is not the one this projector expected: another projector owns the partition."""
 
@@ -239,8 +246,8 @@ class Projector:
         next_offsets: dict[tuple[str, int], int] = {}
         ignored = self._ignored_fingerprints
         positions = self._positions
-        decode = self.codec.decode
-        add = batch.add
+        add = self._add
+        sources = batch.sources
         for message in messages:
             if message.error() is not None:
                 if message.error().code() == -191:  # _PARTITION_EOF: not an error
@@ -254,27 +261,64 @@ class Projector:
             value = message.value()
             if value is not None and value[:2] == SINGLE_OBJECT_MAGIC and value[2:10] in ignored:
                 continue
-            try:
-                fact = decode(value or b"")
-            except UndecodableFact as error:
-                # The record's own timestamp, not the clock: a rebuild must write the same row.
-                batch.add_undecodable(topic, partition, offset, value, error.reason_code, str(error),
-                                      message.timestamp()[1])
-                continue
-            add(fact, partition, offset)
+            # The record's own timestamp, not the clock: a rebuild must write the same dead-letter row.
+            source = (topic, partition, offset, value or b"", message.timestamp()[1])
+            sources.append(source)
+            add(batch, *source)
         return batch, next_offsets
+
+    def _add(self, batch: Batch, topic: str, partition: int, offset: int, value: bytes, timestamp_ms: int) -> None:
+        """Collect one record's rows; one that cannot be decoded or projected becomes a dead-letter row."""
+        try:
+            fact = self.codec.decode(value)
+        except UndecodableFact as error:
+            batch.add_undecodable(topic, partition, offset, value, error.reason_code, str(error), timestamp_ms)
+            return
+        try:
+            batch.add(fact, partition, offset)
+        except Exception as error:  # noqa: BLE001 - no record may stop the projector
+            batch.add_undecodable(topic, partition, offset, value, UNPROJECTABLE_FACT,
+                                  f"{type(error).__name__}: {error}", timestamp_ms)
 
     def _commit(self, batch: Batch, next_offsets: dict[tuple[str, int], int]) -> int:
         """Write the rows and the offsets in one transaction: the database half of a batch."""
         if not next_offsets:
             return 0
         conn = self._connection()
-        with conn.transaction():  # rows and offsets together, or neither
-            batch.write(conn)
-            self._store_offsets(conn, next_offsets)
+        try:
+            with conn.transaction():  # rows and offsets together, or neither
+                batch.write(conn)
+                self._store_offsets(conn, next_offsets)
+        except UNWRITABLE as error:
+            log.warning("a record of the batch cannot be written (%s): writing it record by record", error)
+            batch = self._write_one_by_one(conn, batch.sources, next_offsets)
         self._positions.update(next_offsets)
         self.rows_written += batch.row_count
         return batch.facts_applied
+
+    def _write_one_by_one(self, conn: psycopg.Connection, sources: list[tuple],
+                          next_offsets: dict[tuple[str, int], int]) -> Batch:
+        """The batch again, each record in a savepoint: one the database refuses (a value out of a
+        column's range, a NUL in a text) becomes a dead-letter row, the others are written."""
+        written = Batch()
+        with conn.transaction():
+            for topic, partition, offset, value, timestamp_ms in sources:
+                single = Batch()
+                self._add(single, topic, partition, offset, value, timestamp_ms)
+                try:
+                    with conn.transaction():
+                        single.write(conn)
+                except UNWRITABLE as error:
+                    log.error("%s[%s]@%s cannot be written: dead-lettered (%s)", topic, partition, offset, error)
+                    single = Batch()
+                    single.add_undecodable(topic, partition, offset, value, UNWRITABLE_RECORD,
+                                           f"{type(error).__name__}: {error}", timestamp_ms)
+                    with conn.transaction():
+                        single.write(conn)
+                written.facts_applied += single.facts_applied
+                written.statements.extend(single.statements)  # (counted in row_count)
+            self._store_offsets(conn, next_offsets)
+        return written
 
     def _store_offsets(self, conn: psycopg.Connection, next_offsets: dict[tuple[str, int], int]) -> None:
         with conn.cursor() as cursor:

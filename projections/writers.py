@@ -53,6 +53,9 @@ class Batch:
     transactions: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     live_balances: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
     facts_applied: int = 0
+    # (topic, partition, offset, value, timestamp_ms) of each record collected: to write them one by
+    # one when the database refuses the batch (see Projector._write_one_by_one)
+    sources: list[tuple] = field(default_factory=list)
 
     @property
     def row_count(self) -> int:
@@ -70,11 +73,12 @@ class Batch:
 
     def add_undecodable(self, topic: str, partition: int, offset: int, value: bytes, reason_code: str,
                         message: str, now_ms: int) -> None:
-        """A record the projector cannot decode becomes a dead-letter row, so it is seen, not lost."""
+        """A record the projector cannot decode or write becomes a dead-letter row, so it is seen, not lost."""
+        message = message[:1000].replace("\x00", "\\x00")  # (a text column holds no NUL)
         self.statements.append((
             "insert into dead_letters (topic, partition, \"offset\", reason_code, message, customer_id, original_bytes,"
             " dead_lettered_at_ms) values (%s, %s, %s, %s, %s, null, %s, %s) on conflict do nothing",
-            (topic, partition, offset, reason_code, message[:1000], value or b"", now_ms)))
+            (topic, partition, offset, reason_code, message, value or b"", now_ms)))
 
     # --- catalog ----------------------------------------------------------------------------
 
@@ -318,6 +322,7 @@ def _copy_merge(cursor: Any, table: str, columns: tuple[str, ...], types: tuple[
     staging = f"staging_{table}"
     column_list = ", ".join(columns)
     cursor.execute(f"create temp table if not exists {staging} (like {table}) on commit delete rows")
+    cursor.execute(f"delete from {staging}")  # what an earlier write of this transaction left (savepoints)
     with cursor.copy(f"copy {staging} ({column_list}) from stdin (format binary)") as copy:
         copy.set_types(list(types))
         for row in rows:

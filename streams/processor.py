@@ -12,11 +12,12 @@ a crash changes nothing that was already written, and re-emits exactly the facts
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import NamedTuple
 
+from billing.bounds import AMOUNT_OUT_OF_RANGE, safe_quantity
 from billing.catalog import Catalog
 from billing.customer import (
     CustomerState,
@@ -24,11 +25,14 @@ from billing.customer import (
     Rejected,
     add_usage,
     advance_time,
+    check_customer_amounts,
+    copy_state,
     evolve,
     live_balance_facts,
     next_due_ms,
     open_period_usage_span,
     remove_usage,
+    usage_within,
 )
 from billing.facts import (
     CreditBalanceTransaction,
@@ -75,6 +79,10 @@ CUSTOMER_FACTS = (CustomerCreated, SubscriptionCreated, SubscriptionItemsChanged
 
 _new_tuple = tuple.__new__
 CACHED_USAGE_KEYS = 10_000  # customers whose period-usage keys the fast path keeps (see _usage_keys)
+
+# Why a fact that the billing rules do not refuse still cannot be taken (besides AMOUNT_OUT_OF_RANGE):
+FOLD_FAILED = "fold_failed"  # the fold raised: a bug or an input nobody foresaw
+UNENCODABLE_OUTPUT = "unencodable_output"  # a fact it derives does not fit its schema
 
 # Where each derived fact goes (short topic names, see streams/topics.py).
 OUTPUT_TOPIC = {
@@ -134,6 +142,7 @@ class _PlainMeter(NamedTuple):
     customer_payload_key: str
     value_payload_key: str
     aggregator: MeterAggregator
+    safe_quantity: Decimal | None  # period quantities up to it rate surely in range (billing/bounds.py)
 
 
 class _KnownCustomers:
@@ -146,11 +155,17 @@ class _KnownCustomers:
 
 
 class PartitionProcessor:
-    """Folds one partition's facts into its customers, usage ledger and time record."""
+    """Folds one partition's facts into its customers, usage ledger and time record.
+
+    No poison pill: a fact that cannot be folded (the fold raises, an amount would leave a 64-bit
+    integer, a fact it derives cannot be encoded) becomes a dead letter and the partition goes on.
+    What it would change is changed on a copy of the customer (or checked before anything is
+    changed, for meter events), so the customer stays as it was before that fact."""
 
     def __init__(self, *, topic: str, partition: int, customers: MutableMapping[str, CustomerState],
                  ledger: UsageLedger, partition_state: PartitionState, catalog: Catalog, config: FoldConfig,
-                 existing_customers: Iterable[CustomerState] = ()) -> None:
+                 existing_customers: Iterable[CustomerState] = (),
+                 check_output: Callable[[object], object] | None = None) -> None:
         self.topic = topic
         self.partition = partition
         self.customers = customers
@@ -158,6 +173,8 @@ class PartitionProcessor:
         self.state = partition_state
         self.catalog = catalog
         self.config = config
+        self.check_output = check_output  # raises on a derived fact that cannot be emitted (the codec's encode)
+        self._safe_quantities: dict[str, Decimal | None] = {}  # meter id -> its safe quantity (see _follow_catalog)
         # The due-time index: customer -> when time next changes it; test-clock members per clock.
         self.due_ms: dict[str, int] = {}
         self.clock_members: dict[str, set[str]] = {}
@@ -209,10 +226,20 @@ class PartitionProcessor:
         fresh = offset > self.state.applied_offset
         if type(key) is bytes:
             key = key.decode("utf-8", "replace")
+        try:
+            out = self._dispatch(offset, fact, original_bytes, key, error, fresh)
+        except Exception as failure:  # noqa: BLE001 - no fact may stop the partition
+            out = [self.dead_letter(offset, original_bytes, FOLD_FAILED, _describe(failure), key or None,
+                                     self.state.now_ms)] if fresh else []
+        self.state.applied_offset = max(self.state.applied_offset, offset)
+        return out
+
+    def _dispatch(self, offset: int, fact: object, original_bytes: bytes, key: str | None,
+                  error: Exception | None, fresh: bool) -> list:
         out: list = []
         if error is not None:
             if fresh:
-                out.append(self._dead_letter(offset, original_bytes, getattr(error, "reason_code", "undecodable_fact"),
+                out.append(self.dead_letter(offset, original_bytes, getattr(error, "reason_code", "undecodable_fact"),
                                              str(error), key or None, self.state.now_ms))
         elif isinstance(fact, MeterEventRecorded):
             out.extend(self._meter_event(offset, fact, original_bytes, fresh))
@@ -222,13 +249,13 @@ class PartitionProcessor:
             self.state.now_ms = max(self.state.now_ms, fact.now_ms)
             now_ms = self.state.now_ms
             due = [c for c, due_ms in self.due_ms.items() if due_ms <= now_ms and c not in self.on_clock]
-            out.extend(self._time_passed(offset, due))
+            out.extend(self._time_passed(offset, due, original_bytes))
             out.extend(self._flush_live(offset, self.state.now_ms, clock=None))
         elif isinstance(fact, (TestClockCreated, TestClockAdvanced)):
             current = self.state.clocks.get(fact.test_clock_id, fact.frozen_time_ms)
             self.state.clocks[fact.test_clock_id] = max(current, fact.frozen_time_ms)
             members = self.clock_members.get(fact.test_clock_id, set())
-            out.extend(self._time_passed(offset, [c for c in members if c in self.due_ms]))
+            out.extend(self._time_passed(offset, [c for c in members if c in self.due_ms], original_bytes))
             out.extend(self._flush_live(offset, self.state.clocks[fact.test_clock_id], clock=fact.test_clock_id))
         elif isinstance(fact, TestClockDeleted):
             self.state.clocks.pop(fact.test_clock_id, None)
@@ -237,10 +264,9 @@ class PartitionProcessor:
         elif isinstance(fact, CUSTOMER_FACTS):
             out.extend(self._customer_fact(offset, fact, original_bytes, fresh))
         elif fresh:
-            out.append(self._dead_letter(offset, original_bytes, "unexpected_fact",
+            out.append(self.dead_letter(offset, original_bytes, "unexpected_fact",
                                          f"{type(fact).__name__} does not belong on customer-facts",
                                          key or None, self.state.now_ms))
-        self.state.applied_offset = max(self.state.applied_offset, offset)
         return out
 
     def meter_event(self, offset: int, event: MeterEventRecorded, original_bytes: bytes) -> list:
@@ -248,7 +274,11 @@ class PartitionProcessor:
         fresh = offset > self.state.applied_offset
         if fresh:
             self.state.applied_offset = offset
-        return self._meter_event(offset, event, original_bytes, fresh)
+        try:
+            return self._meter_event(offset, event, original_bytes, fresh)
+        except Exception as failure:  # noqa: BLE001 - no fact may stop the partition
+            return [self.dead_letter(offset, original_bytes, FOLD_FAILED, _describe(failure),
+                                      event.customer_id or None, event.received_at_ms)] if fresh else []
 
     def finish_batch(self) -> list:
         """Facts owed at the end of a batch: the latest value of each touched usage bucket, and
@@ -264,8 +294,7 @@ class PartitionProcessor:
         for customer_id in sorted(self._touched_customers):
             state = self.customers[customer_id]
             if state.live_pending:
-                facts = live_balance_facts(state, self.catalog, self.customer_now_ms(state), self.config,
-                                           self._arrival_ms(state))
+                facts = self._live_balance_facts(state)
                 if facts:
                     self.customers[customer_id] = state
                     out.extend(facts)
@@ -284,17 +313,70 @@ class PartitionProcessor:
         # The wall clock as this log tells it: the latest tick or the latest event receipt.
         return max(self.state.now_ms, state.last_received_ms)
 
-    def _time_passed(self, offset: int, customer_ids: Iterable[str]) -> list:
+    def _time_passed(self, offset: int, customer_ids: Iterable[str], original_bytes: bytes) -> list:
         out: list = []
         for customer_id in sorted(customer_ids):
             state = self.customers[customer_id]
             now_ms = self.customer_now_ms(state)
             if self.due_ms.get(customer_id, now_ms + 1) > now_ms or state.already_applied(offset):
                 continue
-            out.extend(self._emit(offset, advance_time(state, now_ms, self.catalog, self.config), state))
-            state.applied_offset = offset
-            self._store(state)
+            trial = copy_state(state)
+            try:
+                emitted = advance_time(trial, now_ms, self.catalog, self.config)
+                if trial.large_amounts:  # an invoice may have taken the large usage away
+                    trial.large_amounts = check_customer_amounts(trial, self.catalog, now_ms).large
+                refusal = self._unencodable(emitted)
+            except Exception as failure:  # noqa: BLE001 - no customer may stop the partition
+                refusal = (FOLD_FAILED, _describe(failure))
+            if refusal is not None:
+                # Left as it was, and out of the due index until a fact changes it: not retried at every tick.
+                self.due_ms.pop(customer_id, None)
+                out.append(self.dead_letter(offset, original_bytes, *refusal, customer_id, now_ms))
+                continue
+            out.extend(self._emit(offset, emitted, trial))
+            trial.applied_offset = offset
+            self._store(trial)
         return out
+
+    def _live_balance_facts(self, state: CustomerState) -> list:
+        """live_balance_facts of `state`; one that fails is skipped until the next change (amounts
+        were checked as facts came in: a failure here is a bug, and it must not stop the partition)."""
+        try:
+            return live_balance_facts(state, self.catalog, self.customer_now_ms(state), self.config,
+                                      self._arrival_ms(state))
+        except Exception as failure:  # noqa: BLE001
+            state.live_pending = False
+            return [self.dead_letter(self.state.applied_offset, b"", FOLD_FAILED,
+                                      f"live balance: {_describe(failure)}", state.customer_id, self.state.now_ms)]
+
+    def _unencodable(self, facts: Iterable[object]) -> tuple[str, str] | None:
+        """(reason code, message) when a derived fact cannot be emitted, else None."""
+        if self.check_output is None:
+            return None
+        for fact in facts:
+            if isinstance(fact, Rejected):
+                continue
+            try:
+                self.check_output(fact)
+            except Exception as failure:  # noqa: BLE001 - whatever the codec refuses
+                return UNENCODABLE_OUTPUT, f"{type(fact).__name__}: {_describe(failure)}"
+        return None
+
+    def _usage_out_of_range(self, state: CustomerState, meter_id: str, reading: MeterReading,
+                            aggregator: MeterAggregator) -> str | None:
+        """Why counting `reading` would form an amount beyond a 64-bit integer, or None (then the
+        caller counts it, and `state.large_amounts` is up to date). Exact only when the period
+        quantity passes the meter's safe quantity, or the customer is large (billing/bounds.py)."""
+        limit = self._safe_quantities.get(meter_id)
+        if not state.large_amounts and (
+                limit is None or usage_within(state, meter_id, reading, aggregator, self.catalog, limit)):
+            return None
+        trial = copy_state(state)
+        add_usage(trial, meter_id, reading, aggregator, self.catalog)
+        check = check_customer_amounts(trial, self.catalog, self.customer_now_ms(state))
+        if check.out_of_range is None:
+            state.large_amounts = check.large
+        return check.out_of_range
 
     def _flush_live(self, offset: int, now_ms: int, clock: str | None) -> list:
         out: list = []
@@ -302,8 +384,7 @@ class PartitionProcessor:
             state = self.customers.get(customer_id)
             if state is None or state.test_clock_id != clock:
                 continue
-            facts = live_balance_facts(state, self.catalog, self.customer_now_ms(state), self.config,
-                                       self._arrival_ms(state))
+            facts = self._live_balance_facts(state)
             if facts:
                 out.extend(facts)
                 self._store(state)
@@ -332,6 +413,7 @@ class PartitionProcessor:
         ledger = self.ledger
         seen_key = (event.event_name, identifier)
         if not (state is not None and state.created is not None and state.created.test_clock_id is None
+                and not state.large_amounts
                 # is_surely_valid_value, inlined
                 and type(value_text) is str and len(value_text) <= MAX_VALUE_INTEGER_DIGITS
                 and value_text.isascii() and value_text.isdigit()
@@ -341,28 +423,38 @@ class PartitionProcessor:
             return self._meter_event_general(offset, event, original_bytes, fresh)
         meter_id = plain.meter_id
         # tuple.__new__: a NamedTuple's own __new__ is a Python function (every field given, in order)
-        reading = _new_tuple(MeterReading, (event_time_ms, received_at_ms, identifier, Decimal(value_text)))
+        value = Decimal(value_text)
+        reading = _new_tuple(MeterReading, (event_time_ms, received_at_ms, identifier, value))
+        counts = offset > state.applied_offset
+        if counts:  # the period-usage keys it counts toward, and whether it surely rates in range
+            spans = self._usage_keys.get(customer_id)
+            span = None if spans is None else spans.get(meter_id)
+            if span is None or not span[0] <= event_time_ms < span[1]:
+                found = open_period_usage_span(state, meter_id, event_time_ms, self.catalog)
+                if found is None:  # outside an open period: its keys are a calendar's work
+                    return self._meter_event_general(offset, event, original_bytes, fresh)
+                keys, start_ms, end_ms = found
+                self._usage_keys.setdefault(customer_id, {})[meter_id] = (start_ms, end_ms, keys)
+            else:
+                keys = span[2]
+            period_usage = state.period_usage
+            limit = plain.safe_quantity
+            if limit is not None:  # usage_within for a meter without window, spelled out (values >= 0 here)
+                for key in keys:
+                    usage = period_usage.get(key)
+                    if value > limit or usage is not None and (
+                            abs(usage.value_sum + value) > limit or usage.event_count >= limit):
+                        return self._meter_event_general(offset, event, original_bytes, fresh)
         ledger.seen[seen_key] = {customer_id: _new_tuple(SeenEvent, (offset, meter_id, reading, None))}
         bucket_key = (customer_id, meter_id, event_time_ms - event_time_ms % MILLISECONDS_PER_MINUTE)
         current = ledger.buckets.get(bucket_key)
         if current is None or current.applied_offset < offset:  # (add_plain: the aggregator's add)
             usage = add_plain(None if current is None else current.usage, reading)
             self._touched_buckets[bucket_key] = ledger.buckets[bucket_key] = _new_tuple(UsageBucket, (usage, offset))
-        if offset > state.applied_offset:
-            spans = self._usage_keys.get(customer_id)
-            span = None if spans is None else spans.get(meter_id)
-            if span is None or not span[0] <= event_time_ms < span[1]:
-                found = open_period_usage_span(state, meter_id, event_time_ms, self.catalog)
-                if found is not None:
-                    keys, start_ms, end_ms = found
-                    self._usage_keys.setdefault(customer_id, {})[meter_id] = (start_ms, end_ms, keys)
-                add_usage(state, meter_id, reading, plain.aggregator, self.catalog,
-                          None if found is None else found[0])
-            else:  # add_usage with the keys in hand, spelled out
-                period_usage = state.period_usage
-                for key in span[2]:
-                    period_usage[key] = add_plain(period_usage.get(key), reading)
-                state.live_pending = True
+        if counts:  # add_usage with the keys in hand, spelled out
+            for key in keys:
+                period_usage[key] = add_plain(period_usage.get(key), reading)
+            state.live_pending = True
             state.applied_offset = offset
             if received_at_ms > state.last_received_ms:
                 state.last_received_ms = received_at_ms
@@ -386,9 +478,15 @@ class PartitionProcessor:
         if type(verdict) is MeterEventRejected:
             if not fresh:
                 return []
-            return [self._dead_letter(offset, original_bytes, str(verdict.code), verdict.message,
+            return [self.dead_letter(offset, original_bytes, str(verdict.code), verdict.message,
                                       event.customer_id or None, event.received_at_ms)]
         aggregator = self._aggregator(verdict.meter_id)
+        if offset > state.applied_offset and not self.ledger.is_duplicate(offset, verdict, event.event_name):
+            # Judged before anything changes: a reading refused here is counted nowhere.
+            refusal = self._usage_out_of_range(state, verdict.meter_id, verdict.reading, aggregator)
+            if refusal is not None:
+                return [self.dead_letter(offset, original_bytes, AMOUNT_OUT_OF_RANGE, refusal, state.customer_id,
+                                          event.received_at_ms)] if fresh else []
         outcome = self.ledger.apply_event(offset, verdict, event.event_name, aggregator)
         if outcome.bucket is not None:
             self._touched_buckets[outcome.bucket_key] = outcome.bucket
@@ -414,12 +512,18 @@ class PartitionProcessor:
         catalog = self.catalog
         self._aggregators, self._aggregators_of, self._usage_keys = {}, catalog, {}
         self._plain_meters = {}
+        unit_amounts: dict[str, list[Decimal]] = {}
+        for price in catalog.prices.values():
+            if price.meter_id is not None:
+                unit_amounts.setdefault(price.meter_id, []).append(price.unit_amount_decimal)
+        self._safe_quantities = {meter_id: safe_quantity(amounts) for meter_id, amounts in unit_amounts.items()}
         for event_name, meter in catalog.meters_by_event_name.items():
             aggregator = self._aggregator(meter.meter_id)
             if (meter.meter_id not in catalog.inactive_meter_ids and aggregator.event_time_window is None
                     and len(event_name) <= MAX_EVENT_NAME_LENGTH):
                 self._plain_meters[event_name] = _PlainMeter(meter.meter_id, meter.customer_payload_key,
-                                                             meter.value_payload_key, aggregator)
+                                                             meter.value_payload_key, aggregator,
+                                                             self._safe_quantities.get(meter.meter_id))
 
     def _cancel(self, offset: int, cancel: MeterEventCanceled, original_bytes: bytes, fresh: bool) -> list:
         aggregators = {meter_id: self.catalog.aggregator(meter_id) for meter_id in self.catalog.meters}
@@ -427,7 +531,7 @@ class PartitionProcessor:
         if outcome.refused_code is not None:
             if not fresh:
                 return []
-            return [self._dead_letter(offset, original_bytes, outcome.refused_code, outcome.refused_message,
+            return [self.dead_letter(offset, original_bytes, outcome.refused_code, outcome.refused_message,
                                       cancel.customer_id, cancel.received_at_ms)]
         for canceled in outcome.canceled:
             if canceled.bucket is not None:
@@ -447,11 +551,17 @@ class PartitionProcessor:
             return []
         now_ms = self.customer_now_ms(state) if state.created or not isinstance(fact, CustomerCreated) else (
             self.state.clocks.get(fact.test_clock_id, 0) if fact.test_clock_id else self.state.now_ms)
-        state, emitted = evolve(state, fact, self.catalog, now_ms, self.config)
+        # Folded on a copy: a fact refused here leaves the customer as it was (and raises to process()).
+        state, emitted = evolve(copy_state(state), fact, self.catalog, now_ms, self.config)
+        check = check_customer_amounts(state, self.catalog, now_ms)
+        refusal = (AMOUNT_OUT_OF_RANGE, check.out_of_range) if check.out_of_range else self._unencodable(emitted)
+        if refusal is not None:
+            return [self.dead_letter(offset, original_bytes, *refusal, customer_id, self.state.now_ms)] if fresh else []
+        state.large_amounts = check.large
         out = []
         for item in emitted:
             if isinstance(item, Rejected):
-                out.append(self._dead_letter(offset, original_bytes, item.code, item.message, customer_id,
+                out.append(self.dead_letter(offset, original_bytes, item.code, item.message, customer_id,
                                              self.state.now_ms))
             else:
                 out.append(item)
@@ -470,11 +580,15 @@ class PartitionProcessor:
         self._touched_customers.add(state.customer_id)
         self._index(state)
 
-    def _dead_letter(self, offset: int, original_bytes: bytes, reason_code: str, message: str,
+    def dead_letter(self, offset: int, original_bytes: bytes, reason_code: str, message: str,
                      customer_id: str | None, at_ms: int) -> DeadLetter:
         return DeadLetter(original_bytes=original_bytes, topic=self.topic, partition=self.partition, offset=offset,
                           reason_code=reason_code, message=message[:500], customer_id=customer_id,
                           dead_lettered_at_ms=at_ms)
+
+
+def _describe(failure: BaseException) -> str:
+    return f"{type(failure).__name__}: {failure}"
 
 
 def output_topic(fact: object) -> str:

@@ -49,7 +49,7 @@ from billing.usage import UsageLedger
 from drawdown.settings import Settings
 from streams import state as records
 from streams.catalog import CatalogBehind, CatalogFollower
-from streams.processor import PartitionProcessor, PartitionState, output_key, output_topic
+from streams.processor import UNENCODABLE_OUTPUT, PartitionProcessor, PartitionState, output_key, output_topic
 from streams.source import SourceReader
 
 log = logging.getLogger("drawdown.worker")
@@ -310,7 +310,7 @@ class Engine:
                 topic=self.source_topic, partition=partition, customers=customers,
                 ledger=UsageLedger(seen, buckets, self.settings.dedupe_window_seconds * 1000),
                 partition_state=partition_state, catalog=self.catalog_follower.catalog, config=self.config,
-                existing_customers=self._stored_customers(customers_db))
+                existing_customers=self._stored_customers(customers_db), check_output=self.codec.encode)
             self.processors[partition] = processor
             self.caches[partition] = (customers, seen, buckets)
         processor.catalog = self.catalog_follower.catalog
@@ -365,10 +365,12 @@ class Engine:
             await self._follow_catalog(False)  # the background refresh: started or taken in
         decode_seconds = 0.0
         outputs: list = []
+        output_partitions: list[tuple[int, int]] = []  # (partition, index of its first output)
         folded = 0
         partitions = [partition for partition, run in runs.items() if run]
         for partition in partitions:
             run = runs.pop(partition)
+            output_partitions.append((partition, len(outputs)))
             processor = self._processor(partition)
             process, meter_event = processor.process, processor.meter_event
             # Decoded a chunk at a time and folded at once: the batch's decoded facts never pile
@@ -406,8 +408,13 @@ class Engine:
         times_at = {partition: (self.processors[partition].state.now_ms, dict(self.processors[partition].state.clocks))
                     for partition in partitions}
         encode, topic_names, produce = self.codec.encode, self.topic_names, self.output.produce
-        for output in outputs:
-            produce(topic_names[output_topic(output)], encode(output), output_key(output).encode())
+        for index, output in enumerate(outputs):
+            try:
+                value = encode(output)
+            except Exception as error:  # noqa: BLE001 - the fold checks what it derives; never die on one
+                output = self._unencodable_output(output, error, index, output_partitions)
+                value = encode(output)
+            produce(topic_names[output_topic(output)], value, output_key(output).encode())
         del outputs
         produced_at = clock()
         if oldest_ms is not None:
@@ -420,6 +427,17 @@ class Engine:
         phases["fold"] += folded_at - decoded_at
         phases["wait_previous"] += waited_at - folded_at
         phases["snapshot_emit"] += produced_at - waited_at
+
+    def _unencodable_output(self, output: object, error: Exception, index: int,
+                            output_partitions: list[tuple[int, int]]) -> object:
+        """A dead letter in place of a derived fact that cannot be encoded (the fold checks the facts
+        it derives; this is the last guard, for those it cannot, e.g. a live balance)."""
+        partition = next(partition for partition, first in reversed(output_partitions) if first <= index)
+        processor = self.processors[partition]
+        log.error("partition %s: %s cannot be encoded (%s): dead-lettered", partition, type(output).__name__, error)
+        return processor.dead_letter(processor.state.applied_offset, b"", UNENCODABLE_OUTPUT,
+                                      f"{type(output).__name__}: {type(error).__name__}: {error}",
+                                      getattr(output, "customer_id", None), processor.state.now_ms)
 
     async def drain(self) -> None:
         """Wait until the batch in completion (if any) is durable and acknowledged."""

@@ -143,6 +143,7 @@ def test_a_projector_whose_partition_moved_on_is_fenced_and_writes_nothing(topic
         def topic(self): return topic
         def partition(self): return partition
         def offset(self): return offset
+        def timestamp(self): return (1, NOW_MS)  # (CREATE_TIME, ms), as confluent-kafka answers
         def value(self):
             from schemas.codec import encode
             return encode(f.CustomerCreated(customer_id=customer_id + "_zombie", created_at_ms=NOW_MS))
@@ -263,3 +264,30 @@ def test_a_subscription_canceled_now_keeps_its_own_end_whatever_its_final_invoic
     assert query(settings, schema, "select status, cancel_at_period_end, canceled_ms, ended_ms from subscriptions"
                                    " where id = %s", subscription_id) == [("canceled", False, NOW_MS + 5000,
                                                                             NOW_MS + 5000)]
+
+
+def test_a_record_the_database_refuses_is_dead_lettered_and_the_projector_goes_on(topics, publish, schema):
+    """Any producer may write facts whose values a column cannot hold (issue 12: no poison pill)."""
+    settings = topics
+    refused, later, customer_id = unique("cus"), unique("cus"), unique("cus")
+    _, nul_offset = publish("customer-facts", f.CustomerCreated(customer_id=refused, name="Jenny\x00Rosen",
+                                                                created_at_ms=NOW_MS), key=refused)
+    huge = Decimal("1E+200000")  # numeric holds at most 131072 digits before the point
+    _, huge_offset = publish("usage-buckets", f.UsageBucketUpdated(
+        customer_id=customer_id, meter_id="mtr_huge", bucket_start_ms=NOW_MS, value=huge, event_count=1,
+        updated_at_ms=NOW_MS), key=customer_id)
+    publish("usage-buckets", f.UsageBucketUpdated(customer_id=customer_id, meter_id="mtr_ok", bucket_start_ms=NOW_MS,
+                                                  value=Decimal("7"), event_count=1, updated_at_ms=NOW_MS),
+            key=customer_id)
+    publish("customer-facts", f.CustomerCreated(customer_id=later, name="Jenny Rosen", created_at_ms=NOW_MS), key=later)
+
+    Projector(settings, schema=schema).catch_up(timeout_s=60)  # raised on 3b449cd: the projector stopped
+
+    assert query(settings, schema, "select name from customers where id = %s", later) == [("Jenny Rosen",)]
+    assert query(settings, schema, "select count(*) from customers where id = %s", refused) == [(0,)]
+    assert query(settings, schema, "select meter_id, value from usage_buckets where customer_id = %s",
+                 customer_id) == [("mtr_ok", Decimal("7"))]
+    rows = query(settings, schema, "select topic, \"offset\", reason_code from dead_letters where topic in (%s, %s)"
+                                   " order by topic", settings.topic("customer-facts"), settings.topic("usage-buckets"))
+    assert rows == [(settings.topic("customer-facts"), nul_offset, "unwritable_record"),
+                    (settings.topic("usage-buckets"), huge_offset, "unwritable_record")]

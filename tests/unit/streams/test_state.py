@@ -164,7 +164,8 @@ _CUSTOMERS = _all_fields(
     voided_invoice_ids=st.sets(TEXT, max_size=2), live_pending=st.booleans(), last_received_ms=INT64,
     live_published_ms=st.none() | INT64,
     low_balance_watches=st.dictionaries(TEXT, st.lists(fact_strategy(LowBalanceWatch), max_size=2).map(tuple),
-                                        max_size=2))
+                                        max_size=2),
+    large_amounts=st.booleans())
 
 
 @settings(max_examples=150, deadline=None)
