@@ -91,11 +91,18 @@ class CanceledEvent:
     bucket: UsageBucket | None  # None when the bucket already had the removal
 
 
+# The dead-letter reason of a cancel without customer that one partition could not match: the
+# projector turns the misses of every partition into one `meter_event_not_found` dead letter.
+CANCEL_NOT_IN_PARTITION = "meter_event_not_in_partition"
+CANCEL_NOT_FOUND = "meter_event_not_found"
+
+
 @dataclass(frozen=True, slots=True)
 class CancelOutcome:
     canceled: tuple[CanceledEvent, ...] = ()
-    refused_code: str | None = None  # set when the cancel names a customer and cannot apply
+    refused_code: str | None = None  # set when the cancel cannot apply to the event it found
     refused_message: str = ""
+    not_here: bool = False  # a cancel without customer found no such event in this partition's log
 
 
 def _subtract(usage: MeterUsage, reading: MeterReading) -> MeterUsage:
@@ -198,7 +205,8 @@ class UsageLedger:
         """Remove the event that `cancel` names, if it is here, cancellable and received <= 24 h before.
 
         With `cancel.customer_id` None, every customer here with that event name and identifier is
-        a match (normally one); nothing matching is not an error, the event lives on another log.
+        a match (normally one); nothing matching is `not_here` (the event may live on another
+        partition's log: only every partition's miss together says it does not exist).
         """
         seen_key = (cancel.event_name, cancel.identifier)
         by_customer = dict(self.seen.get(seen_key) or {})
@@ -207,25 +215,28 @@ class UsageLedger:
         refuse = cancel.customer_id is not None
         if not by_customer:
             if refuse:
-                return CancelOutcome(refused_code="meter_event_not_found",
+                return CancelOutcome(refused_code=CANCEL_NOT_FOUND,
                                      refused_message=f"no event {cancel.identifier!r} for this customer")
-            return CancelOutcome()
+            return CancelOutcome(not_here=True)
         canceled = []
+        refusal: CancelOutcome | None = None  # why a matching event stayed (without customer: if none went)
         updated = dict(self.seen.get(seen_key) or {})
         for customer_id, first in sorted(by_customer.items()):
             if first.canceled_offset is not None and first.canceled_offset != offset:
                 continue  # already canceled by an earlier cancellation
             if first.canceled_offset is None:
                 if cancel.received_at_ms - first.reading.received_at_ms > CANCEL_WINDOW_MS:
+                    refusal = CancelOutcome(refused_code="meter_event_cancel_window_passed",
+                                            refused_message="events can be canceled only within 24 hours")
                     if refuse:
-                        return CancelOutcome(refused_code="meter_event_cancel_window_passed",
-                                             refused_message="events can be canceled only within 24 hours")
+                        return refusal
                     continue
                 aggregator = aggregators_by_meter_id.get(first.meter_id)
                 if aggregator is None or not supports_cancel(aggregator):
+                    refusal = CancelOutcome(refused_code="meter_event_cancel_unsupported",
+                                            refused_message="only sum and count meters without window can cancel")
                     if refuse:
-                        return CancelOutcome(refused_code="meter_event_cancel_unsupported",
-                                             refused_message="only sum and count meters without window can cancel")
+                        return refusal
                     continue
                 first = first._replace(canceled_offset=offset)
                 updated[customer_id] = first
@@ -237,6 +248,8 @@ class UsageLedger:
                 self.buckets[bucket_key] = bucket
             canceled.append(CanceledEvent(customer_id=customer_id, seen=first, bucket_key=bucket_key, bucket=bucket))
         self.seen[seen_key] = updated
+        if not canceled and refusal is not None:
+            return refusal
         return CancelOutcome(canceled=tuple(canceled))
 
 

@@ -34,7 +34,8 @@ SOURCE_TOPICS = ("catalog", "customer-facts", "invoices", "credit-balance-transa
 # Projection tables (what a rebuild empties and what must come out identical).
 PROJECTION_TABLES = ("test_clocks", "meters", "products", "prices", "customers", "subscriptions",
                      "subscription_items", "credit_grants", "credit_balance_transactions", "invoices", "invoice_lines",
-                     "invoice_line_credits", "usage_buckets", "live_balances", "low_balance_alerts", "dead_letters")
+                     "invoice_line_credits", "usage_buckets", "live_balances", "low_balance_alerts", "dead_letters",
+                     "meter_event_cancel_misses")
 MAX_BATCH_MESSAGES = 20000
 PROGRESS_LOG_SECONDS = 30.0
 
@@ -242,7 +243,7 @@ class Projector:
 
     def _prepare(self, messages: list[Any]) -> tuple[Batch, dict[tuple[str, int], int]]:
         """Decode a batch into rows (no database work): the CPU half of a batch."""
-        batch = Batch()
+        batch = Batch(cancel_fan_out=self.settings.partitions)
         next_offsets: dict[tuple[str, int], int] = {}
         ignored = self._ignored_fingerprints
         positions = self._positions
@@ -300,17 +301,17 @@ class Projector:
                           next_offsets: dict[tuple[str, int], int]) -> Batch:
         """The batch again, each record in a savepoint: one the database refuses (a value out of a
         column's range, a NUL in a text) becomes a dead-letter row, the others are written."""
-        written = Batch()
+        written = Batch(cancel_fan_out=self.settings.partitions)
         with conn.transaction():
             for topic, partition, offset, value, timestamp_ms in sources:
-                single = Batch()
+                single = Batch(cancel_fan_out=self.settings.partitions)
                 self._add(single, topic, partition, offset, value, timestamp_ms)
                 try:
                     with conn.transaction():
                         single.write(conn)
                 except UNWRITABLE as error:
                     log.error("%s[%s]@%s cannot be written: dead-lettered (%s)", topic, partition, offset, error)
-                    single = Batch()
+                    single = Batch(cancel_fan_out=self.settings.partitions)
                     single.add_undecodable(topic, partition, offset, value, UNWRITABLE_RECORD,
                                            f"{type(error).__name__}: {error}", timestamp_ms)
                     with conn.transaction():

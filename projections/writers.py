@@ -15,6 +15,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from billing import facts as f
+from billing.usage import CANCEL_NOT_FOUND, CANCEL_NOT_IN_PARTITION
 
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -49,6 +50,7 @@ class Batch:
     """The rows one consumed batch writes; `add` in log order, then `write` in one transaction."""
 
     statements: list[Statement] = field(default_factory=list)
+    cancel_fan_out: int = 1  # partitions a cancel without customer goes to: all must miss for "not found"
     usage_buckets: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
     transactions: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     live_balances: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
@@ -281,11 +283,30 @@ class Batch:
 
     @_rule(f.DeadLetter)
     def _(self, fact: f.DeadLetter, partition: int, offset: int) -> None:
+        if fact.reason_code == CANCEL_NOT_IN_PARTITION:
+            self._cancel_missed(fact)
+            return
         self.statements.append((
             "insert into dead_letters (topic, partition, \"offset\", reason_code, message, customer_id, original_bytes,"
             " dead_lettered_at_ms) values (%s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
             (fact.topic, fact.partition, fact.offset, fact.reason_code, fact.message, fact.customer_id,
              fact.original_bytes, fact.dead_lettered_at_ms)))
+
+    def _cancel_missed(self, fact: f.DeadLetter) -> None:
+        """One partition's miss of a cancel (the same fact bytes on every partition); the miss that
+        completes the set becomes the cancel's `meter_event_not_found` dead letter."""
+        self.statements.append((
+            "insert into meter_event_cancel_misses (fact_sha256, partition, missed_at_ms)"
+            " values (sha256(%s), %s, %s) on conflict do nothing",
+            (fact.original_bytes, fact.partition, fact.dead_lettered_at_ms)))
+        self.statements.append((
+            "insert into dead_letters (topic, partition, \"offset\", reason_code, message, customer_id, original_bytes,"
+            " dead_lettered_at_ms) select %s, %s, %s, %s, %s, null, %s, %s"
+            " where (select count(*) from meter_event_cancel_misses where fact_sha256 = sha256(%s)) >= %s"
+            " on conflict do nothing",
+            (fact.topic, fact.partition, fact.offset, CANCEL_NOT_FOUND,
+             fact.message.replace(" in this partition", "") + ": no partition holds it", fact.original_bytes,
+             fact.dead_lettered_at_ms, fact.original_bytes, self.cancel_fan_out)))
 
     # --- writing ------------------------------------------------------------------------------
 

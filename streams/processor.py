@@ -71,7 +71,7 @@ from billing.meter_events import (
     validate_meter_event,
 )
 from billing.periods import MILLISECONDS_PER_MINUTE
-from billing.usage import BucketKey, SeenEvent, UsageBucket, UsageLedger, bucket_value
+from billing.usage import CANCEL_NOT_IN_PARTITION, BucketKey, SeenEvent, UsageBucket, UsageLedger, bucket_value
 
 CUSTOMER_FACTS = (CustomerCreated, SubscriptionCreated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
                   SubscriptionCanceled, CreditGrantCreated, CreditGrantUpdated, CreditGrantExpired,
@@ -528,6 +528,10 @@ class PartitionProcessor:
     def _cancel(self, offset: int, cancel: MeterEventCanceled, original_bytes: bytes, fresh: bool) -> list:
         aggregators = {meter_id: self.catalog.aggregator(meter_id) for meter_id in self.catalog.meters}
         outcome = self.ledger.apply_cancel(offset, cancel, aggregators)
+        if outcome.not_here:  # one partition's word; the projector tells "not found" once all have said it
+            return [self.dead_letter(offset, original_bytes, CANCEL_NOT_IN_PARTITION,
+                                     f"no event {cancel.identifier!r} of {cancel.event_name!r} in this partition",
+                                     None, cancel.received_at_ms)] if fresh else []
         if outcome.refused_code is not None:
             if not fresh:
                 return []
