@@ -39,6 +39,46 @@ REFERENCES = {"customer": "/v1/customers", "product": "/v1/products", "price": "
               "id": None}
 
 
+# Values that mean something to this API, and numbers at and past its bounds: schemathesis draws
+# strings and integers from their JSON-schema types alone, and rarely hits "usd" or "1e5000".
+MEANINGFUL = ["usd", "eur", "jpy", "month", "year", "metered", "licensed", "sum", "count", "last", "by_id", "value",
+              "monetary", "paid", "promotional", "cancel", "true", "false", "", "0", "1", "-1", "12", "100", "101",
+              "1767225600", "1767225630", "253402300799", "253402300800"]
+HOSTILE = ["1e5000", "1E-5000", "-0", "0E+5000", "NaN", "Infinity", "-Infinity", "9" * 40, "999999999999999999",
+           "99999999", "100000000", "99999999.999999999999", "999999999", "1000000000", "0.0000000000001",
+           "9223372036854775807", "9223372036854775808", "-9223372036854775809", "1" * 5000, "\u0000", "%00",
+           "\u00e9\u20ac", "a" * 600, "[", "]", "[]", "{}"]
+
+
+HOSTILE_NUMBERS = [value for value in HOSTILE if value[:1].isdigit() or value[:2] in ("-0", "-1", "-9", "-I")
+                   or value in ("NaN", "Infinity")]
+
+
+def templates(known: dict[str, list[str]], event_name: str, pick: random.Random) -> dict[str, dict[str, Any]]:
+    """A valid body per create (with real references): the fuzz swaps one or two of its values for a
+    meaningful or hostile one, so a bad number reaches the code behind the validation it must pass."""
+    def some(collection: str) -> str:
+        return pick.choice(known[collection])
+
+    return {
+        "/v1/prices": {"product": some("/v1/products"), "currency": "usd", "unit_amount_decimal": "3",
+                       "recurring[interval]": "month", "recurring[usage_type]": "licensed"},
+        "/v1/billing/meter_events": {"event_name": event_name, "payload[stripe_customer_id]": some("/v1/customers"),
+                                     "payload[value]": "1"},
+        "/v1/billing/credit_grants": {"customer": some("/v1/customers"), "amount[type]": "monetary",
+                                      "amount[monetary][value]": "100", "amount[monetary][currency]": "usd",
+                                      "applicability_config[scope][price_type]": "metered"},
+        "/v1/subscriptions": {"customer": some("/v1/customers"), "items[0][price]": some("/v1/prices"),
+                              "items[0][quantity]": "1"},
+        "/v1/customers": {"name": "Jenny", "test_clock": some("/v1/test_helpers/test_clocks")},
+        "/v1/test_helpers/test_clocks": {"frozen_time": "1767225600", "name": "fuzz"},
+        "/v1/billing/meters": {"display_name": "d", "event_name": f"fuzz_{pick.getrandbits(48):x}",
+                               "default_aggregation[formula]": "sum",
+                               "customer_mapping[event_payload_key]": "stripe_customer_id",
+                               "customer_mapping[type]": "by_id", "value_settings[event_payload_key]": "value"},
+    }
+
+
 def collection_of(path: str) -> str:
     """`/v1/billing/meters/{id}/deactivate` -> `/v1/billing/meters`."""
     return path.split("/{", 1)[0]
@@ -102,8 +142,8 @@ def test_no_schemathesis_generated_request_makes_the_api_answer_5xx(client):
         if response.status_code == 200 and response.headers.get("content-type", "").startswith("application/json"):
             body = response.json()
             for item in body.get("data", []) if body.get("object") == "list" else [body]:
-                if isinstance(item, dict) and isinstance(item.get("id"), str) and len(known[path_collection]) < 50:
-                    known[path_collection].append(item["id"])
+                if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"] not in known[path_collection]:
+                    known[path_collection][:] = known[path_collection][-49:] + [item["id"]]  # the latest 50
 
     @seed(SEED)
     @settings(max_examples=CASES, deadline=None, database=None, phases=[Phase.generate],
@@ -116,12 +156,20 @@ def test_no_schemathesis_generated_request_makes_the_api_answer_5xx(client):
         path_collection = collection_of(case.path)
         if case.path_parameters and "id" in case.path_parameters and known[path_collection] and choices.random() < .6:
             case.path_parameters["id"] = choices.choice(known[path_collection])
+        template = templates(known, usage["event_name"], choices).get(case.path)
+        if case.method.upper() == "POST" and template is not None and choices.random() < .5:
+            for name in choices.sample(sorted(template), choices.choice([1, 1, 2])):
+                numeric = template[name].replace(".", "", 1).isdigit()  # a number: try it at and past the bounds
+                template[name] = choices.choice(HOSTILE_NUMBERS if numeric else MEANINGFUL + HOSTILE)
+            case.body = template
         for container in (case.query, case.body):
             if isinstance(container, dict):
                 for name in list(container):
                     collection = REFERENCES.get(re.split(r"\[", name)[-1].rstrip("]") if "[" in name else name)
                     if collection and known[collection] and choices.random() < .5:
                         container[name] = choices.choice(known[collection])
+                    elif choices.random() < .3:
+                        container[name] = choices.choice(MEANINGFUL if choices.random() < .6 else HOSTILE)
         request = case.as_transport_kwargs(base_url="http://testserver")
         headers = {name: value for name, value in request.get("headers", {}).items()
                    if name.lower() in ("content-type", "accept")}
