@@ -20,8 +20,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from api import idempotency
-from api.errors import ApiError, unauthorized
+from api.errors import ApiError, rate_limited, too_large, unauthorized
 from api.params import Params, request_params
+from api.rate_limit import TokenBuckets, retry_after_header_seconds
 from drawdown.settings import Settings
 
 log = logging.getLogger("drawdown.api")
@@ -40,7 +41,10 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 def error_response(error: ApiError) -> Response:
-    return json_response(error.body(), error.status)
+    response = json_response(error.body(), error.status)
+    for name, value in error.headers:
+        response.headers[name.decode("latin-1")] = value.decode("latin-1")
+    return response
 
 
 def route(router: APIRouter, method: str, path: str, handler: Handler, *, summary: str,
@@ -55,8 +59,15 @@ def route(router: APIRouter, method: str, path: str, handler: Handler, *, summar
     with the id its first attempt derived from the key (`creates`: that id's prefix).
     """
 
+    def parse_and_handle(ctx: Any, request: Request, body: bytes) -> Any:
+        # In the thread pool: parsing a large body (up to Settings.max_request_body_bytes) must not
+        # hold up the event loop, and it costs no extra thread hop.
+        params = request_params(request.method, request.url.path, request.path_params, request.url.query, body,
+                                request.headers.get("content-type", ""))
+        return handler(ctx, params, **request.path_params)
+
     async def endpoint(request: Request) -> Response:
-        params = await request_params(request)
+        body = await request.body() if request.method in ("POST", "DELETE", "PUT", "PATCH") else b""
         ctx = request.app.state.ctx
         claim = idempotency.current()
         resumed = answers_with is not None and claim is not None and claim.resumed
@@ -65,7 +76,7 @@ def route(router: APIRouter, method: str, path: str, handler: Handler, *, summar
             if existing is not None:
                 return json_response(existing)
         try:
-            result = await run_in_threadpool(handler, ctx, params, **request.path_params)
+            result = await run_in_threadpool(parse_and_handle, ctx, request, body)
         except ApiError as refused:  # e.g. "already voided": by the first attempt, when resumed
             object_id = request.path_params.get("id") or (claim.first_id if claim else None)
             if not resumed or refused.status >= 500 or object_id is None:
@@ -164,7 +175,7 @@ def create_app(settings: Settings, *, schema: str = "public", context: Any = Non
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(ApiError("An internal error occurred.", status=500, type="api_error"))
 
-    app.add_middleware(Conventions, metrics=metrics)
+    app.add_middleware(Conventions, metrics=metrics, settings=settings)
 
     @app.get("/healthz", include_in_schema=True, summary="Liveness and database reachability")
     def healthz(request: Request) -> Response:
@@ -186,12 +197,16 @@ def create_app(settings: Settings, *, schema: str = "public", context: Any = Non
 
 
 class Conventions:
-    """Pure ASGI middleware (no per-request task group, unlike @app.middleware): Bearer-key auth,
-    read-only keys limited to GET, Idempotency-Key claim/replay, and request metrics."""
+    """Pure ASGI middleware (no per-request task group, unlike @app.middleware): the request body
+    limit, Bearer-key auth, read-only keys limited to GET, the per-key rate limit, Idempotency-Key
+    claim/replay, and request metrics."""
 
-    def __init__(self, app: Any, metrics: Metrics) -> None:
+    def __init__(self, app: Any, metrics: Metrics, settings: Settings) -> None:
         self.app = app
         self.metrics = metrics
+        self.max_body_bytes = settings.max_request_body_bytes
+        self.rate_limit = (TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst)
+                           if settings.rate_limit_per_second > 0 else None)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -206,9 +221,12 @@ class Conventions:
             await send(message)
 
         try:
-            await self._handle(scope, receive, send_and_note)
+            declared = _header(scope, b"content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+                raise too_large(self.max_body_bytes)
+            await self._handle(scope, _bounded(receive, self.max_body_bytes), send_and_note)
         except ApiError as error:
-            await _send_response(send_and_note, error.status, json.dumps(error.body()).encode())
+            await _send_response(send_and_note, error.status, json.dumps(error.body()).encode(), list(error.headers))
         finally:
             route_path = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.observe(scope["method"], route_path, status[0], time.perf_counter() - started)
@@ -229,6 +247,10 @@ class Conventions:
         if caller.read_only and method != "GET":
             raise ApiError(f"The provided key '{key[:8]}{'*' * 8}' is a read-only restricted key: it can only GET.",
                            status=403, type="invalid_request_error", code="secret_key_required")
+        if self.rate_limit is not None:
+            wait_s = self.rate_limit.take(caller.key_sha256)
+            if wait_s > 0:  # before the Idempotency-Key is claimed: a 429 is never stored, a retry is safe
+                raise rate_limited(retry_after_header_seconds(wait_s))
         idempotency_key = headers.get("idempotency-key")
         if idempotency_key is None or method not in ("POST", "DELETE"):
             await self.app(scope, receive, send)
@@ -275,6 +297,30 @@ class Conventions:
             extra.append((b"stripe-should-retry", b"true"))
         await _send_response(send, response["status"], response_body,
                              extra + [(b"idempotency-key", idempotency_key.encode())])
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for header_name, value in scope.get("headers", ()):
+        if header_name.lower() == name:
+            return value.decode("latin-1").strip()
+    return None
+
+
+def _bounded(receive: Any, limit_bytes: int) -> Any:
+    """`receive` that counts the body's bytes as they stream in and refuses past `limit_bytes` (a
+    chunked body has no Content-Length to check up front)."""
+    seen = 0
+
+    async def receive_bounded() -> dict[str, Any]:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit_bytes:
+                raise too_large(limit_bytes)
+        return message
+
+    return receive_bounded
 
 
 async def _read_body(receive: Any) -> bytes:

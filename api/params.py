@@ -17,15 +17,30 @@ from urllib.parse import parse_qsl
 from api.errors import ApiError, invalid, missing, unknown
 
 _KEY_PART = re.compile(r"\[([^\[\]]*)\]")
-MAX_DEPTH = 6
-MAX_PARAMETERS = 2000
+# Limits on the shape of what a request sends (its size: Settings.max_request_body_bytes; its
+# numbers: billing.money, "Bounds"). Each answers 400, never 500.
+MAX_DEPTH = 6  # names on one path: amount[monetary][value] is 3, like {"amount": {"monetary": {"value": ..}}}
+MAX_PARAMETERS = 10_000  # values in the query string, and in the body (form fields or JSON leaves)
+INVALID_INTEGER = "parameter_invalid_integer"  # Stripe's code for an integer that is malformed or out of range
+MAX_LIST_INDEX_DIGITS = 4  # items[9999]: every list is far shorter (see each reader's max_items)
 # Accepted everywhere and not acted on: the SDKs send `expand` for nested objects we already inline.
 IGNORED = frozenset({"expand"})
 
 
+def _too_many() -> ApiError:
+    return ApiError(f"Too many parameters: a request can send at most {MAX_PARAMETERS} values.",
+                    code="parameter_invalid")
+
+
+def _too_deep() -> ApiError:
+    return ApiError(f"Parameters nest too deep: at most {MAX_DEPTH} names on one path.", code="parameter_invalid")
+
+
 def parse_form(text: str) -> dict[str, Any]:
     """The parameter tree of a form-encoded (or query) string."""
-    pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_PARAMETERS)
+    if text.count("&") >= MAX_PARAMETERS:
+        raise _too_many()
+    pairs = parse_qsl(text, keep_blank_values=True)
     tree: dict[str, Any] = {}
     for key, value in pairs:
         head, _, rest = key.partition("[")
@@ -50,23 +65,53 @@ def parse_form(text: str) -> dict[str, Any]:
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
+    """A JSON object body, within MAX_DEPTH and MAX_PARAMETERS (numbers with a point or an exponent
+    become Decimal, never float)."""
     try:
         tree = json.loads(body, parse_float=Decimal)
+    except RecursionError as exc:  # the decoder recurses per level: ~1000 levels exhaust the stack
+        raise _too_deep() from exc
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(f"Invalid JSON body: {exc}", code="parameter_invalid") from exc
+        raise ApiError(f"Invalid JSON body: {str(exc)[:200]}", code="parameter_invalid") from exc
     if not isinstance(tree, dict):
         raise ApiError("The JSON body must be an object.", code="parameter_invalid")
+    _check_shape(tree)
     return tree
 
 
+def _check_shape(tree: dict[str, Any]) -> None:
+    """Depth and leaf count of a decoded JSON tree, walked without recursion."""
+    leaves = 0
+    pending: list[tuple[Any, int]] = [(tree, 0)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, (dict, list)):
+            if depth >= MAX_DEPTH and node:
+                raise _too_deep()
+            pending.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+        else:
+            leaves += 1
+            if leaves > MAX_PARAMETERS:
+                raise _too_many()
+
+
 def _is_list_like(value: Any) -> bool:
-    return isinstance(value, list) or (isinstance(value, dict) and bool(value) and all(k.isdigit() for k in value))
+    return isinstance(value, list) or (isinstance(value, dict) and bool(value)
+                                       and all(k.isascii() and k.isdigit() for k in value))
 
 
-def _as_list(value: Any) -> list[Any]:
+def _as_list(value: Any, name: str, max_items: int) -> list[Any]:
+    """A list, or the items of `items[0]=..&items[1]=..` in index order; an index past `max_items`
+    is refused before it is ever read as a number (`items[99999...]`)."""
     if isinstance(value, list):
-        return value
-    return [value[key] for key in sorted(value, key=int)]
+        items = value
+    else:
+        if any(len(key) > MAX_LIST_INDEX_DIGITS or int(key) >= max_items for key in value):
+            raise invalid(name, f"{name} can have at most {max_items} items (indexes 0 to {max_items - 1})")
+        items = [value[key] for key in sorted(value, key=int)]
+    if len(items) > max_items:
+        raise invalid(name, f"{name} can have at most {max_items} items")
+    return items
 
 
 class Params:
@@ -116,19 +161,19 @@ class Params:
                 raise missing(self.name(key))
             return default
         if isinstance(value, bool):
-            raise invalid(self.name(key), f"Invalid integer: {value}")
+            raise invalid(self.name(key), f"Invalid integer: {value}", code=INVALID_INTEGER)
         if isinstance(value, str):
             if not re.fullmatch(r"-?[0-9]{1,18}", value.strip()):
-                raise invalid(self.name(key), f"Invalid integer: {value[:50]}")
+                raise invalid(self.name(key), f"Invalid integer: {value[:50]}", code=INVALID_INTEGER)
             value = int(value)
         elif not isinstance(value, int):
-            raise invalid(self.name(key), f"Invalid integer: {self.name(key)}")
+            raise invalid(self.name(key), f"Invalid integer: {self.name(key)}", code=INVALID_INTEGER)
         if abs(value) >= 2**63:
-            raise invalid(self.name(key), f"Invalid integer: {value} is out of range")
+            raise invalid(self.name(key), f"Invalid integer: {self.name(key)} is out of range", code=INVALID_INTEGER)
         if minimum is not None and value < minimum:
-            raise invalid(self.name(key), f"{self.name(key)} must be at least {minimum}")
+            raise invalid(self.name(key), f"{self.name(key)} must be at least {minimum}", code=INVALID_INTEGER)
         if maximum is not None and value > maximum:
-            raise invalid(self.name(key), f"{self.name(key)} must be at most {maximum}")
+            raise invalid(self.name(key), f"{self.name(key)} must be at most {maximum}", code=INVALID_INTEGER)
         return value
 
     def bool(self, key: str, *, default: bool | None = None) -> bool | None:
@@ -178,10 +223,7 @@ class Params:
             return []
         if not _is_list_like(value):
             raise invalid(self.name(key), f"Invalid array: {self.name(key)} must be an array")
-        items = _as_list(value)
-        if len(items) > max_items:
-            raise invalid(self.name(key), f"{self.name(key)} can have at most {max_items} items")
-        return items
+        return _as_list(value, self.name(key), max_items)
 
     def objects(self, key: str, *, required: bool = False, max_items: int = 100) -> list[Params]:
         result = []
@@ -234,17 +276,16 @@ def reject_nul(value: Any, name: str = "") -> None:
             reject_nul(item, f"{name}[{index}]")
 
 
-async def request_params(request: Any) -> Params:
-    """The parameters of a request: its query string plus its form or JSON body."""
-    for key, value in request.path_params.items():
+def request_params(method: str, path: str, path_params: dict[str, str], query: str, body: bytes,
+                   content_type: str) -> Params:
+    """The parameters of a request: its query string plus its form or JSON body (CPU-bound for a
+    large body: call it from a worker thread)."""
+    for key, value in path_params.items():
         if "\x00" in value or len(value) > 255:
-            raise ApiError(f"Unrecognized request URL ({request.method}: {request.url.path}).", status=404,
-                           code="resource_missing")
-    tree = parse_form(request.url.query) if request.url.query else {}
-    if request.method in ("POST", "DELETE", "PUT", "PATCH"):
-        body = await request.body()
+            raise ApiError(f"Unrecognized request URL ({method}: {path}).", status=404, code="resource_missing")
+    tree = parse_form(query) if query else {}
+    if method in ("POST", "DELETE", "PUT", "PATCH"):
         if body:
-            content_type = request.headers.get("content-type", "")
             body_tree = parse_json(body) if "json" in content_type else parse_form(_decode(body))
             for key, value in body_tree.items():
                 if key in tree:

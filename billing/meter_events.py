@@ -15,16 +15,17 @@ from typing import NamedTuple
 
 from billing.facts import MeterAggregation, MeterDefined, MeterEventRecorded
 from billing.meters import MeterReading
-from billing.money import parse_decimal
+from billing.money import MAX_METER_VALUE, MAX_METER_VALUE_DECIMAL_PLACES, decimal_places, integer_digits, \
+    parse_decimal
 from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_MINUTE
 
 MAX_EVENT_NAME_LENGTH = 100
 MAX_IDENTIFIER_LENGTH = 100
 MAX_EVENT_AGE_MS = 35 * MILLISECONDS_PER_DAY  # Stripe: at most 35 days in the past
 MAX_EVENT_LEAD_MS = 5 * MILLISECONDS_PER_MINUTE  # Stripe: at most 5 minutes in the future
-# OURS: bounds that keep every sum exact in billing.money.EXACT_CONTEXT.
-MAX_VALUE_DECIMAL_PLACES = 12
-MAX_VALUE_INTEGER_DIGITS = 18
+# OURS: |value| < MAX_METER_VALUE with at most 12 decimal places (why: billing.money, "Bounds").
+MAX_VALUE_DECIMAL_PLACES = MAX_METER_VALUE_DECIMAL_PLACES
+MAX_VALUE_INTEGER_DIGITS = len(str(MAX_METER_VALUE - 1))  # 9: a plain digit string this long is in bounds
 _ONE = Decimal(1)
 
 
@@ -69,12 +70,7 @@ def _parse_value(text: str) -> Decimal | None:
     value = parse_decimal(text)
     if value is None:
         return None
-    _, digits, exponent = value.as_tuple()
-    if not isinstance(exponent, int):
-        return None
-    decimal_places = max(0, -exponent)
-    integer_digits = max(0, len(digits) + exponent)
-    if decimal_places > MAX_VALUE_DECIMAL_PLACES or integer_digits > MAX_VALUE_INTEGER_DIGITS:
+    if decimal_places(value) > MAX_VALUE_DECIMAL_PLACES or integer_digits(value) > MAX_VALUE_INTEGER_DIGITS:
         return None
     return value
 
@@ -128,7 +124,9 @@ def validate_meter_event(
     else:
         value = _parse_value(value_text)
     if value is None:
-        return reject(MeterEventRejectionCode.INVALID_VALUE, f"{meter.value_payload_key!r} is not a decimal number")
+        return reject(MeterEventRejectionCode.INVALID_VALUE,
+                      f"{meter.value_payload_key!r} must be a decimal number between -{MAX_METER_VALUE} and "
+                      f"{MAX_METER_VALUE} (both excluded) with at most {MAX_VALUE_DECIMAL_PLACES} decimal places")
     if event.event_time_ms < now_ms - MAX_EVENT_AGE_MS:
         return reject(MeterEventRejectionCode.TIMESTAMP_TOO_FAR_IN_PAST, "timestamp is more than 35 days in the past")
     if event.event_time_ms > now_ms + MAX_EVENT_LEAD_MS:

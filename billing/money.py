@@ -23,8 +23,35 @@ _THREE_DECIMAL_CURRENCIES = frozenset("bhd jod kwd omr tnd".split())
 # wide enough for any real amount, and it raises instead of rounding, so a result is exact or an error.
 EXACT_CONTEXT = Context(prec=60, rounding=ROUND_HALF_UP, traps=[Inexact, InvalidOperation, Overflow, DivisionByZero])
 
-# Stripe accepts unit_amount_decimal with at most 12 decimal places.
-UNIT_AMOUNT_MAX_DECIMAL_PLACES = 12
+# --- Bounds: every number that enters the engine, in one place ------------------------------------
+#
+# Amounts leave the engine as Avro `long`: at most LONG_MAX = 2^63 - 1 (about 9.22e18) minor units.
+# The API (and the workers, which re-validate meter events) refuse anything beyond these bounds:
+#
+#   unit price            P < 10^8 minor units per unit, <= 12 decimal places (unit_amount at most
+#                         99,999,999: Stripe's eight-digit amount ceiling)
+#   meter event value    |v| < 10^9 per event, <= 12 decimal places
+#   licensed quantity     q <= 10^9 per item, at most 20 items per subscription
+#   grant amount          g <= 10^15 minor units, at most 100 unused grants per customer
+#   timestamps            <= 253,402,300,799 s (9999-12-31T23:59:59Z): 2.6e14 as milliseconds
+#
+# So: a licensed line q x P < 10^17 and a subscription's 20 lines < 2e18 < LONG_MAX; a customer's
+# credit balance is at most 100 x 10^15 = 1e17 (used-up, voided and expired grants hold nothing);
+# one meter event adds less than 10^9 x 10^8 = 1e17 to a metered line, so a period's line stays
+# within LONG_MAX for at least 92 events that are each at both extremes at once (10^9 units at
+# $999,999.99 a unit), for 9.2e10 units at the largest price, and for 9.2e18 units at one minor
+# unit a unit. Beyond that only volume, not any single input, can go, and no per-request check
+# can bound a period's volume: the worker dead-letters a fact whose amount cannot be encoded.
+# Decimal places are bounded too, so every product is exact in EXACT_CONTEXT (12 + 12 places and
+# at most 9 + 8 integer digits per factor: far below its 60 digits).
+LONG_MAX = 2**63 - 1
+MAX_UNIT_PRICE_MINOR = 10**8  # exclusive
+UNIT_AMOUNT_MAX_DECIMAL_PLACES = 12  # Stripe
+MAX_METER_VALUE = 10**9  # exclusive, either sign
+MAX_METER_VALUE_DECIMAL_PLACES = 12
+MAX_LICENSED_QUANTITY = 10**9
+MAX_GRANT_AMOUNT_MINOR = 10**15
+MAX_TIMESTAMP_S = 253_402_300_799
 
 
 def minor_unit_exponent(currency: str) -> int:
@@ -86,14 +113,31 @@ def parse_decimal(text: str) -> Decimal | None:
 
 
 def parse_unit_amount_decimal(text: str) -> Decimal:
-    """A price's unit_amount_decimal: finite, not negative, at most 12 decimal places (else InexactAmount)."""
+    """A price's unit_amount_decimal: finite, 0 <= value < MAX_UNIT_PRICE_MINOR, at most 12 decimal
+    places (else InexactAmount). Read digits-first, so `1e5000` is refused before it is ever expanded."""
     value = parse_decimal(text)
     if value is None or value < 0:
-        raise InexactAmount(f"unit_amount_decimal must be a non-negative decimal, got {text!r}")
+        raise InexactAmount(f"unit_amount_decimal must be a non-negative decimal, got {text[:50]!r}")
+    if decimal_places(value) > UNIT_AMOUNT_MAX_DECIMAL_PLACES:
+        raise InexactAmount(f"unit_amount_decimal {text[:50]!r} has more than 12 decimal places")
+    if integer_digits(value) > 8 or value >= MAX_UNIT_PRICE_MINOR:
+        raise InexactAmount(f"unit_amount_decimal {text[:50]!r} must be less than {MAX_UNIT_PRICE_MINOR}")
+    return value + 0  # + 0: -0 becomes 0
+
+
+def decimal_places(value: Decimal) -> int:
+    """Digits after the point of a finite Decimal as written: 1.50 -> 2, 1E+3 -> 0."""
     exponent = value.as_tuple().exponent
-    if isinstance(exponent, int) and -exponent > UNIT_AMOUNT_MAX_DECIMAL_PLACES:
-        raise InexactAmount(f"unit_amount_decimal {text!r} has more than 12 decimal places")
-    return value
+    assert isinstance(exponent, int), "finite Decimal"
+    return max(0, -exponent)
+
+
+def integer_digits(value: Decimal) -> int:
+    """Digits before the point of a finite Decimal as written, from its digits and exponent (never
+    expanding it): 123.4 -> 3, 1E+5000 -> 5001, 0.5 -> 0."""
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int), "finite Decimal"
+    return max(0, len(digits) + exponent)
 
 
 def _require_decimal(value: object) -> None:

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     idempotency_lease_ms: int = Field(default=30_000, ge=1000, description="How long a request holds its Idempotency-Key "
                                       "before a retry may resume it; longer than a command can take (publish ack + "
                                       "read-your-writes wait).")
+    max_request_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest request body the API "
+                                        "reads; a longer one answers 413 (by its Content-Length, or once that many "
+                                        "bytes have streamed in).")
+    rate_limit_per_second: float = Field(default=1000.0, ge=0, description="Requests per second each API key may "
+                                         "make on average (a token bucket per key and API process); beyond it the "
+                                         "API answers 429 rate_limit. 0 turns the limit off. On by default, and "
+                                         "generous: ten times Stripe's 100/s, above the 500 requests/s the API "
+                                         "benchmark sends, so the tests and benchmarks never meet it.")
+    rate_limit_burst: int = Field(default=2000, ge=1, description="Requests a key may make at once after being idle "
+                                  "(the bucket's size).")
 
     # --- derived ------------------------------------------------------------------------------
     @property

@@ -15,7 +15,7 @@ from api.params import Params
 from api.store import paginate, now_ms, require
 from billing.errors import BillingError
 from billing.facts import PriceCreated, ProductCreated, RecurringInterval, UsageType
-from billing.money import minor_unit_exponent, parse_unit_amount_decimal
+from billing.money import MAX_UNIT_PRICE_MINOR, minor_unit_exponent, parse_unit_amount_decimal
 
 router = APIRouter(tags=["catalog"])
 STRING = "string"
@@ -43,7 +43,7 @@ def list_products(ctx: ApiContext, params: Params) -> dict[str, Any]:
 def create_price(ctx: ApiContext, params: Params) -> dict[str, Any]:
     product_id = params.str("product", required=True, max_length=200)
     currency = params.str("currency", required=True, max_length=3).lower()
-    unit_amount = params.int("unit_amount", minimum=0, maximum=10**12)
+    unit_amount = params.int("unit_amount", minimum=0, maximum=MAX_UNIT_PRICE_MINOR - 1)
     unit_amount_text = params.str("unit_amount_decimal", max_length=40)
     params.str("billing_scheme", choices=["per_unit"])
     recurring = params.object("recurring", required=True)
@@ -61,7 +61,7 @@ def create_price(ctx: ApiContext, params: Params) -> dict[str, Any]:
     try:
         unit_amount_decimal = parse_unit_amount_decimal(unit_amount_text) if unit_amount_text is not None else None
     except BillingError as exc:
-        raise invalid("unit_amount_decimal", str(exc)) from exc
+        raise invalid("unit_amount_decimal", str(exc), code="parameter_invalid_decimal") from exc
     if unit_amount_decimal is None:
         from decimal import Decimal
 

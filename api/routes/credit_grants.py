@@ -15,12 +15,13 @@ from api.params import Params
 from api.store import customer_now_ms, fetch_one, paginate, require
 from billing.facts import CreditGrantCreated, CreditGrantExpired, CreditGrantUpdated, CreditGrantVoided, \
     GrantCategory, GrantPriceType, GrantScope
-from billing.grants import MAX_UNUSED_GRANTS_PER_CUSTOMER
-from billing.money import minor_unit_exponent
+from api.routes.balances import grant_states
+from billing.errors import TooManyUnusedGrants
+from billing.grants import MAX_UNUSED_GRANTS_PER_CUSTOMER, ensure_room_for_another_grant
+from billing.money import MAX_GRANT_AMOUNT_MINOR, MAX_TIMESTAMP_S, minor_unit_exponent
 
 router = APIRouter(tags=["credit grants"])
-MAX_TIME_S = 253_402_300_799
-MAX_AMOUNT_MINOR = 10**15
+MAX_TIME_S = MAX_TIMESTAMP_S
 
 
 def _grant(ctx: ApiContext, grant_id: str) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def create_credit_grant(ctx: ApiContext, params: Params) -> dict[str, Any]:
     amount = params.object("amount", required=True)
     amount.str("type", required=True, choices=["monetary"])
     monetary = amount.object("monetary", required=True)
-    value_minor = monetary.int("value", required=True, minimum=1, maximum=MAX_AMOUNT_MINOR)
+    value_minor = monetary.int("value", required=True, minimum=1, maximum=MAX_GRANT_AMOUNT_MINOR)
     currency = monetary.str("currency", required=True, max_length=3).lower()
     scope = params.object("applicability_config", required=True).object("scope", required=True)
     price_type = scope.str("price_type", choices=["metered"])
@@ -58,12 +59,13 @@ def create_credit_grant(ctx: ApiContext, params: Params) -> dict[str, Any]:
     expires_at_ms = None if expires_at_s is None else expires_at_s * 1000
     if expires_at_ms is not None and expires_at_ms <= effective_at_ms:
         raise invalid("expires_at", "expires_at must be after effective_at.")
-    unused = fetch_one(ctx.pool, "select count(*) as n from credit_grants g where customer_id = %s and voided_ms is null"
-                                 " and expired_ms is null and (expires_at_ms is null or expires_at_ms > %s)",
-                       customer_id, created_at_ms)
-    if unused["n"] >= MAX_UNUSED_GRANTS_PER_CUSTOMER:
+    with ctx.pool.connection() as conn:
+        grants = grant_states(conn, customer_id).values()
+    try:
+        ensure_room_for_another_grant(grants, created_at_ms)  # Stripe's rule: used-up grants do not count
+    except TooManyUnusedGrants as exc:
         raise conflict(f"A customer can have at most {MAX_UNUSED_GRANTS_PER_CUSTOMER} unused credit grants.",
-                       "too_many_unused_credit_grants", "customer")
+                       "too_many_unused_credit_grants", "customer") from exc
     grant_id = new_id("credgr")
     fact = CreditGrantCreated(
         grant_id=grant_id, customer_id=customer_id, name=name, amount_minor=value_minor, currency=currency,

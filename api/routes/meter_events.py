@@ -12,7 +12,6 @@ each identifier once within the dedupe window.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 from typing import Any
@@ -25,10 +24,11 @@ from api.app import json_response, route
 from api.context import ApiContext
 from api.errors import ApiError, invalid
 from api.ids import new_id
-from api.params import Params
+from api.params import Params, parse_json
 from api.store import now_ms
 from billing.facts import EventTimeWindow, MeterAggregation, MeterDefined, MeterEventCanceled, MeterEventRecorded
 from billing.meter_events import MeterEventRejected, validate_meter_event
+from billing.money import MAX_TIMESTAMP_S
 
 router = APIRouter(tags=["meter events"])
 MAX_BATCH_EVENTS = 100
@@ -114,9 +114,13 @@ def _validated(ctx: ApiContext, raw_events: list[dict[str, Any]], param: Any) ->
                                   event_time_ms=timestamp_ms, received_at_ms=received_at_ms)
         verdict = validate_meter_event(fact, meters.by_event_name, meters.inactive_ids, customers, customer_now)
         if isinstance(verdict, MeterEventRejected):
-            field = {"timestamp_too_far_in_past": "timestamp", "timestamp_in_future": "timestamp",
-                     "event_name_too_long": "event_name", "identifier_too_long": "identifier",
-                     "no_meter": "event_name", "archived_meter": "event_name"}.get(verdict.code, "payload")
+            field: tuple[str, ...] = {
+                "timestamp_too_far_in_past": ("timestamp",), "timestamp_in_future": ("timestamp",),
+                "event_name_too_long": ("event_name",), "identifier_too_long": ("identifier",),
+                "no_meter": ("event_name",), "archived_meter": ("event_name",),
+                "meter_event_invalid_value": ("payload", meter.value_payload_key) if meter else ("payload",),
+                "meter_event_value_not_found": ("payload", meter.value_payload_key) if meter else ("payload",),
+            }.get(verdict.code, ("payload",))
             raise invalid(param(index, field), verdict.message, code=str(verdict.code))
         facts.append(fact)
     return facts
@@ -137,11 +141,11 @@ def create_meter_event(ctx: ApiContext, params: Params) -> dict[str, Any]:
     event_name = params.str("event_name", required=True, max_length=100)
     payload = _payload(params.raw("payload"), "payload")
     identifier = params.str("identifier", max_length=100)
-    timestamp_s = params.int("timestamp", minimum=0, maximum=253_402_300_799)
+    timestamp_s = params.int("timestamp", minimum=0, maximum=MAX_TIMESTAMP_S)
     params.done()
     raw = {"event_name": event_name, "payload": payload, "identifier": identifier,
            "timestamp_ms": None if timestamp_s is None else timestamp_s * 1000}
-    (fact,) = _validated(ctx, [raw], lambda index, field: field)
+    (fact,) = _validated(ctx, [raw], lambda index, field: field[0] + "".join(f"[{name}]" for name in field[1:]))
     ctx.publisher.publish("customer-facts", fact.customer_id, fact)  # acked, not waited for
     return {"object": "billing.meter_event", "created": fact.received_at_ms // 1000, "event_name": fact.event_name,
             "identifier": fact.identifier, "livemode": False, "payload": dict(fact.payload),
@@ -152,7 +156,7 @@ def _timestamp_ms(value: Any, name: str) -> int | None:
     """v2 timestamps are ISO 8601 strings; unix seconds are accepted too."""
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 253_402_300_799:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TIMESTAMP_S:
         return value * 1000
     if isinstance(value, str):
         try:
@@ -168,12 +172,9 @@ def _timestamp_ms(value: Any, name: str) -> int | None:
 def _batch(ctx: ApiContext, body: bytes) -> dict[str, Any]:
     if b"\\u0000" in body:  # JSON can only carry NUL escaped; PostgreSQL text cannot hold it
         raise invalid("events", "Invalid value: NUL characters are not allowed")
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(f"Invalid JSON body: {exc}", code="parameter_invalid") from exc
-    if not isinstance(document, dict) or set(document) - {"events"}:
-        extra = sorted(set(document) - {"events"}) if isinstance(document, dict) else ["(body)"]
+    document = parse_json(body)  # an object, within the API's depth and size limits
+    if set(document) - {"events"}:
+        extra = sorted(set(document) - {"events"})
         raise invalid(extra[0], f"Received unknown parameter: {extra[0]}", code="parameter_unknown")
     events = document.get("events")
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_BATCH_EVENTS:
@@ -194,7 +195,7 @@ def _batch(ctx: ApiContext, body: bytes) -> dict[str, Any]:
         raw_events.append({"event_name": event_name, "identifier": identifier,
                            "payload": _payload(event.get("payload"), f"events[{index}].payload"),
                            "timestamp_ms": _timestamp_ms(event.get("timestamp"), f"events[{index}].timestamp")})
-    facts = _validated(ctx, raw_events, lambda index, field: f"events[{index}].{field}")
+    facts = _validated(ctx, raw_events, lambda index, field: f"events[{index}]." + ".".join(field))
     ctx.publisher.publish_many("customer-facts", [(fact.customer_id, fact, None) for fact in facts])
     return {"object": "billing.meter_event_stream_result", "accepted": len(facts)}
 

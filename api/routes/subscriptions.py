@@ -15,6 +15,7 @@ from api.params import Params
 from api.store import customer_now_ms, fetch_all, fetch_one, paginate, require
 from billing.facts import RecurringInterval, SubscriptionCanceled, SubscriptionCancelScheduled, SubscriptionCreated, \
     SubscriptionItem
+from billing.money import MAX_LICENSED_QUANTITY, MAX_TIMESTAMP_S
 from billing.periods import subscription_period_containing
 
 router = APIRouter(tags=["subscriptions"])
@@ -45,11 +46,11 @@ def subscription_object(ctx: ApiContext, row: dict[str, Any]) -> dict[str, Any]:
 def create_subscription(ctx: ApiContext, params: Params) -> dict[str, Any]:
     customer_id = params.str("customer", required=True, max_length=200)
     items = params.objects("items", required=True, max_items=MAX_ITEMS)
-    anchor_s = params.int("billing_cycle_anchor", minimum=0, maximum=253_402_300_799)
+    anchor_s = params.int("billing_cycle_anchor", minimum=0, maximum=MAX_TIMESTAMP_S)
     requested = []
     for item in items:
         requested.append((item.name("price"), item.str("price", required=True, max_length=200),
-                          item.int("quantity", minimum=1, maximum=10**9, default=1)))
+                          item.int("quantity", minimum=1, maximum=MAX_LICENSED_QUANTITY, default=1)))
     params.done()
     customer = require(ctx.pool, "customers", "customer", customer_id, param="customer")
     prices = []

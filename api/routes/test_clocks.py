@@ -14,9 +14,10 @@ from api.ids import new_id
 from api.params import Params
 from api.store import now_ms, paginate, require
 from billing.facts import TestClockAdvanced, TestClockCreated, TestClockDeleted
+from billing.money import MAX_TIMESTAMP_S
 
 router = APIRouter(tags=["test clocks"])
-MAX_FROZEN_TIME_S = 253_402_300_799  # 9999-12-31
+MAX_FROZEN_TIME_S = MAX_TIMESTAMP_S
 
 
 def _live_clock(ctx: ApiContext, clock_id: str) -> dict[str, Any]:

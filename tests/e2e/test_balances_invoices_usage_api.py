@@ -194,8 +194,9 @@ def test_meter_events_with_bad_input_are_refused_with_stripes_codes(client, work
         ({"event_name": name, "payload[stripe_customer_id]": "cus_missing", "payload[value]": "1"},
          "meter_event_customer_not_found", "payload"),
         ({"event_name": name, "payload[stripe_customer_id]": buyer["id"], "payload[value]": "lots"},
-         "meter_event_invalid_value", "payload"),
-        ({"event_name": name, "payload[stripe_customer_id]": buyer["id"]}, "meter_event_value_not_found", "payload"),
+         "meter_event_invalid_value", "payload[value]"),
+        ({"event_name": name, "payload[stripe_customer_id]": buyer["id"]}, "meter_event_value_not_found",
+         "payload[value]"),
         ({"event_name": name, "payload[stripe_customer_id]": buyer["id"], "payload[value]": "1",
           "timestamp": T0_S - 36 * 86_400}, "timestamp_too_far_in_past", "timestamp"),
         ({"event_name": name, "payload[stripe_customer_id]": buyer["id"], "payload[value]": "1",
@@ -227,7 +228,7 @@ def test_the_batch_endpoint_accepts_up_to_100_events_all_or_none(client, worker_
     assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "events"
     one_bad = client.post("/v2/billing/meter_event_stream", json={"events": [
         event, dict(event, payload={"stripe_customer_id": buyer["id"], "value": "x"})]})
-    assert one_bad.status_code == 400 and one_bad.json()["error"]["param"] == "events[1].payload"
+    assert one_bad.status_code == 400 and one_bad.json()["error"]["param"] == "events[1].payload.value"
 
 
 def test_the_live_balance_read_returns_the_latest_projected_balance(client, worker_fact):

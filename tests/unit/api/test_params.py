@@ -101,3 +101,48 @@ def test_decimals_are_written_exactly_without_exponent_or_trailing_zeros(value, 
 def test_whole_decimals_become_json_integers_and_fractions_strings_never_floats():
     assert number(Decimal("3000")) == 3000
     assert number(Decimal("2.5")) == "2.5"
+
+
+# --- shape limits: each a Stripe-style 400, never a 500 (issue 12, finding 4) -----------------------
+
+
+def test_more_fields_than_the_limit_are_refused_before_parsing():
+    from api.params import MAX_PARAMETERS
+
+    with pytest.raises(ApiError) as error:
+        parse_form("&".join(["a=1"] * (MAX_PARAMETERS + 1)))
+    assert (error.value.status, error.value.code) == (400, "parameter_invalid")
+    assert len(parse_form("&".join(f"metadata[k{i}]=v" for i in range(MAX_PARAMETERS)))["metadata"]) == MAX_PARAMETERS
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 1000 + b"1" + b"}" * 1000,
+                                  b'{"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}'])
+def test_json_deeper_than_the_limit_is_refused(body):
+    from api.params import parse_json
+
+    with pytest.raises(ApiError) as error:
+        parse_json(body)
+    assert (error.value.status, error.value.code) == (400, "parameter_invalid")
+
+
+def test_json_at_the_depth_limit_and_with_many_leaves_within_the_limit_is_read():
+    from api.params import MAX_PARAMETERS, parse_json
+
+    assert parse_json(b'{"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}')["a"]["b"]["c"]["d"]["e"]["f"] == 1
+    assert len(parse_json(("{\"x\": [" + ",".join(["1"] * MAX_PARAMETERS) + "]}").encode())["x"]) == MAX_PARAMETERS
+    with pytest.raises(ApiError):
+        parse_json(("{\"x\": [" + ",".join(["1"] * (MAX_PARAMETERS + 1)) + "]}").encode())
+
+
+@pytest.mark.parametrize("index", ["20", "5000", "9" * 5000, "0020"])
+def test_a_list_index_past_the_lists_limit_is_refused_naming_the_list(index):
+    params = Params(parse_form(f"items[{index}][price]=p"))
+    with pytest.raises(ApiError) as error:
+        params.objects("items", max_items=20)
+    assert (error.value.param, error.value.code) == ("items", "parameter_invalid")
+
+
+def test_integer_errors_carry_stripes_integer_code():
+    with pytest.raises(ApiError) as error:
+        Params({"quantity": "1000000001"}).int("quantity", maximum=10**9)
+    assert (error.value.param, error.value.code) == ("quantity", "parameter_invalid_integer")

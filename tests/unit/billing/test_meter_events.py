@@ -100,3 +100,16 @@ def test_the_window_of_accepted_timestamps_follows_the_customers_test_clock():
     assert isinstance(validate(event(event_time_ms=frozen_ms), now_ms), MeterEventAccepted)
     assert validate(event(event_time_ms=NOW_MS), now_ms).code == MeterEventRejectionCode.TIMESTAMP_IN_FUTURE
     assert customer_now_ms(wall_clock_now_ms=NOW_MS, test_clock_frozen_time_ms=None) == NOW_MS
+
+
+@pytest.mark.parametrize("value", ["999999999999999999", "1000000000", "-1000000000", "1e9", "1E+5000", "0E+5000",
+                                   "1e-13", "0.0000000000001", "NaN", "Infinity"])
+def test_a_value_beyond_the_bounds_is_rejected_as_invalid(value):
+    verdict = validate(event(payload={"stripe_customer_id": "cus_jenny", "value": value}))
+    assert isinstance(verdict, MeterEventRejected) and verdict.code == MeterEventRejectionCode.INVALID_VALUE
+
+
+@pytest.mark.parametrize("value", ["999999999", "-999999999", "999999999.999999999999", "0.000000000001", "9e8"])
+def test_a_value_at_the_bounds_is_accepted(value):
+    verdict = validate(event(payload={"stripe_customer_id": "cus_jenny", "value": value}))
+    assert isinstance(verdict, MeterEventAccepted) and verdict.reading.value == Decimal(value)

@@ -99,3 +99,26 @@ def test_a_line_amount_is_within_half_a_minor_unit_of_the_exact_product(quantity
     exact = quantity * unit_amount_decimal
     assert isinstance(amount_minor, int)
     assert -Decimal("0.5") < Decimal(amount_minor) - exact <= Decimal("0.5")
+
+
+@pytest.mark.parametrize("text", ["1e5000", "1E+8", "100000000", "9" * 40, "99999999.9999999999999", "1E-5000"])
+def test_unit_amount_decimal_is_below_ten_to_the_eighth_minor_units(text):
+    with pytest.raises(InexactAmount):
+        parse_unit_amount_decimal(text)
+
+
+def test_the_largest_unit_amount_decimal_and_negative_zero_parse():
+    assert parse_unit_amount_decimal("99999999.999999999999") == Decimal("99999999.999999999999")
+    assert str(parse_unit_amount_decimal("-0")) == "0"
+
+
+def test_the_bounds_keep_every_amount_within_avro_long():
+    """The arithmetic of billing.money's "Bounds" comment, checked."""
+    from billing.money import (LONG_MAX, MAX_GRANT_AMOUNT_MINOR, MAX_LICENSED_QUANTITY, MAX_METER_VALUE,
+                               MAX_TIMESTAMP_S, MAX_UNIT_PRICE_MINOR)
+    from billing.grants import MAX_UNUSED_GRANTS_PER_CUSTOMER
+
+    assert 20 * MAX_LICENSED_QUANTITY * MAX_UNIT_PRICE_MINOR < LONG_MAX
+    assert MAX_UNUSED_GRANTS_PER_CUSTOMER * MAX_GRANT_AMOUNT_MINOR < LONG_MAX
+    assert 92 * MAX_METER_VALUE * MAX_UNIT_PRICE_MINOR < LONG_MAX
+    assert MAX_TIMESTAMP_S * 1000 < LONG_MAX
