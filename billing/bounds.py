@@ -1,4 +1,5 @@
-"""Amounts the engine can carry: every amount is a signed 64-bit integer of minor units (Avro
+"""Amounts the engine can carry (the worker's side; what may enter at the edge: billing/money.py,
+"Bounds"): every amount is a signed 64-bit integer of minor units (Avro
 `long`, PostgreSQL `bigint`). A fact whose fold would form a larger one cannot be folded: the
 worker dead-letters it (`amount_out_of_range`) and leaves the customer as it was.
 
@@ -16,8 +17,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
-MAX_AMOUNT_MINOR = (1 << 63) - 1
-MIN_AMOUNT_MINOR = -(1 << 63)
+from billing.money import LONG_MAX
+
+MAX_AMOUNT_MINOR = LONG_MAX
+MIN_AMOUNT_MINOR = -LONG_MAX - 1
 MAX_SAFE_LINES = 1 << 16
 SAFE_LINE_AMOUNT = MAX_AMOUNT_MINOR // MAX_SAFE_LINES  # ~1.4e14 minor units: 1.4 trillion USD a line
 
