@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -371,6 +372,8 @@ def postgres_os_user(settings: Settings) -> str | None:
 
 
 def run_as(user: str | None, argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
+    # From "/": the server's user may not be allowed into the current folder (a clone under /root).
+    kwargs.setdefault("cwd", "/")
     return subprocess.run(list(argv), user=user, capture_output=True, text=True, **kwargs)
 
 
@@ -396,6 +399,54 @@ def postgres_home(settings: Settings) -> Path:
     return elsewhere
 
 
+def postgres_log_file(settings: Settings) -> Path:
+    """The server's own log: in logs/ with the others, unless the cluster had to move out of the
+    state folder; then next to the cluster, where the server's OS user can write it."""
+    home = postgres_home(settings)
+    return log_file(settings, "postgres") if home == settings.state_dir / "postgres" else home / "postgres.log"
+
+
+def postgres_password(settings: Settings) -> str:
+    """The local server's password for the role drawdown, generated once into the state folder (0600)."""
+    path = settings.postgres_password_file
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(secrets.token_hex(24) + "\n")
+    return path.read_text().strip()
+
+
+def hide_password(url: str) -> str:
+    """A database URL fit for a terminal or a log: the password, if any, replaced by ***."""
+    scheme, separator, rest = url.partition("://")
+    credentials, at, where = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{separator}{credentials.split(':', 1)[0]}:***@{where}"
+
+
+def require_password_authentication(settings: Settings, url: str, data: Path) -> None:
+    """Switch a cluster created with `trust` (before drawdown used passwords) to scram-sha-256:
+    set the role's password while trust still lets us in, then rewrite pg_hba.conf and reload."""
+    hba = data / "pg_hba.conf"
+    lines = hba.read_text().splitlines(keepends=True)
+    trusting = [i for i, line in enumerate(lines)
+                if line.strip() and not line.lstrip().startswith("#") and line.split()[-1] == "trust"]
+    if not trusting:
+        return
+    import psycopg
+    from psycopg import sql
+
+    say("switching the local PostgreSQL from trust to password authentication (once) ...")
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
+        connection.execute("set password_encryption = 'scram-sha-256'")
+        connection.execute(sql.SQL("alter role drawdown password {}").format(sql.Literal(postgres_password(settings))))
+        for i in trusting:
+            lines[i] = lines[i].rstrip()[: -len("trust")] + "scram-sha-256\n"
+        hba.write_text("".join(lines))  # in place: the file keeps its owner (the server's user)
+        connection.execute("select pg_reload_conf()")
+
+
 def postgres_ready(settings: Settings, url: str) -> bool:
     import psycopg
     try:
@@ -416,30 +467,42 @@ def start_postgres(settings: Settings) -> str:
         if not postgres_ready(settings, settings.database_url):
             raise LocalStackError("DATABASE_URL is set but the server does not answer; start it or unset DATABASE_URL")
         return settings.database_url
+    password = postgres_password(settings)
     url = settings.effective_database_url
     bin_dir = ensure_postgres_installed()
     user = postgres_os_user(settings)
     home = postgres_home(settings)
     data = home / "data"
     sockets = home / "run"
-    log = log_file(settings, "postgres")
+    log = postgres_log_file(settings)
     if pid_alive(postgres_pid(settings)):
         wait_until(lambda: postgres_ready(settings, url), POSTGRES_READY_TIMEOUT_S,
                    lambda: pid_alive(postgres_pid(settings)), "PostgreSQL", log)
+        require_password_authentication(settings, url, data)
         return url
     require_free_port(settings.postgres_port, "DRAWDOWN_POSTGRES_PORT", "the local PostgreSQL server")
     home.mkdir(parents=True, exist_ok=True)
     sockets.mkdir(parents=True, exist_ok=True)
-    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
     log.touch()
-    if user:
-        owner = pwd.getpwnam(user)
+    owner = pwd.getpwnam(user) if user else None
+    if owner:
         for path in (home, sockets, log):
             os.chown(path, owner.pw_uid, owner.pw_gid)
     if not (data / "PG_VERSION").exists():
         say(f"creating a PostgreSQL cluster in {data} (once) ...")
-        result = run_as(user, [str(bin_dir / "initdb"), "-D", str(data), "-U", "drawdown",
-                               "--auth=trust", "--encoding=UTF8", "--no-instructions"])
+        # initdb reads the password from a file its user can read; it lives only as long as initdb runs.
+        password_file = home / ".initdb-password"
+        with open(os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            out.write(password + "\n")
+        if owner:
+            os.chown(password_file, owner.pw_uid, owner.pw_gid)
+        try:
+            result = run_as(user, [str(bin_dir / "initdb"), "-D", str(data), "-U", "drawdown",
+                                   "--auth=scram-sha-256", f"--pwfile={password_file}", "--encoding=UTF8",
+                                   "--no-instructions"])
+        finally:
+            password_file.unlink(missing_ok=True)
         if result.returncode != 0:
             raise LocalStackError(f"initdb failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     say(f"starting PostgreSQL on 127.0.0.1:{settings.postgres_port} ...")
@@ -452,6 +515,7 @@ def start_postgres(settings: Settings) -> str:
         raise LocalStackError(f"PostgreSQL did not start. Last lines of {log}:\n{tail(log)}\n{result.stderr}")
     wait_until(lambda: postgres_ready(settings, url.rsplit("/", 1)[0] + "/postgres"), POSTGRES_READY_TIMEOUT_S,
                lambda: pid_alive(postgres_pid(settings)), "PostgreSQL", log)
+    require_password_authentication(settings, url, data)
     ensure_database(url)
     return url
 
@@ -555,11 +619,12 @@ def status_lines(settings: Settings) -> list[str]:
     lines.append(_status("kafka", pid_alive(kafka_pid), kafka_pid,
                          settings.effective_kafka_bootstrap_servers, log_file(settings, "kafka")))
     if settings.database_url:
-        lines.append(f"  postgres   external        {settings.database_url}")
+        lines.append(f"  postgres   external        {hide_password(settings.database_url)}")
     else:
         pg_pid = postgres_pid(settings) if postgres_bin_dir() else None
-        lines.append(_status("postgres", pid_alive(pg_pid), pg_pid, settings.effective_database_url,
-                             log_file(settings, "postgres")))
+        where = (f"{hide_password(settings.effective_database_url)} "
+                 f"(password in {settings.postgres_password_file}, mode 0600)")
+        lines.append(_status("postgres", pid_alive(pg_pid), pg_pid, where, postgres_log_file(settings)))
     for process in engine_processes():
         pid = read_pid(pid_file(settings, process.name))
         lines.append(_status(process.name, pid_alive(pid), pid, process.describe(settings),
