@@ -96,16 +96,22 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 def spawn(settings: Settings, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
           cwd: Path | None = None, user: str | None = None) -> int:
     """Start `argv` in the background in its own session, stdout+stderr to logs/<name>.log."""
+    return start_process(settings, name, argv, env, cwd, user).pid
+
+
+def start_process(settings: Settings, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
+                  cwd: Path | None = None, user: str | None = None) -> subprocess.Popen:
+    """spawn(), returning the child (its parent can read its exit status)."""
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     pid_file(settings, name).parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_file(settings, name), "ab")
-    process = subprocess.Popen(
-        list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        cwd=cwd or PROJECT_ROOT, env={**os.environ, **(env or {})}, start_new_session=True,
-        user=user,
-    )
+    with open(log_file(settings, name), "ab") as log:
+        process = subprocess.Popen(
+            list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=cwd or PROJECT_ROOT, env={**os.environ, **(env or {})}, start_new_session=True,
+            user=user,
+        )
     pid_file(settings, name).write_text(f"{process.pid}\n")
-    return process.pid
+    return process
 
 
 def stop_pid(pid: int, name: str, timeout_s: float = 20.0) -> None:
