@@ -579,14 +579,28 @@ def engine_env(settings: Settings, bootstrap: str, database_url: str) -> dict[st
             "DRAWDOWN_STATE_DIR": str(settings.state_dir), "PYTHONUNBUFFERED": "1"}
 
 
+def supervisor_running(settings: Settings) -> bool:
+    return pid_alive(read_pid(pid_file(settings, "supervisor")))
+
+
 def start_engine(settings: Settings, bootstrap: str, database_url: str) -> None:
+    """Start the supervisor (deploy/supervisor.py), which starts the engine processes and restarts
+    them when they exit; wait until each is ready."""
+    from deploy.supervisor import read_status
+
+    if not supervisor_running(settings):
+        say("starting the supervisor of the engine processes ...")
+        spawn(settings, "supervisor", [sys.executable, "-m", "drawdown", "supervise"],
+              env=engine_env(settings, bootstrap, database_url))
+
+    def running(name: str) -> bool:
+        status = read_status(settings) if supervisor_running(settings) else None
+        if status is None or name not in status["processes"]:
+            return supervisor_running(settings)  # still starting the ones before it
+        return status["processes"][name]["quick_exits"] == 0
+
     for process in engine_processes():
-        if pid_alive(read_pid(pid_file(settings, process.name))):
-            continue
-        say(f"starting {process.name} ...")
-        pid = spawn(settings, process.name, [sys.executable, "-m", "drawdown", *process.command],
-                    env=engine_env(settings, bootstrap, database_url))
-        wait_until(lambda p=process: p.ready(settings), 60, lambda: pid_alive(pid), process.name,
+        wait_until(lambda p=process: p.ready(settings), 90, lambda p=process: running(p.name), process.name,
                    log_file(settings, process.name))
 
 
@@ -605,17 +619,18 @@ def up(settings: Settings, with_engine: bool = True) -> dict[str, str]:
 
 def down(settings: Settings) -> None:
     """Stop what `up` started, newest first, by recorded pid."""
+    stop_recorded(settings, "supervisor", timeout_s=60.0)  # it stops the engine processes first
     for process in reversed(engine_processes()):
         stop_recorded(settings, process.name)
     stop_postgres(settings)
     stop_recorded(settings, "kafka")
 
 
-def stop_recorded(settings: Settings, name: str) -> None:
+def stop_recorded(settings: Settings, name: str, timeout_s: float = 20.0) -> None:
     path = pid_file(settings, name)
     pid = read_pid(path)
     if pid_alive(pid):
-        stop_pid(pid, name)
+        stop_pid(pid, name, timeout_s)
     path.unlink(missing_ok=True)
 
 
@@ -631,15 +646,32 @@ def status_lines(settings: Settings) -> list[str]:
         where = (f"{hide_password(settings.effective_database_url)} "
                  f"(password in {settings.postgres_password_file}, mode 0600)")
         lines.append(_status("postgres", pid_alive(pg_pid), pg_pid, where, postgres_log_file(settings)))
+    from deploy.supervisor import describe, read_status
+
+    supervisor_pid = read_pid(pid_file(settings, "supervisor"))
+    supervised = read_status(settings)
+    lines.append(_status("supervisor", pid_alive(supervisor_pid), supervisor_pid,
+                         "restarts an engine process that exits (1 s, 2 s, 4 s ... 30 s)",
+                         log_file(settings, "supervisor")))
     for process in engine_processes():
         pid = read_pid(pid_file(settings, process.name))
+        entry = supervised["processes"].get(process.name) if supervised else None
+        trouble = describe(entry) if entry else None
+        if trouble:  # crash-looping or waiting to restart: say so, not just "down"
+            lines.append(f"  {process.name:<10} {trouble}\n  {'':<10} {'':<15} {process.describe(settings)}")
+            continue
+        state = None
+        if pid_alive(pid) and entry and entry["restarts"]:
+            state = f"up (pid {pid}), restarted {entry['restarts']}x, last {entry['last_exit']}"
+        elif pid_alive(pid) and not supervised:
+            state = f"up (pid {pid}), not supervised"
         lines.append(_status(process.name, pid_alive(pid), pid, process.describe(settings),
-                             log_file(settings, process.name)))
+                             log_file(settings, process.name), state))
     return lines
 
 
-def _status(name: str, alive: bool, pid: int | None, where: str, log: Path) -> str:
-    state = f"up (pid {pid})" if alive else "down"
+def _status(name: str, alive: bool, pid: int | None, where: str, log: Path, state: str | None = None) -> str:
+    state = state or (f"up (pid {pid})" if alive else "down")
     return f"  {name:<10} {state:<15} {where}\n  {'':<10} {'':<15} log: {log}"
 
 
