@@ -383,9 +383,10 @@ def run_as(user: str | None, argv: Sequence[str], **kwargs) -> subprocess.Comple
     return subprocess.run(list(argv), user=user, capture_output=True, text=True, **kwargs)
 
 
-def postgres_home(settings: Settings) -> Path:
+def postgres_home(settings: Settings, create: bool = True) -> Path:
     """Where the cluster lives: in the state folder, unless the server's OS user cannot reach it
-    (a clone under /root, say); then in a folder of its own under /var/tmp, recorded in a link."""
+    (a clone under /root, say); then in a folder of its own under /var/tmp, recorded in a link.
+    With create=False (status) nothing is made: the recorded place, else the state folder."""
     in_state = settings.state_dir / "postgres"
     user = postgres_os_user(settings)
     if user is None:
@@ -393,6 +394,8 @@ def postgres_home(settings: Settings) -> Path:
     link = settings.state_dir / "postgres-home"
     if link.is_symlink() or link.exists():
         return Path(os.readlink(link)) if link.is_symlink() else link
+    if not create:
+        return in_state
     in_state.mkdir(parents=True, exist_ok=True)
     os.chown(in_state, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
     if run_as(user, ["test", "-w", str(in_state)]).returncode == 0:
@@ -405,10 +408,10 @@ def postgres_home(settings: Settings) -> Path:
     return elsewhere
 
 
-def postgres_log_file(settings: Settings) -> Path:
+def postgres_log_file(settings: Settings, create: bool = True) -> Path:
     """The server's own log: in logs/ with the others, unless the cluster had to move out of the
     state folder; then next to the cluster, where the server's OS user can write it."""
-    home = postgres_home(settings)
+    home = postgres_home(settings, create)
     return log_file(settings, "postgres") if home == settings.state_dir / "postgres" else home / "postgres.log"
 
 
@@ -463,8 +466,8 @@ def postgres_ready(settings: Settings, url: str) -> bool:
         return False
 
 
-def postgres_pid(settings: Settings) -> int | None:
-    return read_pid(postgres_home(settings) / "data" / "postmaster.pid")
+def postgres_pid(settings: Settings, create: bool = True) -> int | None:
+    return read_pid(postgres_home(settings, create) / "data" / "postmaster.pid")
 
 
 def start_postgres(settings: Settings) -> str:
@@ -642,10 +645,10 @@ def status_lines(settings: Settings) -> list[str]:
     if settings.database_url:
         lines.append(f"  postgres   external        {hide_password(settings.database_url)}")
     else:
-        pg_pid = postgres_pid(settings) if postgres_bin_dir() else None
+        pg_pid = postgres_pid(settings, create=False) if postgres_bin_dir() else None
         where = (f"{hide_password(settings.effective_database_url)} "
                  f"(password in {settings.postgres_password_file}, mode 0600)")
-        lines.append(_status("postgres", pid_alive(pg_pid), pg_pid, where, postgres_log_file(settings)))
+        lines.append(_status("postgres", pid_alive(pg_pid), pg_pid, where, postgres_log_file(settings, create=False)))
     from deploy.supervisor import describe, read_status
 
     supervisor_pid = read_pid(pid_file(settings, "supervisor"))
