@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -28,6 +29,7 @@ from drawdown.settings import Settings
 log = logging.getLogger("drawdown.api")
 
 Handler = Callable[..., Any]
+HEALTH_DATABASE_TIMEOUT_S = 2.0
 OPEN_PATHS = ("/healthz", "/metrics", "/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect")
 
 
@@ -45,6 +47,13 @@ def error_response(error: ApiError) -> Response:
     for name, value in error.headers:
         response.headers[name.decode("latin-1")] = value.decode("latin-1")
     return response
+
+
+def database_unavailable(error: psycopg.OperationalError) -> ApiError:
+    """A request the database could not serve (away, restarting, no free connection): a 503 the
+    client may retry. The pool replaces broken connections, so it ends when the database is back."""
+    log.warning("database unavailable: %s", str(error).splitlines()[0] if str(error) else type(error).__name__)
+    return ApiError("The database is unavailable; retry the request in a moment.", status=503, type="api_error")
 
 
 def route(router: APIRouter, method: str, path: str, handler: Handler, *, summary: str,
@@ -170,6 +179,10 @@ def create_app(settings: Settings, *, schema: str = "public", context: Any = Non
         return error_response(ApiError(f"Unrecognized request URL ({request.method}: {request.url.path}).",
                                        status=404, code="resource_missing"))
 
+    @app.exception_handler(psycopg.OperationalError)  # PoolTimeout is one too
+    async def database_error(request: Request, error: psycopg.OperationalError) -> Response:
+        return error_response(database_unavailable(error))
+
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -177,11 +190,22 @@ def create_app(settings: Settings, *, schema: str = "public", context: Any = Non
 
     app.add_middleware(Conventions, metrics=metrics, settings=settings)
 
-    @app.get("/healthz", include_in_schema=True, summary="Liveness and database reachability")
+    @app.get("/healthz", include_in_schema=True, summary="Database reachability and engine processes")
     def healthz(request: Request) -> Response:
+        """200 {"status": "ok"}, or 503 {"status": "unhealthy", "reason": ...} while the database does
+        not answer or a process of the stack this API belongs to is crash-looping (deploy/supervisor.py)."""
+        from deploy.supervisor import crash_loops
+
         ctx = request.app.state.ctx
-        with ctx.pool.connection() as conn:
-            conn.execute("select 1")
+        reasons = []
+        try:
+            with ctx.pool.connection(timeout=HEALTH_DATABASE_TIMEOUT_S) as conn:
+                conn.execute("select 1")
+        except psycopg.OperationalError as error:
+            reasons.append(f"database unavailable: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+        reasons += crash_loops(ctx.settings)
+        if reasons:
+            return json_response({"status": "unhealthy", "reason": "; ".join(reasons)}, 503)
         return json_response({"status": "ok"})
 
     @app.get("/metrics", include_in_schema=True, summary="Prometheus metrics")
@@ -227,6 +251,9 @@ class Conventions:
             await self._handle(scope, _bounded(receive, self.max_body_bytes), send_and_note)
         except ApiError as error:
             await _send_response(send_and_note, error.status, json.dumps(error.body()).encode(), list(error.headers))
+        except psycopg.OperationalError as error:  # key lookup or Idempotency-Key claim: before any answer
+            unavailable = database_unavailable(error)
+            await _send_response(send_and_note, unavailable.status, json.dumps(unavailable.body()).encode())
         finally:
             route_path = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.observe(scope["method"], route_path, status[0], time.perf_counter() - started)

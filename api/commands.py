@@ -1,4 +1,4 @@
-"""`drawdown api` (the HTTP API, started by `make up`) and `drawdown keys create`."""
+"""`drawdown api` (the HTTP API, started by `make up`) and `drawdown keys create|list|revoke`."""
 
 from __future__ import annotations
 
@@ -21,11 +21,18 @@ def _api_ready(settings: Settings) -> bool:
         return False
 
 
-def _describe(settings: Settings) -> str:
+def dev_key_shown(settings: Settings) -> str:
+    """The development key as terminals and logs show it: its prefix and the file that holds it."""
+    from api.auth import key_prefix
+
     path = dev_key_path(settings)
-    key = path.read_text().strip() if path.exists() else "(not created yet)"
-    return (f"api: http://{settings.api_host}:{settings.api_port} (OpenAPI at /openapi.json); "
-            f"development key {key} (kept in {path})")
+    if not path.exists():
+        return "development key not created yet"
+    return f"development key {key_prefix(path.read_text().strip())}... (the whole key is in {path}, mode 0600)"
+
+
+def _describe(settings: Settings) -> str:
+    return f"api: http://{settings.api_host}:{settings.api_port} (OpenAPI at /openapi.json); {dev_key_shown(settings)}"
 
 
 ENGINE_PROCESSES = (EngineProcess(name="api", command=("api",), describe=_describe, ready=_api_ready),)
@@ -45,8 +52,8 @@ def run_api(args: argparse.Namespace) -> int:
     settings = get_settings()
     ensure_topics(settings)
     migrate(settings.effective_database_url)
-    key = ensure_dev_key(settings.effective_database_url, dev_key_path(settings))
-    print(f"development API key: {key} (in {dev_key_path(settings)})", flush=True)
+    ensure_dev_key(settings.effective_database_url, dev_key_path(settings))
+    print(dev_key_shown(settings), flush=True)
     app = create_app(settings)
     # Long-lived objects (modules, the app) need no scanning: freeze them, and collect young objects
     # less often, so that garbage collection does not stall requests (it showed in p99 latency).
@@ -69,6 +76,49 @@ def run_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(ms: int | None) -> str:
+    import datetime
+
+    if ms is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _key_line(row: dict) -> str:
+    prefix = f"{row['prefix']}..." if row["prefix"] else "(unknown)"
+    mode = "read-only" if row["read_only"] else "secret"
+    return f"{row['id']:<14}{prefix:<17}{mode:<11}{_when(row['created_ms']):<22}{_when(row['revoked_ms'])}"
+
+
+def run_keys_list(args: argparse.Namespace) -> int:
+    from api.auth import list_keys
+    from projections.migrate import migrate
+
+    settings = get_settings()
+    migrate(settings.effective_database_url)
+    print(f"{'ID':<14}{'PREFIX':<17}{'MODE':<11}{'CREATED':<22}REVOKED")
+    for row in list_keys(settings.effective_database_url):
+        print(_key_line(row))
+    return 0
+
+
+def run_keys_revoke(args: argparse.Namespace) -> int:
+    import sys
+
+    from api.auth import KeyNotFound, revoke_key
+    from projections.migrate import migrate
+
+    settings = get_settings()
+    migrate(settings.effective_database_url)
+    try:
+        row = revoke_key(settings.effective_database_url, args.key)
+    except KeyNotFound as exc:
+        print(f"drawdown: {exc}", file=sys.stderr)
+        return 1
+    print(f"revoked: {_key_line(row)}")
+    return 0
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     subparsers.add_parser("api", help="serve the Stripe-compatible HTTP API").set_defaults(run=run_api)
     keys = subparsers.add_parser("keys", help="API keys")
@@ -76,3 +126,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     create = actions.add_parser("create", help="create an API key and print it (stored only as a sha256 hash)")
     create.add_argument("--read-only", action="store_true", help="a restricted key that can only GET")
     create.set_defaults(run=run_keys_create)
+    actions.add_parser("list", help="every key: id, prefix, mode, created, revoked").set_defaults(run=run_keys_list)
+    revoke = actions.add_parser("revoke", help="revoke a key: refused at once by running APIs")
+    revoke.add_argument("key", help="its id or prefix as `keys list` shows them (or the key itself)")
+    revoke.set_defaults(run=run_keys_revoke)

@@ -19,7 +19,10 @@ LIST_LIMIT_MAX = 100
 def open_pool(database_url: str, schema: str = "public", max_size: int = 10) -> ConnectionPool:
     """Autocommit connections (reads see the latest committed projection) on the projection's schema."""
     # min_size = max_size: opening a connection mid-burst takes ~20 ms, which showed up in p99 latency.
+    # check: a connection is tested (an empty query) before it is handed out, so the connections a
+    # database restart killed are replaced instead of failing one request each, for good.
     return ConnectionPool(database_url, min_size=max_size, max_size=max_size, open=True, timeout=10,
+                          check=ConnectionPool.check_connection,
                           kwargs={"autocommit": True, "row_factory": dict_row,
                                   "options": f"-c search_path={schema}"})
 

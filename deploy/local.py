@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -95,16 +96,22 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 def spawn(settings: Settings, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
           cwd: Path | None = None, user: str | None = None) -> int:
     """Start `argv` in the background in its own session, stdout+stderr to logs/<name>.log."""
+    return start_process(settings, name, argv, env, cwd, user).pid
+
+
+def start_process(settings: Settings, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
+                  cwd: Path | None = None, user: str | None = None) -> subprocess.Popen:
+    """spawn(), returning the child (its parent can read its exit status)."""
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     pid_file(settings, name).parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_file(settings, name), "ab")
-    process = subprocess.Popen(
-        list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        cwd=cwd or PROJECT_ROOT, env={**os.environ, **(env or {})}, start_new_session=True,
-        user=user,
-    )
+    with open(log_file(settings, name), "ab") as log:
+        process = subprocess.Popen(
+            list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=cwd or PROJECT_ROOT, env={**os.environ, **(env or {})}, start_new_session=True,
+            user=user,
+        )
     pid_file(settings, name).write_text(f"{process.pid}\n")
-    return process.pid
+    return process
 
 
 def stop_pid(pid: int, name: str, timeout_s: float = 20.0) -> None:
@@ -371,12 +378,15 @@ def postgres_os_user(settings: Settings) -> str | None:
 
 
 def run_as(user: str | None, argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
+    # From "/": the server's user may not be allowed into the current folder (a clone under /root).
+    kwargs.setdefault("cwd", "/")
     return subprocess.run(list(argv), user=user, capture_output=True, text=True, **kwargs)
 
 
-def postgres_home(settings: Settings) -> Path:
+def postgres_home(settings: Settings, create: bool = True) -> Path:
     """Where the cluster lives: in the state folder, unless the server's OS user cannot reach it
-    (a clone under /root, say); then in a folder of its own under /var/tmp, recorded in a link."""
+    (a clone under /root, say); then in a folder of its own under /var/tmp, recorded in a link.
+    With create=False (status) nothing is made: the recorded place, else the state folder."""
     in_state = settings.state_dir / "postgres"
     user = postgres_os_user(settings)
     if user is None:
@@ -384,6 +394,8 @@ def postgres_home(settings: Settings) -> Path:
     link = settings.state_dir / "postgres-home"
     if link.is_symlink() or link.exists():
         return Path(os.readlink(link)) if link.is_symlink() else link
+    if not create:
+        return in_state
     in_state.mkdir(parents=True, exist_ok=True)
     os.chown(in_state, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
     if run_as(user, ["test", "-w", str(in_state)]).returncode == 0:
@@ -396,6 +408,54 @@ def postgres_home(settings: Settings) -> Path:
     return elsewhere
 
 
+def postgres_log_file(settings: Settings, create: bool = True) -> Path:
+    """The server's own log: in logs/ with the others, unless the cluster had to move out of the
+    state folder; then next to the cluster, where the server's OS user can write it."""
+    home = postgres_home(settings, create)
+    return log_file(settings, "postgres") if home == settings.state_dir / "postgres" else home / "postgres.log"
+
+
+def postgres_password(settings: Settings) -> str:
+    """The local server's password for the role drawdown, generated once into the state folder (0600)."""
+    path = settings.postgres_password_file
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(secrets.token_hex(24) + "\n")
+    return path.read_text().strip()
+
+
+def hide_password(url: str) -> str:
+    """A database URL fit for a terminal or a log: the password, if any, replaced by ***."""
+    scheme, separator, rest = url.partition("://")
+    credentials, at, where = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{separator}{credentials.split(':', 1)[0]}:***@{where}"
+
+
+def require_password_authentication(settings: Settings, url: str, data: Path) -> None:
+    """Switch a cluster created with `trust` (before drawdown used passwords) to scram-sha-256:
+    set the role's password while trust still lets us in, then rewrite pg_hba.conf and reload."""
+    hba = data / "pg_hba.conf"
+    lines = hba.read_text().splitlines(keepends=True)
+    trusting = [i for i, line in enumerate(lines)
+                if line.strip() and not line.lstrip().startswith("#") and line.split()[-1] == "trust"]
+    if not trusting:
+        return
+    import psycopg
+    from psycopg import sql
+
+    say("switching the local PostgreSQL from trust to password authentication (once) ...")
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
+        connection.execute("set password_encryption = 'scram-sha-256'")
+        connection.execute(sql.SQL("alter role drawdown password {}").format(sql.Literal(postgres_password(settings))))
+        for i in trusting:
+            lines[i] = lines[i].rstrip()[: -len("trust")] + "scram-sha-256\n"
+        hba.write_text("".join(lines))  # in place: the file keeps its owner (the server's user)
+        connection.execute("select pg_reload_conf()")
+
+
 def postgres_ready(settings: Settings, url: str) -> bool:
     import psycopg
     try:
@@ -406,8 +466,8 @@ def postgres_ready(settings: Settings, url: str) -> bool:
         return False
 
 
-def postgres_pid(settings: Settings) -> int | None:
-    return read_pid(postgres_home(settings) / "data" / "postmaster.pid")
+def postgres_pid(settings: Settings, create: bool = True) -> int | None:
+    return read_pid(postgres_home(settings, create) / "data" / "postmaster.pid")
 
 
 def start_postgres(settings: Settings) -> str:
@@ -416,30 +476,42 @@ def start_postgres(settings: Settings) -> str:
         if not postgres_ready(settings, settings.database_url):
             raise LocalStackError("DATABASE_URL is set but the server does not answer; start it or unset DATABASE_URL")
         return settings.database_url
+    password = postgres_password(settings)
     url = settings.effective_database_url
     bin_dir = ensure_postgres_installed()
     user = postgres_os_user(settings)
     home = postgres_home(settings)
     data = home / "data"
     sockets = home / "run"
-    log = log_file(settings, "postgres")
+    log = postgres_log_file(settings)
     if pid_alive(postgres_pid(settings)):
         wait_until(lambda: postgres_ready(settings, url), POSTGRES_READY_TIMEOUT_S,
                    lambda: pid_alive(postgres_pid(settings)), "PostgreSQL", log)
+        require_password_authentication(settings, url, data)
         return url
     require_free_port(settings.postgres_port, "DRAWDOWN_POSTGRES_PORT", "the local PostgreSQL server")
     home.mkdir(parents=True, exist_ok=True)
     sockets.mkdir(parents=True, exist_ok=True)
-    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
     log.touch()
-    if user:
-        owner = pwd.getpwnam(user)
+    owner = pwd.getpwnam(user) if user else None
+    if owner:
         for path in (home, sockets, log):
             os.chown(path, owner.pw_uid, owner.pw_gid)
     if not (data / "PG_VERSION").exists():
         say(f"creating a PostgreSQL cluster in {data} (once) ...")
-        result = run_as(user, [str(bin_dir / "initdb"), "-D", str(data), "-U", "drawdown",
-                               "--auth=trust", "--encoding=UTF8", "--no-instructions"])
+        # initdb reads the password from a file its user can read; it lives only as long as initdb runs.
+        password_file = home / ".initdb-password"
+        with open(os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            out.write(password + "\n")
+        if owner:
+            os.chown(password_file, owner.pw_uid, owner.pw_gid)
+        try:
+            result = run_as(user, [str(bin_dir / "initdb"), "-D", str(data), "-U", "drawdown",
+                                   "--auth=scram-sha-256", f"--pwfile={password_file}", "--encoding=UTF8",
+                                   "--no-instructions"])
+        finally:
+            password_file.unlink(missing_ok=True)
         if result.returncode != 0:
             raise LocalStackError(f"initdb failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     say(f"starting PostgreSQL on 127.0.0.1:{settings.postgres_port} ...")
@@ -452,6 +524,7 @@ def start_postgres(settings: Settings) -> str:
         raise LocalStackError(f"PostgreSQL did not start. Last lines of {log}:\n{tail(log)}\n{result.stderr}")
     wait_until(lambda: postgres_ready(settings, url.rsplit("/", 1)[0] + "/postgres"), POSTGRES_READY_TIMEOUT_S,
                lambda: pid_alive(postgres_pid(settings)), "PostgreSQL", log)
+    require_password_authentication(settings, url, data)
     ensure_database(url)
     return url
 
@@ -509,14 +582,28 @@ def engine_env(settings: Settings, bootstrap: str, database_url: str) -> dict[st
             "DRAWDOWN_STATE_DIR": str(settings.state_dir), "PYTHONUNBUFFERED": "1"}
 
 
+def supervisor_running(settings: Settings) -> bool:
+    return pid_alive(read_pid(pid_file(settings, "supervisor")))
+
+
 def start_engine(settings: Settings, bootstrap: str, database_url: str) -> None:
+    """Start the supervisor (deploy/supervisor.py), which starts the engine processes and restarts
+    them when they exit; wait until each is ready."""
+    from deploy.supervisor import read_status
+
+    if not supervisor_running(settings):
+        say("starting the supervisor of the engine processes ...")
+        spawn(settings, "supervisor", [sys.executable, "-m", "drawdown", "supervise"],
+              env=engine_env(settings, bootstrap, database_url))
+
+    def running(name: str) -> bool:
+        status = read_status(settings) if supervisor_running(settings) else None
+        if status is None or name not in status["processes"]:
+            return supervisor_running(settings)  # still starting the ones before it
+        return status["processes"][name]["quick_exits"] == 0
+
     for process in engine_processes():
-        if pid_alive(read_pid(pid_file(settings, process.name))):
-            continue
-        say(f"starting {process.name} ...")
-        pid = spawn(settings, process.name, [sys.executable, "-m", "drawdown", *process.command],
-                    env=engine_env(settings, bootstrap, database_url))
-        wait_until(lambda p=process: p.ready(settings), 60, lambda: pid_alive(pid), process.name,
+        wait_until(lambda p=process: p.ready(settings), 90, lambda p=process: running(p.name), process.name,
                    log_file(settings, process.name))
 
 
@@ -535,17 +622,18 @@ def up(settings: Settings, with_engine: bool = True) -> dict[str, str]:
 
 def down(settings: Settings) -> None:
     """Stop what `up` started, newest first, by recorded pid."""
+    stop_recorded(settings, "supervisor", timeout_s=60.0)  # it stops the engine processes first
     for process in reversed(engine_processes()):
         stop_recorded(settings, process.name)
     stop_postgres(settings)
     stop_recorded(settings, "kafka")
 
 
-def stop_recorded(settings: Settings, name: str) -> None:
+def stop_recorded(settings: Settings, name: str, timeout_s: float = 20.0) -> None:
     path = pid_file(settings, name)
     pid = read_pid(path)
     if pid_alive(pid):
-        stop_pid(pid, name)
+        stop_pid(pid, name, timeout_s)
     path.unlink(missing_ok=True)
 
 
@@ -555,20 +643,38 @@ def status_lines(settings: Settings) -> list[str]:
     lines.append(_status("kafka", pid_alive(kafka_pid), kafka_pid,
                          settings.effective_kafka_bootstrap_servers, log_file(settings, "kafka")))
     if settings.database_url:
-        lines.append(f"  postgres   external        {settings.database_url}")
+        lines.append(f"  postgres   external        {hide_password(settings.database_url)}")
     else:
-        pg_pid = postgres_pid(settings) if postgres_bin_dir() else None
-        lines.append(_status("postgres", pid_alive(pg_pid), pg_pid, settings.effective_database_url,
-                             log_file(settings, "postgres")))
+        pg_pid = postgres_pid(settings, create=False) if postgres_bin_dir() else None
+        where = (f"{hide_password(settings.effective_database_url)} "
+                 f"(password in {settings.postgres_password_file}, mode 0600)")
+        lines.append(_status("postgres", pid_alive(pg_pid), pg_pid, where, postgres_log_file(settings, create=False)))
+    from deploy.supervisor import describe, read_status
+
+    supervisor_pid = read_pid(pid_file(settings, "supervisor"))
+    supervised = read_status(settings)
+    lines.append(_status("supervisor", pid_alive(supervisor_pid), supervisor_pid,
+                         "restarts an engine process that exits (1 s, 2 s, 4 s ... 30 s)",
+                         log_file(settings, "supervisor")))
     for process in engine_processes():
         pid = read_pid(pid_file(settings, process.name))
+        entry = supervised["processes"].get(process.name) if supervised else None
+        trouble = describe(entry) if entry else None
+        if trouble:  # crash-looping or waiting to restart: say so, not just "down"
+            lines.append(f"  {process.name:<10} {trouble}\n  {'':<10} {'':<15} {process.describe(settings)}")
+            continue
+        state = None
+        if pid_alive(pid) and entry and entry["restarts"]:
+            state = f"up (pid {pid}), restarted {entry['restarts']}x, last {entry['last_exit']}"
+        elif pid_alive(pid) and not supervised:
+            state = f"up (pid {pid}), not supervised"
         lines.append(_status(process.name, pid_alive(pid), pid, process.describe(settings),
-                             log_file(settings, process.name)))
+                             log_file(settings, process.name), state))
     return lines
 
 
-def _status(name: str, alive: bool, pid: int | None, where: str, log: Path) -> str:
-    state = f"up (pid {pid})" if alive else "down"
+def _status(name: str, alive: bool, pid: int | None, where: str, log: Path, state: str | None = None) -> str:
+    state = state or (f"up (pid {pid})" if alive else "down")
     return f"  {name:<10} {state:<15} {where}\n  {'':<10} {'':<15} log: {log}"
 
 

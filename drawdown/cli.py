@@ -65,6 +65,12 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_supervise(args: argparse.Namespace) -> int:
+    from deploy.supervisor import run_supervisor
+
+    return run_supervisor(get_settings(), only=args.only)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drawdown", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -74,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(run=cmd_up)
     commands.add_parser("down", help="stop what `up` started").set_defaults(run=cmd_down)
     commands.add_parser("status", help="what runs, where it listens, where its log is").set_defaults(run=cmd_status)
+    supervise = commands.add_parser("supervise", help="run the engine processes, restarting each that exits "
+                                                      "(`up` starts it in the background)")
+    supervise.add_argument("--only", action="append", default=[], metavar="NAME", help="only this process (repeatable)")
+    supervise.set_defaults(run=cmd_supervise)
     dead = commands.add_parser("dead-letters", help="records the engine could not take, newest first (README)")
     dead.add_argument("--reason", metavar="CODE", help="only this reason code")
     dead.add_argument("--limit", type=int, default=20, metavar="N", help="at most N (default 20)")

@@ -87,8 +87,19 @@ class Settings(BaseSettings):
         return self.kafka_bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
 
     @property
+    def postgres_password_file(self) -> Path:
+        """The local server's password (deploy/local.py writes it, mode 0600, before the server exists)."""
+        return self.state_dir / "postgres-password"
+
+    @property
     def effective_database_url(self) -> str:
-        return self.database_url or f"postgresql://drawdown@127.0.0.1:{self.postgres_port}/drawdown"
+        if self.database_url:
+            return self.database_url
+        try:
+            credentials = f"drawdown:{self.postgres_password_file.read_text().strip()}"
+        except FileNotFoundError:  # a cluster from before passwords, until `make up` switches it
+            credentials = "drawdown"
+        return f"postgresql://{credentials}@127.0.0.1:{self.postgres_port}/drawdown"
 
     def topic(self, name: str) -> str:
         """Full topic name, e.g. topic('customer-facts') -> 'drawdown.customer-facts'."""

@@ -38,6 +38,9 @@ PROJECTION_TABLES = ("test_clocks", "meters", "products", "prices", "customers",
                      "meter_event_cancel_misses")
 MAX_BATCH_MESSAGES = 20000
 PROGRESS_LOG_SECONDS = 30.0
+# While the database is away the projector waits and retries (0.5, 1, 2, 4, 5, 5 ... s), it does not exit.
+DATABASE_RETRY_FIRST_S = 0.5
+DATABASE_RETRY_MAX_S = 5.0
 
 
 def tune_gc() -> None:
@@ -101,6 +104,14 @@ class Projector:
             self._conn.commit()
         return self._conn
 
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass
+
     def _consumer(self, group: bool) -> Any:
         from confluent_kafka import Consumer
 
@@ -150,7 +161,10 @@ class Projector:
         self._connection()  # migrate before the first assignment reads offsets
         consumer = self._consumer(group=True)
 
+        assigned: list[Any] = []  # what the group gave us, even if seeking to it failed
+
         def on_assign(consumer_: Any, partitions: list[Any]) -> None:
+            assigned[:] = partitions
             consumer_.assign(self._seek_positions(partitions))
 
         writer = _OneInFlight(self._commit)
@@ -162,19 +176,35 @@ class Projector:
                 log.warning("%s", exc)
             for tp in partitions:
                 self._positions.pop((tp.topic, tp.partition), None)
+            assigned[:] = [tp for tp in assigned if (tp.topic, tp.partition) not in
+                           {(gone.topic, gone.partition) for gone in partitions}]
 
         consumer.subscribe(list(self.topics), on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
         applied_since_log, logged_at = 0, time.monotonic()
+        retry_delay_s = 0.0
         try:
             while not stop.is_set():
-                # consume() waits for a full batch or the timeout: keep it short, it is the read-your-writes latency.
-                messages = consumer.consume(num_messages=MAX_BATCH_MESSAGES, timeout=0.05)
                 try:
+                    if retry_delay_s:  # the database was away: start again from the stored offsets
+                        consumer.assign(self._seek_positions(assigned))
+                        log.info("database back; projecting again")
+                        retry_delay_s = 0.0
+                    # consume() waits for a full batch or the timeout: keep it short, it is the read-your-writes latency.
+                    messages = consumer.consume(num_messages=MAX_BATCH_MESSAGES, timeout=0.05)
                     written = writer.submit(*self._prepare(messages)) if messages else writer.drain()
                 except OffsetFenced as exc:
                     log.warning("%s; re-reading positions", exc)
                     writer.discard()
                     consumer.assign(self._seek_positions(consumer.assignment()))
+                    continue
+                except psycopg.OperationalError as exc:
+                    # Rows and offsets commit together, so whatever the lost batch did is either all
+                    # stored or not at all: wait, reconnect, and re-read from the stored offsets.
+                    writer.discard()
+                    self._drop_connection()
+                    retry_delay_s = min(max(retry_delay_s * 2, DATABASE_RETRY_FIRST_S), DATABASE_RETRY_MAX_S)
+                    log.warning("database unavailable (%s); retrying in %.1f s", str(exc).splitlines()[0], retry_delay_s)
+                    stop.wait(retry_delay_s)
                     continue
                 if written:
                     applied_since_log += written

@@ -197,6 +197,11 @@ def test_infrastructure_services_have_healthchecks():
 # --- configuration ----------------------------------------------------------------------------
 
 
+def test_every_service_comes_back_after_a_crash():
+    assert {name: spec.get("restart") for name, spec in services().items()} == {
+        name: "unless-stopped" for name in services()}
+
+
 def test_settings_env_names_are_derived_from_fields_aliases_and_the_prefix():
     names = settings_env_names()
     # The three service URLs use their conventional names; everything else is DRAWDOWN_<FIELD>.
