@@ -151,3 +151,82 @@ def test_each_command_killed_between_publish_and_answer_ends_as_exactly_one_gran
                        headers=headers).json()["data"]
     assert sorted(g["id"] for g in listed) == sorted(granted.values())
     api.kill()
+
+
+CHAOS_CREATES = 100
+
+
+def test_sdk_creates_while_the_api_is_sigkilled_again_and_again_each_make_exactly_one_grant(own_settings, tmp_path):
+    """100 credit grants through the official SDK (its own retries on, each create with its
+    Idempotency-Key) while another thread SIGKILLs the API at random moments and starts it again:
+    every key ends as exactly one grant, and no grant exists without its key's answer."""
+    import random
+
+    import stripe
+
+    from api.auth import create_key
+    from billing.facts import CreditGrantCreated
+    from projections.projector import Projector
+
+    api = ApiProcess(own_settings, tmp_path)
+    api.start()
+    key = create_key(own_settings.effective_database_url)
+    stop = threading.Event()
+    projector = threading.Thread(target=Projector(own_settings).run, args=(stop,), daemon=True)
+    projector.start()
+    client = stripe.StripeClient(key, base_addresses={"api": api.base}, max_network_retries=5)
+    rng = random.Random(20261203)
+    kills: list[float] = []
+
+    def chaos() -> None:
+        while not stop.wait(rng.uniform(0.3, 1.5)):
+            api.kill()
+            kills.append(time.monotonic())
+            api.start()
+
+    def until_answered(create: Any, idempotency_key: str) -> Any:
+        deadline = time.monotonic() + 120
+        while True:  # beyond the SDK's own retries: the API may be down for a while
+            try:
+                return create(idempotency_key)
+            except (stripe.APIConnectionError, stripe.APIError) as error:  # 5xx, 409 lease, no connection
+                assert time.monotonic() < deadline, f"{idempotency_key}: {error}"
+                time.sleep(0.2)
+            except stripe.StripeError as error:
+                if getattr(error, "http_status", None) in (409, 429, 503):
+                    assert time.monotonic() < deadline, f"{idempotency_key}: {error}"
+                    time.sleep(0.2)
+                    continue
+                raise
+
+    chaos_thread = threading.Thread(target=chaos, daemon=True)
+    try:
+        customer = until_answered(lambda k: client.v1.customers.create(params={"name": "Chaos"},
+                                                                    options={"idempotency_key": k}), "chaos-customer")
+        chaos_thread.start()
+        granted: dict[str, str] = {}
+        for n in range(CHAOS_CREATES):
+            params = {"customer": customer.id, "name": f"chaos {n}", "category": "paid",
+                      "amount": {"type": "monetary", "monetary": {"value": 100 + n, "currency": "usd"}},
+                      "applicability_config": {"scope": {"price_type": "metered"}}}
+            grant = until_answered(lambda k: client.v1.billing.credit_grants.create(params=params,
+                                                                                 options={"idempotency_key": k}),
+                                   f"chaos-{n}")
+            granted[f"chaos {n}"] = grant.id
+    finally:
+        stop.set()
+        if chaos_thread.is_alive():
+            chaos_thread.join(30)
+        projector.join(30)
+        if api.process is not None and api.process.poll() is None:
+            api.kill()
+
+    assert len(kills) >= 10, f"only {len(kills)} kills: the run tested little"
+    created = [f for f in facts_on(own_settings, "customer-facts")
+               if isinstance(f, CreditGrantCreated) and f.customer_id == customer.id]
+    by_name: dict[str, set[str]] = {}
+    for fact in created:
+        by_name.setdefault(fact.name, set()).add(fact.grant_id)
+    assert by_name == {name: {grant_id} for name, grant_id in granted.items()}
+    print(f"\n{CHAOS_CREATES} SDK creates, {len(kills)} API kills, {len(created)} grant facts "
+          f"({len(created) - len(granted)} re-published copies of the same fact)")
