@@ -16,7 +16,10 @@ from .scenarios import GRACE_MS, catalog_facts, scenario
 CUSTOMERS = 24
 
 
-def run_through_the_worker(settings, log: list, tmp_path) -> None:
+def run_through_the_worker(settings, log: list, tmp_path, phases: list[list] = ()) -> None:
+    """Produce the catalog and `log`, then run a worker until it is durable to the end. Each of
+    `phases` is produced after the worker is durable to the end of what came before (so the
+    worker's batches end where a phase ends)."""
     from producers.producer import FactProducer
 
     ensure_topics(settings)
@@ -27,6 +30,10 @@ def run_through_the_worker(settings, log: list, tmp_path) -> None:
     worker = WorkerProcess(settings, "worker-differential", tmp_path).start()
     try:
         wait_until_durable_to_the_end(settings, timeout_s=120)
+        for phase in phases:
+            with FactProducer(settings, validate=False) as producer:
+                producer.send_all(phase)
+            wait_until_durable_to_the_end(settings, timeout_s=120)
     finally:
         worker.stop()
 
