@@ -1,0 +1,201 @@
+"""Randomized input logs for the differential tests: customers on a test clock and on the wall
+clock, living through two and a half monthly periods on one timeline.
+
+Each customer draws its own story from the seed: grants (priorities, expiries, categories, price
+scopes, later effective dates, voids, explicit expiries, new expiry dates), a subscription (metered
+prices incl. a count meter, an hour-windowed meter and a licensed seat; an anchor now or later; a
+cancel now with or without invoice_now, a cancel at period end, sometimes taken back), meter events
+(corrections, decimals, retries of the same identifier, late events inside and outside the grace
+period, events too old or in the future, cancellations inside and outside 24 hours, with and without
+customer) and an invoice void. Time moves by ticks (wall clock) and by test clock advances, both
+to the moment of each action.
+"""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+
+from billing.facts import (
+    CreditGrantCreated,
+    CreditGrantExpired,
+    CreditGrantUpdated,
+    CreditGrantVoided,
+    CustomerCreated,
+    EventTimeWindow,
+    GrantCategory,
+    GrantPriceType,
+    GrantScope,
+    InvoiceVoidRequested,
+    MeterAggregation,
+    MeterDefined,
+    MeterEventCanceled,
+    MeterEventRecorded,
+    PriceCreated,
+    ProductCreated,
+    RecurringInterval,
+    SubscriptionCanceled,
+    SubscriptionCancelScheduled,
+    SubscriptionCreated,
+    SubscriptionItem,
+    TestClockAdvanced,
+    TestClockCreated,
+    TimeTicked,
+    UsageType,
+)
+from tests.oracle.model import DAY_MS, HOUR_MS, MINUTE_MS, add_months, invoice_id
+
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00Z
+END_MS = START_MS + 75 * DAY_MS
+GRACE_MS = HOUR_MS
+
+# event name -> (meter id, price id, unit amount, aggregation, window)
+METERS = {
+    "in_tokens": ("mtr_in", "price_in", "3", MeterAggregation.SUM, None),
+    "out_tokens": ("mtr_out", "price_out", "0.5", MeterAggregation.SUM, None),
+    "api_calls": ("mtr_calls", "price_calls", "1.25", MeterAggregation.COUNT, None),
+    "gpu_hours": ("mtr_gpu", "price_gpu", "7", MeterAggregation.SUM, EventTimeWindow.HOUR),
+}
+SEAT_PRICE = "price_seat"  # licensed: billed per seat, never paid by credits
+PRICE_ORDER = ["price_in", "price_out", "price_calls", "price_gpu", SEAT_PRICE]
+
+
+def catalog_facts() -> list:
+    facts: list = []
+    for event_name, (meter_id, price_id, unit, aggregation, window) in METERS.items():
+        facts += [MeterDefined(meter_id=meter_id, display_name=event_name, event_name=event_name,
+                               aggregation=aggregation, event_time_window=window, created_at_ms=START_MS),
+                  ProductCreated(product_id=f"prod_{meter_id}", name=event_name, created_at_ms=START_MS),
+                  PriceCreated(price_id=price_id, product_id=f"prod_{meter_id}", currency="usd",
+                               unit_amount_decimal=Decimal(unit), usage_type=UsageType.METERED, meter_id=meter_id,
+                               recurring_interval=RecurringInterval.MONTH, created_at_ms=START_MS)]
+    facts += [ProductCreated(product_id="prod_seat", name="seat", created_at_ms=START_MS),
+              PriceCreated(price_id=SEAT_PRICE, product_id="prod_seat", currency="usd",
+                           unit_amount_decimal=Decimal("1000"), usage_type=UsageType.LICENSED,
+                           recurring_interval=RecurringInterval.MONTH, created_at_ms=START_MS)]
+    return facts
+
+
+class Timeline:
+    def __init__(self) -> None:
+        self.actions: list[tuple[int, int, object]] = []
+
+    def at(self, at_ms: int, fact: object) -> None:
+        self.actions.append((at_ms, len(self.actions), fact))
+
+
+def _minute(rng: random.Random, start_ms: int, end_ms: int) -> int:
+    """A random instant in [start, end) off the minute grid, so nothing lands on a boundary by chance."""
+    return start_ms + rng.randrange(max(1, (end_ms - start_ms) // MINUTE_MS)) * MINUTE_MS + rng.randrange(1, 59_000)
+
+
+def _customer(rng: random.Random, timeline: Timeline, customer_id: str, clock_id: str | None) -> None:
+    created_ms = _minute(rng, START_MS, START_MS + 2 * DAY_MS)
+    subscribes = rng.random() >= 0.1
+    timeline.at(created_ms, CustomerCreated(customer_id=customer_id, test_clock_id=clock_id, created_at_ms=created_ms))
+
+    for n in range(rng.choice([0, 1, 1, 2, 2, 3])):
+        grant_id = f"credgr_{customer_id}_{n}"
+        made_ms = created_ms + (n + 1) * MINUTE_MS
+        if rng.random() < 0.7:
+            scope = GrantScope(price_type=GrantPriceType.METERED)
+        else:
+            scope = GrantScope(price_ids=tuple(rng.sample(PRICE_ORDER, rng.randrange(1, 4))))
+        expires_ms = None if rng.random() < 0.5 else _minute(rng, made_ms + 3 * DAY_MS, made_ms + 70 * DAY_MS)
+        timeline.at(made_ms, CreditGrantCreated(
+            grant_id=grant_id, customer_id=customer_id, amount_minor=rng.randrange(1, 80) * 50, currency="usd",
+            scope=scope, category=rng.choice(list(GrantCategory)), priority=rng.choice([0, 10, 50, 50, 90]),
+            # A later effective date only with a subscription: see test_known_disagreements (stale live balance)
+            effective_at_ms=made_ms if rng.random() < 0.7 or not subscribes
+            else _minute(rng, made_ms, made_ms + 40 * DAY_MS),
+            expires_at_ms=expires_ms, created_at_ms=made_ms, test_clock_id=clock_id))
+        roll = rng.random()
+        when_ms = _minute(rng, made_ms + DAY_MS, END_MS)
+        if roll < 0.15:  # rejected once any of it was applied
+            timeline.at(when_ms, CreditGrantVoided(grant_id=grant_id, customer_id=customer_id, voided_at_ms=when_ms))
+        elif roll < 0.25:
+            timeline.at(when_ms, CreditGrantExpired(grant_id=grant_id, customer_id=customer_id, expired_at_ms=when_ms))
+        elif roll < 0.35:
+            new_expiry = None if rng.random() < 0.3 else _minute(rng, when_ms, END_MS + 10 * DAY_MS)
+            timeline.at(when_ms, CreditGrantUpdated(grant_id=grant_id, customer_id=customer_id,
+                                                    expires_at_ms=new_expiry, updated_at_ms=when_ms))
+
+    if not subscribes:
+        return  # a customer with grants and no subscription
+    sub_id = f"sub_{customer_id}"
+    sub_ms = created_ms + 5 * MINUTE_MS
+    prices = [p for p in PRICE_ORDER if rng.random() < 0.6] or ["price_in"]
+    anchor_ms = sub_ms if rng.random() < 0.7 else _minute(rng, sub_ms + DAY_MS, sub_ms + 20 * DAY_MS)
+    timeline.at(sub_ms, SubscriptionCreated(
+        subscription_id=sub_id, customer_id=customer_id, currency="usd", billing_cycle_anchor_ms=anchor_ms,
+        items=tuple(SubscriptionItem(item_id=f"si_{customer_id}_{p}", price_id=p, quantity=rng.randrange(1, 4))
+                    for p in prices), created_at_ms=sub_ms, test_clock_id=clock_id))
+    first_end_ms = anchor_ms if anchor_ms > sub_ms else add_months(anchor_ms, 1)
+
+    roll = rng.random()
+    if roll < 0.15:
+        when_ms = _minute(rng, sub_ms + 35 * DAY_MS, END_MS)
+        timeline.at(when_ms, SubscriptionCanceled(subscription_id=sub_id, customer_id=customer_id,
+                                                  invoice_now=rng.random() < 0.5, canceled_at_ms=when_ms))
+    elif roll < 0.3:
+        when_ms = _minute(rng, sub_ms, END_MS - 10 * DAY_MS)
+        timeline.at(when_ms, SubscriptionCancelScheduled(subscription_id=sub_id, customer_id=customer_id,
+                                                         cancel_at_period_end=True, scheduled_at_ms=when_ms))
+        if rng.random() < 0.3:
+            later_ms = _minute(rng, when_ms, when_ms + 5 * DAY_MS)
+            timeline.at(later_ms, SubscriptionCancelScheduled(subscription_id=sub_id, customer_id=customer_id,
+                                                              cancel_at_period_end=False, scheduled_at_ms=later_ms))
+    if rng.random() < 0.15:
+        when_ms = _minute(rng, first_end_ms + GRACE_MS + HOUR_MS, first_end_ms + 10 * DAY_MS)
+        timeline.at(when_ms, InvoiceVoidRequested(invoice_id=invoice_id(sub_id, sub_ms), customer_id=customer_id,
+                                                  requested_at_ms=when_ms))
+
+    names = [name for name, spec in METERS.items() if spec[1] in prices] or list(METERS)
+    for n in range(rng.randrange(5, 30)):
+        name = rng.choice(names) if rng.random() < 0.9 else rng.choice(list(METERS))
+        received_ms = _minute(rng, sub_ms + MINUTE_MS, END_MS)
+        lag_roll = rng.random()
+        if lag_roll < 0.03:
+            event_ms = received_ms - 36 * DAY_MS  # too old
+        elif lag_roll < 0.05:
+            event_ms = received_ms + 10 * MINUTE_MS  # in the future
+        elif lag_roll < 0.2:
+            event_ms = received_ms - rng.randrange(1, 3 * HOUR_MS)  # late: maybe past a period end
+        else:
+            event_ms = received_ms - rng.randrange(0, 10 * MINUTE_MS)
+        value_roll = rng.random()
+        value = (str(-rng.randrange(1, 30)) if value_roll < 0.1 else f"{rng.randrange(0, 90)}.5" if value_roll < 0.3
+                 else str(rng.randrange(0, 200)))
+        identifier = f"ev_{customer_id}_{n}"
+        event = MeterEventRecorded(customer_id=customer_id, event_name=name, identifier=identifier,
+                                   payload={"stripe_customer_id": customer_id, "value": value},
+                                   event_time_ms=event_ms, received_at_ms=received_ms)
+        timeline.at(received_ms, event)
+        if rng.random() < 0.1:  # a retry: the same event again, later
+            retry_ms = received_ms + rng.randrange(1, 2 * DAY_MS)
+            timeline.at(retry_ms, MeterEventRecorded(**{**event.__dict__, "received_at_ms": retry_ms}))
+        if rng.random() < 0.1 and METERS[name][4] is None:  # windowed meters: see test_known_disagreements
+            cancel_ms = received_ms + rng.choice([rng.randrange(1, HOUR_MS), 30 * HOUR_MS])
+            timeline.at(cancel_ms, MeterEventCanceled(event_name=name, identifier=identifier,
+                                                      customer_id=customer_id if rng.random() < 0.5 else None,
+                                                      received_at_ms=cancel_ms))
+
+
+def scenario(seed: int, customers: int) -> list:
+    """The whole input log (catalog first), in the order it is produced."""
+    rng = random.Random(seed)
+    clock_id = f"clock_{seed}"
+    timeline = Timeline()
+    for n in range(customers):
+        _customer(rng, timeline, f"cus_{seed}_{n}", clock_id if n % 2 == 0 else None)
+    log: list = [TestClockCreated(test_clock_id=clock_id, frozen_time_ms=START_MS, created_at_ms=START_MS),
+                 TimeTicked(now_ms=START_MS)]
+    now_ms = START_MS
+    for at_ms, _, fact in sorted(timeline.actions, key=lambda action: action[:2]) + [(END_MS, 0, None)]:
+        if at_ms - now_ms > 4 * MINUTE_MS:  # time moves to the moment of the action, both ways
+            now_ms = at_ms
+            log += [TimeTicked(now_ms=now_ms),
+                    TestClockAdvanced(test_clock_id=clock_id, frozen_time_ms=now_ms, advanced_at_ms=now_ms)]
+        if fact is not None:
+            log.append(fact)
+    return log
