@@ -294,7 +294,12 @@ def evolve(state: CustomerState, fact: object, catalog: Catalog, now_ms: int,
             sub = state.subscriptions.get(fact.subscription_id)
             if sub is not None and not sub.ended:
                 plan = cancel_immediately(sub.open_period, fact.canceled_at_ms, fact.invoice_now)
-                if plan.period is None:
+                if plan.period is None and fact.canceled_at_ms >= sub.open_period.end_ms:
+                    # The open period ended before the cancel and waits out its grace period: it is
+                    # still invoiced (its cycle invoice); only the usage since its end goes unbilled.
+                    sub.final_period_end_ms = sub.open_period.end_ms
+                    sub.final_reason = BillingReason.SUBSCRIPTION_CYCLE
+                elif plan.period is None:
                     _end_subscription(state, sub)
                 else:
                     sub.final_period_end_ms = plan.period.end_ms

@@ -369,14 +369,18 @@ class Oracle:
             if named is not None:
                 self.results.rejected[position] = "meter_event_not_found"
             return
+        canceled_now = too_late = False
         for event in targets:
             if event.canceled:
                 continue  # canceled once
             if fact["received_at_ms"] - event.received_at_ms > CANCEL_WINDOW_MS:
-                if named is not None:
-                    self.results.rejected[position] = "meter_event_cancel_window_passed"
+                too_late = True
                 continue
-            event.canceled = True
+            event.canceled = canceled_now = True
+        if too_late and not canceled_now:
+            # It found its event, too late: an error reported later (Stripe's meter error reports),
+            # with or without a customer named.
+            self.results.rejected[position] = "meter_event_cancel_window_passed"
 
     # --- customer facts -----------------------------------------------------------------------------
 

@@ -103,10 +103,9 @@ def test_a_grant_becoming_effective_shows_in_the_live_balance(disagreements_run)
     assert compare(disagreements_run, {"cus_kd_effective"}) == []
 
 
-@pytest.mark.xfail(strict=True, reason="engine: SubscriptionCanceled without invoice_now during the grace period "
-                   "drops the draft of the period that already ended (STRIPE.md: the grace period only delays "
-                   "finalization; only the current period's accrued usage goes unbilled)")
 def test_a_cancel_during_the_grace_period_keeps_the_ended_periods_invoice(disagreements_run):
+    """Was a disagreement (the engine dropped the ended period's draft); STRIPE.md: the grace period
+    only delays finalization, and only the current period's accrued usage goes unbilled."""
     assert compare(disagreements_run, {"cus_kd_grace"}) == []
 
 
