@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.streams_bench import _free_port, _row, _Worker
+from benchmarks.harness import measurement
+from benchmarks.streams_bench import _free_port, _Worker
 from drawdown.settings import Settings
 from streams import walkthrough as w
 from streams.topics import ensure_topics
@@ -87,12 +88,12 @@ def run(settings: Settings) -> list[dict[str, Any]]:
     finally:
         worker.stop()
         shutil.rmtree(work_dir, ignore_errors=True)
-    return [_row(f"worker peak RSS: {CUSTOMERS:,} customers x 2 meters, "
-                 f"{CUSTOMERS * 2 * EVENTS_PER_METER:,} events over a day", "MiB", rss / 2**20, None,
-                 "< 1024 MiB", rss < TARGET_RSS_BYTES),
-            _row("recovery with that state after kill -9: restart to ready", "s", ready_s, None, "(reported)", True),
-            _row("recovery with that state after kill -9: restart to first new fact folded", "s", resumed_s, None,
-                 "(reported)", True)]
+    return [measurement(f"worker peak RSS: {CUSTOMERS:,} customers x 2 meters, "
+                        f"{CUSTOMERS * 2 * EVENTS_PER_METER:,} events over a day", "MiB", rss / 2**20,
+                        below=TARGET_RSS_BYTES / 2**20),
+            measurement("recovery with that state after kill -9: restart to ready", "s", ready_s, info="no target"),
+            measurement("recovery with that state after kill -9: restart to first new fact folded", "s", resumed_s,
+                        info="no target")]
 
 
 def _produce_tick(settings: Settings) -> None:
