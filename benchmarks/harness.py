@@ -191,7 +191,7 @@ def format_table(rows: Sequence[dict]) -> str:
             str(row.get("name")),
             _number(row.get("measured"), unit),
             _number(row.get("ceiling"), unit),
-            "-" if ratio is None else f"{ratio:.2f}",
+            "-" if ratio is None else f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}",  # 0.003, not 0.00
             str(row.get("rounds") or "-"),
             str(row.get("target") or ""),
             verdict(row),
