@@ -2,9 +2,11 @@
 
 1. GET /v1/billing/credit_balance_summary at a fixed 500 requests/s (latency measured from each
    request's scheduled start, so a slow server cannot hide queueing): achieved rate, p50, p99;
-   after one unmeasured second, the best of 3 rounds of 5 s (the machine is shared and noisy).
-   Ceiling: a bare psycopg primary-key select of the same grant row (p50/p99 of sequential calls).
-   Target: p99 < 20 ms at 500 requests/s.
+   after one unmeasured second, 3 rounds of 5 s, each figure the median of the rounds.
+   Ceiling: a bare psycopg primary-key select of the same grant row (p50/p99 of sequential calls;
+   the ratio is bare / measured, the fraction of the bare latency's speed the API reaches).
+   Target: p99 < 20 ms at 500 requests/s with the rate held and no errors (p50 info). The
+   closed-loop maximum (16 clients) is info, against bare selects/s on one connection.
 2. POST /v2/billing/meter_event_stream, 100 events per request, 8 concurrent clients: events/s
    accepted and acknowledged by Kafka (acks=all). Ceiling: a bare confluent-kafka producer with the
    same configuration producing the same facts already encoded. Target: >= 20,000 events/s.
@@ -30,13 +32,16 @@ from tempfile import TemporaryDirectory
 import psycopg
 from psycopg import sql
 
+from benchmarks.harness import measurement, quick
 from drawdown.settings import PROJECT_ROOT, Settings
 
 RATE_PER_SECOND = 500
 RATE_SECONDS = 5
+QUICK_RATE_SECONDS = 2
 RATE_ROUNDS = 3
 TARGET_P99_MS = 20.0
 INGEST_SECONDS = 6
+QUICK_INGEST_SECONDS = 2
 INGEST_CLIENTS = 8
 EVENTS_PER_REQUEST = 100
 TARGET_EVENTS_PER_SECOND = 20_000
@@ -130,10 +135,12 @@ class _RawClient:
             writer.close()
 
 
-async def _fixed_rate(port: int, key: str, customer_id: str) -> tuple[float, float, float, int]:
+async def _fixed_rate(port: int, key: str, customer_id: str,
+                      seconds: int) -> tuple[list[float], list[float], list[float], int]:
+    """Per round: achieved rate, p50 and p99 (ms); and the errors over all rounds."""
     latencies: list[float] = []
     errors = 0
-    total = RATE_PER_SECOND * RATE_SECONDS
+    total = RATE_PER_SECOND * seconds
     path = f"/v1/billing/credit_balance_summary?customer={customer_id}"
     client = _RawClient("127.0.0.1", port, key, connections=32)
     await client.open()
@@ -159,15 +166,15 @@ async def _fixed_rate(port: int, key: str, customer_id: str) -> tuple[float, flo
         return time.perf_counter() - started
 
     await at_fixed_rate(RATE_PER_SECOND, record=False)  # one unmeasured second: connections, caches
-    best = None
-    for _ in range(RATE_ROUNDS):  # the least disturbed round: the machine is shared
+    rates, p50s, p99s = [], [], []
+    for _ in range(RATE_ROUNDS):  # every round counts: the harness keeps the median
         latencies.clear()
         elapsed = await at_fixed_rate(total, record=True)
-        result = (total / elapsed, _percentile(latencies, 0.5), _percentile(latencies, 0.99))
-        if best is None or result[2] < best[2]:
-            best = result
+        rates.append(total / elapsed)
+        p50s.append(_percentile(latencies, 0.5))
+        p99s.append(_percentile(latencies, 0.99))
     await client.close()
-    return best[0], best[1], best[2], errors
+    return rates, p50s, p99s, errors
 
 
 async def _closed_loop(port: int, key: str, customer_id: str, seconds: float = 3.0) -> float:
@@ -203,14 +210,14 @@ def _ingest_bodies(event_name: str, count: int) -> list[bytes]:
     return bodies
 
 
-async def _ingest(port: int, key: str, bodies: list[bytes]) -> tuple[float, int]:
+async def _ingest(port: int, key: str, bodies: list[bytes], seconds: int) -> tuple[float, int]:
     accepted = 0
     errors = 0
     next_body = 0
     client = _RawClient("127.0.0.1", port, key, connections=INGEST_CLIENTS)
     await client.open()
     await client.request("POST", "/v2/billing/meter_event_stream", bodies[-1])  # warm up
-    deadline = time.perf_counter() + INGEST_SECONDS
+    deadline = time.perf_counter() + seconds
 
     async def client_loop() -> None:
         nonlocal accepted, errors, next_body
@@ -297,10 +304,12 @@ def run(settings: Settings) -> list[dict]:
                         raise RuntimeError("the API did not start: " + (Path(state_dir) / "api.log").read_text()[-2000:])
                     time.sleep(0.2)
             bare_p50_ms, bare_p99_ms, bare_per_second = _bare_select_ms(database_url, grant_id)
-            rate, p50_ms, p99_ms, errors = asyncio.run(_fixed_rate(run_settings.api_port, key, customer_id))
+            rates, p50s_ms, p99s_ms, errors = asyncio.run(_fixed_rate(
+                run_settings.api_port, key, customer_id, QUICK_RATE_SECONDS if quick() else RATE_SECONDS))
             max_rate = asyncio.run(_closed_loop(run_settings.api_port, key, customer_id))
             bodies = _ingest_bodies(event_name, 2000)
-            events_per_second, ingest_errors = asyncio.run(_ingest(run_settings.api_port, key, bodies))
+            events_per_second, ingest_errors = asyncio.run(_ingest(
+                run_settings.api_port, key, bodies, QUICK_INGEST_SECONDS if quick() else INGEST_SECONDS))
             bare_events_per_second = _bare_produce_events_per_second(run_settings, event_name)
     finally:
         if process is not None:
@@ -311,24 +320,18 @@ def run(settings: Settings) -> list[dict]:
                 process.kill()
         with psycopg.connect(settings.effective_database_url, autocommit=True) as admin:
             admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(database)))
-    rate_ok = rate >= 0.95 * RATE_PER_SECOND and errors == 0
+    rate_held = measurement("api: balance summary throughput (ceiling: the 500 req/s offered)", "req/s", rates, RATE_PER_SECOND,
+                            min_ratio=0.95, also_ok=errors == 0, also=f"no errors ({errors} errors)")
     return [
-        {"name": "api: balance summary p99 at 500 req/s", "unit": "ms", "measured": round(p99_ms, 2),
-         "ceiling": round(bare_p99_ms, 3), "ratio": round(p99_ms / bare_p99_ms, 1),
-         "target": f"< {TARGET_P99_MS:g} ms (ceiling: bare psycopg pk select p99)",
-         "passed": p99_ms < TARGET_P99_MS and rate_ok},
-        {"name": "api: balance summary p50 at 500 req/s", "unit": "ms", "measured": round(p50_ms, 2),
-         "ceiling": round(bare_p50_ms, 3), "ratio": round(p50_ms / bare_p50_ms, 1),
-         "target": "informational (ceiling: bare psycopg pk select p50)", "passed": rate_ok},
-        {"name": "api: balance summary throughput (500/s offered)", "unit": "req/s", "measured": round(rate),
-         "ceiling": RATE_PER_SECOND, "ratio": round(rate / RATE_PER_SECOND, 3),
-         "target": f">= 95% of {RATE_PER_SECOND} req/s, no errors ({errors} errors)", "passed": rate_ok},
-        {"name": "api: balance summary max throughput (16 clients)", "unit": "req/s", "measured": round(max_rate),
-         "ceiling": round(bare_per_second), "ratio": round(max_rate / bare_per_second, 3),
-         "target": "informational (ceiling: bare psycopg pk selects/s, one connection)", "passed": max_rate > 0},
-        {"name": "api: batch ingest (100 events/request)", "unit": "events/s", "measured": round(events_per_second),
-         "ceiling": round(bare_events_per_second), "ratio": round(events_per_second / bare_events_per_second, 3),
-         "target": f">= {TARGET_EVENTS_PER_SECOND:,} events/s acked by Kafka (ceiling: bare producer; "
-                   f"{ingest_errors} errors)",
-         "passed": events_per_second >= TARGET_EVENTS_PER_SECOND and ingest_errors == 0},
+        measurement("api: balance summary p99 at 500 req/s (ceiling: bare psycopg pk select p99)", "ms", p99s_ms,
+                    bare_p99_ms, below=TARGET_P99_MS, lower_is_better=True, also_ok=rate_held["passed"],
+                    also="the rate held without errors (row below)"),
+        measurement("api: balance summary p50 at 500 req/s (ceiling: bare psycopg pk select p50)", "ms", p50s_ms,
+                    bare_p50_ms, lower_is_better=True, info="the p99 row carries the target"),
+        rate_held,
+        measurement("api: balance summary max throughput, 16 clients (ceiling: bare pk selects/s, one connection)",
+                    "req/s", max_rate, bare_per_second, info="no target here"),
+        measurement("api: batch ingest, 100 events/request, acked by Kafka (ceiling: bare producer)", "events/s",
+                    events_per_second, bare_events_per_second, at_least=TARGET_EVENTS_PER_SECOND,
+                    also_ok=ingest_errors == 0, also=f"no errors ({ingest_errors} errors)"),
     ]

@@ -2,9 +2,8 @@
 
 Each measurement runs the codec and its ceiling, bare fastavro `schemaless_writer` /
 `schemaless_reader` of the same record with the same parsed schema (a fresh BytesIO each time,
-as the codec needs too), interleaved in short batches (alternating the order) and keeps the best
-batch of each: on a shared 2-core machine the best batch is the least disturbed one, and
-interleaving exposes both sides to the same noise.
+as the codec needs too), interleaved in short batches (alternating the order, so that both sides
+meet the same noise) and summarised by the median batch of each.
 Target: >= 200,000 records/s each way on one core, and >= 0.8 of the ceiling.
 
     python -m benchmarks.codec_bench
@@ -18,6 +17,7 @@ from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
+from benchmarks.harness import measurement, quick, verdict
 from billing.facts import MeterEventRecorded
 from schemas.catalogue import load_catalogue
 from schemas.codec import FactCodec, to_avro
@@ -26,6 +26,7 @@ TARGET_RECORDS_PER_SECOND = 200_000
 TARGET_RATIO = 0.8
 BATCH_RECORDS = 4_000
 ROUNDS = 40
+QUICK_ROUNDS = 6
 
 # A typical LLM token meter event as the ingest API receives it.
 SAMPLE_FACT = MeterEventRecorded(
@@ -38,35 +39,25 @@ SAMPLE_FACT = MeterEventRecorded(
 )
 
 
-def _best_seconds_per_record(statements: list[str], namespace: dict[str, Any]) -> list[float]:
-    """Best (least disturbed) batch time per record of each statement, measured interleaved.
+def _records_per_second_per_batch(statements: list[str], namespace: dict[str, Any], rounds: int) -> list[list[float]]:
+    """Records/s of each statement, one figure per batch, measured interleaved.
 
     Statements run inline in timeit's compiled loop, so neither side pays a wrapper call.
     """
     timers = [timeit.Timer(statement, globals=namespace) for statement in statements]
-    best = [float("inf")] * len(timers)
-    for round_number in range(ROUNDS):
+    rates: list[list[float]] = [[] for _ in timers]
+    for round_number in range(rounds):
         order = list(range(len(timers)))
         if round_number % 2:  # alternate the order so no statement always follows the same one
             order.reverse()
         for index in order:
-            best[index] = min(best[index], timers[index].timeit(BATCH_RECORDS) / BATCH_RECORDS)
-    return best
+            rates[index].append(BATCH_RECORDS / timers[index].timeit(BATCH_RECORDS))
+    return rates
 
 
-def _measurement(name: str, codec_seconds: float, ceiling_seconds: float) -> dict[str, Any]:
-    measured = 1 / codec_seconds
-    ceiling = 1 / ceiling_seconds
-    ratio = measured / ceiling
-    return {
-        "name": name,
-        "unit": "records/s",
-        "measured": round(measured),
-        "ceiling": round(ceiling),
-        "ratio": round(ratio, 3),
-        "target": f">= {TARGET_RECORDS_PER_SECOND}/s and ratio >= {TARGET_RATIO}",
-        "passed": measured >= TARGET_RECORDS_PER_SECOND and ratio >= TARGET_RATIO,
-    }
+def _measurement(name: str, codec_rates: list[float], ceiling_rates: list[float]) -> dict[str, Any]:
+    return measurement(name, "records/s", codec_rates, ceiling_rates, at_least=TARGET_RECORDS_PER_SECOND,
+                       min_ratio=TARGET_RATIO)
 
 
 def _mock_registry_codec() -> FactCodec:
@@ -104,15 +95,16 @@ def run() -> list[dict[str, Any]]:
         candidates[f"codec encode MeterEventRecorded ({framing})"] = f"{tag}_codec.encode(fact)"
         candidates[f"codec decode MeterEventRecorded ({framing})"] = f"{tag}_codec.decode({tag}_framed)"
     names = [*candidates, *ceilings]
-    seconds = dict(zip(names, _best_seconds_per_record([*candidates.values(), *ceilings.values()], namespace)))
+    rates = dict(zip(names, _records_per_second_per_batch([*candidates.values(), *ceilings.values()], namespace,
+                                                          QUICK_ROUNDS if quick() else ROUNDS), strict=True))
     return [
-        _measurement(name, seconds[name], seconds["encode" if " encode " in name else "decode"]) for name in candidates
+        _measurement(name, rates[name], rates["encode" if " encode " in name else "decode"]) for name in candidates
     ]
 
 
 if __name__ == "__main__":
     for result in run():
         print(
-            f"{result['name']:<52} {result['measured']:>9,} {result['unit']}  ceiling {result['ceiling']:>9,}"
-            f"  ratio {result['ratio']:.3f}  {'PASS' if result['passed'] else 'FAIL'} ({result['target']})"
+            f"{result['name']:<52} {result['measured']:>9,.0f} {result['unit']}  ceiling {result['ceiling']:>9,.0f}"
+            f"  ratio {result['ratio']:.3f}  {verdict(result)} ({result['target']})"
         )
