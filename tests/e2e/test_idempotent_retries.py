@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -215,8 +216,9 @@ def test_sdk_retries_against_a_stalled_projection_make_exactly_one_object_every_
 
 def test_a_meter_event_without_identifier_retried_after_a_lost_ack_is_one_event(app, client, api_base, secret_key,
                                                                                  engine_settings, monkeypatch):
-    """A publish whose ack is lost (the record is in Kafka, the API answers 503) and the SDK's retry:
-    the event's identifier comes from the Idempotency-Key, so the worker's dedupe counts it once."""
+    """A publish whose ack is lost (the record is in Kafka, the API answers 503) and the SDK's retry,
+    RETRIES_TRIED times: each event's identifier comes from the Idempotency-Key, so both copies are
+    one event and the worker's dedupe counts it once."""
     import stripe
     from stripe._http_client import HTTPClient
 
@@ -228,26 +230,28 @@ def test_a_meter_event_without_identifier_retried_after_a_lost_ack_is_one_event(
                                                      "default_aggregation[formula]": "sum"}).json()
     customer = client.post("/v1/customers", data={"name": "Lost Ack"}).json()
     real = Publisher.publish_many
-    lost = []
+    publishes: list = []
 
-    def publish_and_lose_the_first_ack(self, topic_name, records, encoded=None):  # type: ignore[no-untyped-def]
+    def publish_and_lose_every_first_ack(self, topic_name, records, encoded=None):  # type: ignore[no-untyped-def]
         positions = real(self, topic_name, records, encoded)
-        if not lost:
-            lost.append(positions)
+        publishes.append(positions)
+        if len(publishes) % 2:  # each create's first try: in Kafka, but the API never hears so
             raise PublishFailed("Kafka did not acknowledge the request in time; retry with the same Idempotency-Key")
         return positions
 
-    monkeypatch.setattr(Publisher, "publish_many", publish_and_lose_the_first_ack)
+    monkeypatch.setattr(Publisher, "publish_many", publish_and_lose_every_first_ack)
     walkthrough.configure(stripe, api_base, secret_key)
     monkeypatch.setattr(stripe, "max_network_retries", 2)
     monkeypatch.setattr(HTTPClient, "_sleep_time_seconds", lambda self, num_retries, response=None: 0.01)
-    event = stripe.billing.MeterEvent.create(event_name=meter["event_name"],
-                                             payload={"stripe_customer_id": customer["id"], "value": "7"})
-    assert lost, "the first ack was not lost: the test did not test anything"
+    answered = [stripe.billing.MeterEvent.create(event_name=meter["event_name"],
+                                                 payload={"stripe_customer_id": customer["id"], "value": "7"}).identifier
+                for _ in range(RETRIES_TRIED)]
+    assert len(publishes) == 2 * RETRIES_TRIED, "not every first ack was lost: the test tested less than it says"
     recorded = [f for f in facts_on(engine_settings, "customer-facts")
                 if isinstance(f, MeterEventRecorded) and f.customer_id == customer["id"]]
-    assert len(recorded) == 2  # the lost try and the retry both reached Kafka ...
-    assert {f.identifier for f in recorded} == {event.identifier}  # ... as one event
+    assert len(recorded) == 2 * RETRIES_TRIED  # every lost try and its retry reached Kafka ...
+    copies = Counter(f.identifier for f in recorded)
+    assert set(copies) == set(answered) and set(copies.values()) == {2}  # ... each pair as one event
 
 
 def test_concurrent_creates_of_one_event_name_make_one_meter_and_the_loser_gets_a_400(app, client, engine_settings,
