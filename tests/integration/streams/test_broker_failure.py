@@ -35,35 +35,30 @@ def final_buckets(settings) -> dict[tuple[str, str, int], Decimal]:
         reader.close()
 
 
-@pytest.mark.slow
-def test_the_only_broker_killed_and_restarted_mid_run_loses_and_doubles_nothing(settings, local_settings, tmp_path):
-    from deploy.kafka_cluster import cluster
-    from producers.loadgen import LoadPlan, generate
+def assert_nothing_lost_or_doubled_through(kafka, settings_for, tmp_path, plan, fault_after: int, fault,
+                                          timeout_s: float) -> None:
+    """Start `kafka`, a worker on it, and produce `plan`; once `fault_after` events are sent, `fault()`
+    runs (once). Then the producer lost nothing, the worker is alive and durable to the end, and
+    every usage bucket equals the oracle's. Stops the worker and the cluster."""
+    from producers.loadgen import generate
     from streams.topics import ensure_topics
 
-    kafka = cluster(local_settings, tmp_path / "single", [(free_port(), free_port())], replicated=False)
     worker = None
     try:
-        bootstrap = kafka.start()
-        run = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap, "partitions": 3,
-                                          "topic_prefix": settings.topic_prefix + "-restart"})
+        run = settings_for(kafka.start())
         ensure_topics(run)
-        worker = WorkerProcess(run, "worker-restart", tmp_path).start().wait_ready()
-        plan = LoadPlan(customers=100, meters=2, count=RESTART_EVENTS, rate_per_s=20_000, duplicate_share=0.05,
-                        seed=12)
-        restarted_at: list[int] = []
+        worker = WorkerProcess(run, "worker-" + run.topic_prefix.rsplit("-", 1)[-1], tmp_path).start().wait_ready()
+        faulted_at: list[int] = []
 
-        def restart_the_broker(sent: int, seconds: float) -> None:
-            if not restarted_at and sent >= RESTART_EVENTS // 3:
-                kafka.kill_node(1)
-                time.sleep(BROKER_DOWN_S)  # the producer and the worker see the broker gone
-                kafka.start_node(1)
-                restarted_at.append(sent)
+        def fault_once(sent: int, seconds: float) -> None:
+            if not faulted_at and sent >= fault_after:
+                fault()
+                faulted_at.append(sent)
 
-        summary = generate(run, plan, restart_the_broker)
-        assert restarted_at, "the broker was never restarted: the run tested nothing"
-        assert summary.failures == 0 and summary.events == RESTART_EVENTS
-        wait_until_durable_to_the_end(run, timeout_s=240)
+        summary = generate(run, plan, fault_once)
+        assert faulted_at, "the fault never happened: the run tested nothing"
+        assert summary.failures == 0 and summary.events == plan.count
+        wait_until_durable_to_the_end(run, timeout_s=timeout_s)
         assert worker.process.poll() is None, f"the worker died:\n{worker.log_tail()}"
         meter_ids = {meter.event_name: meter.meter_id for meter in plan.meter_definitions()}
         expected = minute_usage(counted_events(run), meter_ids)
@@ -73,42 +68,37 @@ def test_the_only_broker_killed_and_restarted_mid_run_loses_and_doubles_nothing(
         if worker is not None:
             worker.stop()
         kafka.stop()
+
+
+@pytest.mark.slow
+def test_the_only_broker_killed_and_restarted_mid_run_loses_and_doubles_nothing(settings, local_settings, tmp_path):
+    from deploy.kafka_cluster import cluster
+    from producers.loadgen import LoadPlan
+
+    kafka = cluster(local_settings, tmp_path / "single", [(free_port(), free_port())], replicated=False)
+
+    def restart_the_broker() -> None:
+        kafka.kill_node(1)
+        time.sleep(BROKER_DOWN_S)  # the producer and the worker see the broker gone
+        kafka.start_node(1)
+
+    assert_nothing_lost_or_doubled_through(
+        kafka, lambda bootstrap: settings.model_copy(update={
+            "kafka_bootstrap_servers": bootstrap, "partitions": 3, "topic_prefix": settings.topic_prefix + "-restart"}),
+        tmp_path, LoadPlan(customers=100, meters=2, count=RESTART_EVENTS, rate_per_s=20_000, duplicate_share=0.05,
+                           seed=12),
+        fault_after=RESTART_EVENTS // 3, fault=restart_the_broker, timeout_s=240)
 
 
 @pytest.mark.slow
 def test_a_broker_killed_during_a_200k_event_run_loses_and_doubles_nothing(settings, local_settings, tmp_path):
     from deploy.kafka_cluster import cluster
-    from producers.loadgen import LoadPlan, generate
-    from streams.topics import ensure_topics
+    from producers.loadgen import LoadPlan
 
     kafka = cluster(local_settings, tmp_path / "cluster", [(free_port(), free_port()) for _ in range(3)])
-    worker = None
-    try:
-        bootstrap = kafka.start()
-        run = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap, "replication_factor": 3,
-                                          "partitions": 3, "topic_prefix": settings.topic_prefix + "-brokers",
-                                          "live_balance_interval_ms": 1000})
-        ensure_topics(run)
-        worker = WorkerProcess(run, "worker-brokers", tmp_path).start().wait_ready()
-        plan = LoadPlan(customers=300, meters=2, count=EVENTS, rate_per_s=40_000, duplicate_share=0.05, seed=11)
-        killed_at: list[int] = []
-
-        def kill_one_broker(sent: int, seconds: float) -> None:
-            if not killed_at and sent >= KILL_AFTER_EVENTS:
-                kafka.kill_node(2)
-                killed_at.append(sent)
-
-        summary = generate(run, plan, kill_one_broker)
-        assert killed_at, "the broker was never killed: the run tested nothing"
-        assert summary.failures == 0 and summary.events == EVENTS
-        wait_until_durable_to_the_end(run, timeout_s=300)
-        assert worker.process.poll() is None, f"the worker died:\n{worker.log_tail()}"
-
-        meter_ids = {meter.event_name: meter.meter_id for meter in plan.meter_definitions()}
-        expected = minute_usage(counted_events(run), meter_ids)
-        assert sum(expected.values()) > 0
-        assert final_buckets(run) == expected
-    finally:
-        if worker is not None:
-            worker.stop()
-        kafka.stop()
+    assert_nothing_lost_or_doubled_through(
+        kafka, lambda bootstrap: settings.model_copy(update={
+            "kafka_bootstrap_servers": bootstrap, "replication_factor": 3, "partitions": 3,
+            "topic_prefix": settings.topic_prefix + "-brokers", "live_balance_interval_ms": 1000}),
+        tmp_path, LoadPlan(customers=300, meters=2, count=EVENTS, rate_per_s=40_000, duplicate_share=0.05, seed=11),
+        fault_after=KILL_AFTER_EVENTS, fault=lambda: kafka.kill_node(2), timeout_s=300)
