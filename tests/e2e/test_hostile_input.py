@@ -155,49 +155,45 @@ def test_a_subscription_quantity_over_its_bound_answers_400(client):
 # --- the unused-grants limit (finding 5) -------------------------------------------------------------
 
 
-def test_used_up_grants_do_not_count_toward_the_hundred_unused_grants(client, engine_settings):
-    """100 grants whose credits were all applied (ledger 0) are used, not unused (Stripe): a
-    101st grant is accepted. Seeded straight into the projection: only the API's check is tested."""
-    buyer = customer(client)["id"]
-    with psycopg.connect(engine_settings.effective_database_url, autocommit=True) as conn:
-        for index in range(100):
-            grant_id = f"credgr_used_{uuid.uuid4().hex[:12]}"
+def seed_hundred_grants(database_url: str, buyer: str, used_up: bool) -> None:
+    """100 grants of 1.00 USD straight into the projection, each granted and, when `used_up`, applied
+    in full (ledger 0): only the API's check is tested."""
+    transactions = (("credits_granted", "credit"), ("credits_applied", "debit"))[:2 if used_up else 1]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for _ in range(100):
+            grant_id = f"credgr_seeded_{uuid.uuid4().hex[:12]}"
             conn.execute(
                 "insert into credit_grants (id, customer_id, name, amount_minor, currency, scope_price_type,"
                 " scope_price_ids, category, priority, effective_at_ms, expires_at_ms, metadata, test_clock_id,"
                 " voided_ms, expired_ms, created_ms, updated_ms) values (%s, %s, null, 100, 'usd', 'metered', '{}',"
                 " 'paid', 50, 1000, null, '{}', null, null, null, 1000, 1000)", (grant_id, buyer))
-            for reason, kind in (("credits_granted", "credit"), ("credits_applied", "debit")):
+            for reason, kind in transactions:
                 conn.execute(
                     "insert into credit_balance_transactions (id, customer_id, grant_id, currency, amount_minor,"
                     " type, reason, invoice_id, invoice_line_id, effective_at_ms) values"
                     " (%s, %s, %s, 'usd', 100, %s, %s, null, null, 1000)",
                     (f"cbtxn_{kind}_{grant_id}", buyer, grant_id, kind, reason))
-    response = client.post("/v1/billing/credit_grants", data={
+
+
+def create_a_grant(client, buyer: str):
+    return client.post("/v1/billing/credit_grants", data={
         "customer": buyer, "amount[type]": "monetary", "amount[monetary][value]": 500,
         "amount[monetary][currency]": "usd", "applicability_config[scope][price_type]": "metered"})
+
+
+def test_used_up_grants_do_not_count_toward_the_hundred_unused_grants(client, engine_settings):
+    """100 grants whose credits were all applied (ledger 0) are used, not unused (Stripe): a
+    101st grant is accepted."""
+    buyer = customer(client)["id"]
+    seed_hundred_grants(engine_settings.effective_database_url, buyer, used_up=True)
+    response = create_a_grant(client, buyer)
     assert response.status_code == 200, response.text
 
 
 def test_the_hundred_and_first_unused_grant_is_refused(client, engine_settings):
     buyer = customer(client)["id"]
-    with psycopg.connect(engine_settings.effective_database_url, autocommit=True) as conn:
-        for index in range(100):
-            grant_id = f"credgr_unused_{uuid.uuid4().hex[:12]}"
-            conn.execute(
-                "insert into credit_grants (id, customer_id, name, amount_minor, currency, scope_price_type,"
-                " scope_price_ids, category, priority, effective_at_ms, expires_at_ms, metadata, test_clock_id,"
-                " voided_ms, expired_ms, created_ms, updated_ms) values (%s, %s, null, 100, 'usd', 'metered', '{}',"
-                " 'paid', 50, 1000, null, '{}', null, null, null, 1000, 1000)", (grant_id, buyer))
-            conn.execute(
-                "insert into credit_balance_transactions (id, customer_id, grant_id, currency, amount_minor,"
-                " type, reason, invoice_id, invoice_line_id, effective_at_ms) values"
-                " (%s, %s, %s, 'usd', 100, 'credit', 'credits_granted', null, null, 1000)",
-                (f"cbtxn_credit_{grant_id}", buyer, grant_id))
-    response = client.post("/v1/billing/credit_grants", data={
-        "customer": buyer, "amount[type]": "monetary", "amount[monetary][value]": 500,
-        "amount[monetary][currency]": "usd", "applicability_config[scope][price_type]": "metered"})
-    stripe_error(response, 400, "too_many_unused_credit_grants", "customer")
+    seed_hundred_grants(engine_settings.effective_database_url, buyer, used_up=False)
+    stripe_error(create_a_grant(client, buyer), 400, "too_many_unused_credit_grants", "customer")
 
 
 # --- per-key rate limit -------------------------------------------------------------------------------
