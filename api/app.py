@@ -217,6 +217,9 @@ def create_app(settings: Settings, *, schema: str = "public", context: Any = Non
 
     for router in all_routers():
         app.include_router(router)
+    from dashboard.app import mount
+
+    mount(app, settings)  # the web dashboard under /dashboard: same process, same handlers
     return app
 
 

@@ -132,7 +132,10 @@ class KeyRing:
         return None
 
     def caller(self, key: str) -> Caller | None:
-        digest = key_sha256(key)
+        return self.caller_by_sha256(key_sha256(key))
+
+    def caller_by_sha256(self, digest: str) -> Caller | None:
+        """The caller of the key with this hash (the dashboard's session holds only the hash)."""
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]

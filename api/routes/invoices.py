@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +20,8 @@ from api.routes.subscriptions import current_period
 from api.store import customer_now_ms, fetch_all, fetch_one, paginate, require
 from billing.facts import BillingReason, InvoiceVoidRequested, PriceCreated, RecurringInterval, SubscriptionItem, \
     UsageType
-from billing.invoices import compute_invoice
+from billing.grants import GrantState
+from billing.invoices import InvoiceComputation, compute_invoice
 from billing.periods import BillingPeriod
 
 router = APIRouter(tags=["invoices"])
@@ -80,6 +83,72 @@ def _price_fact(row: dict[str, Any]) -> PriceCreated:
                         recurring_interval_count=row["recurring_interval_count"], created_at_ms=row["created_ms"])
 
 
+@dataclass(frozen=True)
+class PreviewInputs:
+    """What the preview of a subscription's current period is computed from, read once."""
+
+    subscription: dict[str, Any]
+    customer: dict[str, Any]
+    items: tuple[SubscriptionItem, ...]
+    prices: dict[str, PriceCreated]
+    period: BillingPeriod
+    as_of_ms: int
+    usage_rows: tuple[dict[str, Any], ...]  # the period's minute buckets, oldest first (see fold_usage)
+    grants: dict[str, GrantState]
+
+
+def preview_inputs(ctx: ApiContext, subscription: dict[str, Any]) -> PreviewInputs:
+    customer = require(ctx.pool, "customers", "customer", subscription["customer_id"])
+    items = fetch_all(ctx.pool, "select * from subscription_items where subscription_id = %s order by position",
+                      subscription["id"])
+    price_rows = {row["id"]: row for row in fetch_all(ctx.pool, "select * from prices where id = any(%s)",
+                                                      [item["price_id"] for item in items])}
+    as_of_ms = customer_now_ms(ctx.pool, customer)
+    period_start_ms, period_end_ms = current_period(subscription, price_rows[items[0]["price_id"]], as_of_ms)
+    usage_rows = fetch_all(ctx.pool, "select b.meter_id, m.aggregation, b.bucket_start_ms, b.value from usage_buckets b"
+                                     " join meters m on m.id = b.meter_id where b.customer_id = %s"
+                                     " and b.bucket_start_ms >= %s and b.bucket_start_ms < %s order by b.bucket_start_ms",
+                           subscription["customer_id"], period_start_ms, period_end_ms)
+    with ctx.pool.connection() as conn:
+        grants = grant_states(conn, subscription["customer_id"])
+    return PreviewInputs(
+        subscription=subscription, customer=customer,
+        items=tuple(SubscriptionItem(item_id=item["id"], price_id=item["price_id"], quantity=item["quantity"])
+                    for item in items),
+        prices={price_id: _price_fact(row) for price_id, row in price_rows.items()},
+        period=BillingPeriod(start_ms=period_start_ms, end_ms=period_end_ms), as_of_ms=as_of_ms,
+        usage_rows=tuple(usage_rows), grants=grants)
+
+
+def fold_usage(rows: Iterable[dict[str, Any]]) -> dict[str, Decimal]:
+    """Each meter's aggregate of minute buckets given oldest first (sum/count add, last keeps the latest)."""
+    usage: dict[str, Decimal] = {}
+    for row in rows:
+        if row["aggregation"] == "last":
+            usage[row["meter_id"]] = row["value"]
+        else:
+            usage[row["meter_id"]] = usage.get(row["meter_id"], Decimal(0)) + row["value"]
+    return usage
+
+
+def compute_preview(inputs: PreviewInputs, usage_before_ms: int | None = None) -> InvoiceComputation:
+    """The invoice the period would finalize to with the usage so far (or the usage of buckets that
+    start before `usage_before_ms`): provisional credits, nothing persisted."""
+    rows = inputs.usage_rows if usage_before_ms is None else (
+        row for row in inputs.usage_rows if row["bucket_start_ms"] < usage_before_ms)
+    subscription = inputs.subscription
+    return compute_invoice(
+        customer_id=subscription["customer_id"], subscription_id=subscription["id"], currency=subscription["currency"],
+        period=inputs.period, billing_reason=BillingReason.SUBSCRIPTION_CYCLE, finalized_at_ms=inputs.period.end_ms,
+        items=list(inputs.items), prices=inputs.prices, usage_by_meter_id=fold_usage(rows), grants=inputs.grants)
+
+
+def active_subscription(ctx: ApiContext, customer_id: str) -> dict[str, Any] | None:
+    """The customer's newest active subscription (the one a preview by customer shows)."""
+    return fetch_one(ctx.pool, "select * from subscriptions where customer_id = %s and status = 'active'"
+                               " order by created_ms desc limit 1", customer_id)
+
+
 def create_preview(ctx: ApiContext, params: Params) -> dict[str, Any]:
     """The invoice the current period would finalize to now: usage to date, provisional credits.
     Not persisted, no id."""
@@ -94,36 +163,18 @@ def create_preview(ctx: ApiContext, params: Params) -> dict[str, Any]:
             raise invalid("customer", "The subscription belongs to another customer.")
     else:
         require(ctx.pool, "customers", "customer", customer_id, param="customer")
-        subscription = fetch_one(ctx.pool, "select * from subscriptions where customer_id = %s and status = 'active'"
-                                           " order by created_ms desc limit 1", customer_id)
+        subscription = active_subscription(ctx, customer_id)
         if subscription is None:
             raise invalid("customer", f"Customer '{customer_id}' has no active subscription to preview.",
                           code="invoice_upcoming_none")
     if subscription["status"] == "canceled":
         raise invalid("subscription", f"Subscription '{subscription['id']}' is canceled.", code="invoice_upcoming_none")
-    customer = require(ctx.pool, "customers", "customer", subscription["customer_id"])
-    items = fetch_all(ctx.pool, "select * from subscription_items where subscription_id = %s order by position",
-                      subscription["id"])
-    price_rows = {row["id"]: row for row in fetch_all(ctx.pool, "select * from prices where id = any(%s)",
-                                                      [item["price_id"] for item in items])}
-    prices = {price_id: _price_fact(row) for price_id, row in price_rows.items()}
-    as_of_ms = customer_now_ms(ctx.pool, customer)
-    period_start_ms, period_end_ms = current_period(subscription, price_rows[items[0]["price_id"]], as_of_ms)
-    usage = _usage_by_meter(ctx, subscription["customer_id"], period_start_ms, period_end_ms)
-    with ctx.pool.connection() as conn:
-        grants = grant_states(conn, subscription["customer_id"])
-    computation = compute_invoice(
-        customer_id=subscription["customer_id"], subscription_id=subscription["id"], currency=subscription["currency"],
-        period=BillingPeriod(start_ms=period_start_ms, end_ms=period_end_ms),
-        billing_reason=BillingReason.SUBSCRIPTION_CYCLE, finalized_at_ms=period_end_ms,
-        items=[SubscriptionItem(item_id=item["id"], price_id=item["price_id"], quantity=item["quantity"])
-               for item in items],
-        prices=prices, usage_by_meter_id=usage, grants=grants)
-    invoice = computation.invoice
+    inputs = preview_inputs(ctx, subscription)
+    invoice = compute_preview(inputs).invoice
     row = {"id": None, "customer_id": invoice.customer_id, "subscription_id": invoice.subscription_id,
            "currency": invoice.currency, "period_start_ms": invoice.period_start_ms,
            "period_end_ms": invoice.period_end_ms, "billing_reason": str(invoice.billing_reason),
-           "finalized_ms": as_of_ms, "subtotal_minor": invoice.subtotal_minor,
+           "finalized_ms": inputs.as_of_ms, "subtotal_minor": invoice.subtotal_minor,
            "total_credits_minor": invoice.total_credits_minor, "amount_due_minor": invoice.amount_due_minor,
            "status": "draft", "voided_ms": None}
     lines = [{"id": line.line_id, "subscription_item_id": line.subscription_item_id, "price_id": line.price_id,
@@ -131,22 +182,7 @@ def create_preview(ctx: ApiContext, params: Params) -> dict[str, Any]:
               "amount_minor": line.amount_minor} for line in invoice.lines]
     credits = [{"invoice_line_id": line.line_id, "credit_balance_transaction_id": credit.credit_balance_transaction_id,
                 "amount_minor": credit.amount_minor} for line in invoice.lines for credit in line.credits]
-    return objects.invoice(row, lines, credits, customer["test_clock_id"])
-
-
-def _usage_by_meter(ctx: ApiContext, customer_id: str, start_ms: int, end_ms: int) -> dict[str, Decimal]:
-    """Each meter's aggregate over [start, end) from the minute buckets (sum/count add, last keeps the latest)."""
-    rows = fetch_all(ctx.pool, "select b.meter_id, m.aggregation, b.value from usage_buckets b"
-                               " join meters m on m.id = b.meter_id where b.customer_id = %s"
-                               " and b.bucket_start_ms >= %s and b.bucket_start_ms < %s order by b.bucket_start_ms",
-                     customer_id, start_ms, end_ms)
-    usage: dict[str, Decimal] = {}
-    for row in rows:
-        if row["aggregation"] == "last":
-            usage[row["meter_id"]] = row["value"]
-        else:
-            usage[row["meter_id"]] = usage.get(row["meter_id"], Decimal(0)) + row["value"]
-    return usage
+    return objects.invoice(row, lines, credits, inputs.customer["test_clock_id"])
 
 
 route(router, "GET", "/v1/invoices", list_invoices, summary="List invoices",
