@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install up down status test test-fast bench demo reset
+.PHONY: help install browser up down status test test-fast bench demo reset
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,7 +33,15 @@ down: ## stop everything `make up` started (by recorded pid)
 status: install ## what runs, where it listens, where its log is
 	@$(BIN)/python -m drawdown status
 
-test: install ## run the whole suite against a real Kafka and PostgreSQL (started if needed, stopped after)
+browser: ## Debian's chromium for the dashboard's browser tests (apt-get install when missing; never a downloaded build)
+	@[ -n "$$DRAWDOWN_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || { \
+		echo "[drawdown] installing Debian's chromium for the dashboard's browser tests ..."; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || { \
+			echo "drawdown: could not install chromium; as root run: apt-get install -y chromium chromium-driver"; \
+			echo "  (or point DRAWDOWN_CHROMIUM at a chromium binary)"; exit 1; }; \
+		command -v chromium >/dev/null 2>&1 || { echo "drawdown: chromium is still missing after apt-get install"; exit 1; }; }
+
+test: install browser ## run the whole suite against a real Kafka and PostgreSQL (started if needed, stopped after)
 	@$(BIN)/python -m pytest
 
 test-fast: install ## only the unit tests (no services)

@@ -32,7 +32,9 @@ def dev_key_shown(settings: Settings) -> str:
 
 
 def _describe(settings: Settings) -> str:
-    return f"api: http://{settings.api_host}:{settings.api_port} (OpenAPI at /openapi.json); {dev_key_shown(settings)}"
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    return (f"api: {base} (OpenAPI at /openapi.json); dashboard: {base}/dashboard (log in with an API key); "
+            f"{dev_key_shown(settings)}")
 
 
 ENGINE_PROCESSES = (EngineProcess(name="api", command=("api",), describe=_describe, ready=_api_ready),)
