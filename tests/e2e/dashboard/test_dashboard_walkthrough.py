@@ -207,7 +207,7 @@ def test_a_read_only_key_sees_the_dashboard_but_cannot_change_anything(page, api
     expect(page.get_by_role("heading", level=1)).to_have_text(f"Read Only Rita {suffix}")
     expect(page.get_by_text("New credit grant")).to_have_count(0)
     expect(page.get_by_text("New subscription")).to_have_count(0)
-    for path in ("/meters", "/products", "/test_clocks"):
+    for path in ("/meters", "/products", "/test_clocks", "/dead_letters"):
         page.goto(f"{api_base}/dashboard{path}")
         expect(page.locator("main form[method=post]")).to_have_count(0)
 
@@ -248,3 +248,14 @@ def test_the_dashboard_asks_for_a_login_and_refuses_a_wrong_key(page, api_base):
     page.get_by_label("API key").fill("sk_test_wrongwrongwrong")
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("alert")).to_have_text("Invalid API Key provided: sk_test_********")
+
+
+def test_revoking_the_key_ends_its_dashboard_sessions_at_once(page, api_base, engine_settings):
+    from api.auth import create_key, revoke_key
+
+    key = create_key(engine_settings.effective_database_url)
+    log_in(page, api_base, key)
+    expect(page.get_by_role("heading", level=1)).to_have_text("Customers")
+    revoke_key(engine_settings.effective_database_url, key)
+    page.goto(f"{api_base}/dashboard/meters")
+    page.wait_for_url("**/dashboard/login?next=/dashboard/meters")
