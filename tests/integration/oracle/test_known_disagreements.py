@@ -68,6 +68,8 @@ def stories() -> list[list]:
         TestClockCreated(test_clock_id=CLOCK, frozen_time_ms=START_MS, created_at_ms=START_MS), *_time(START_MS),
         # Stale live balance: a grant that becomes effective on Jan 3 (no subscription, so nothing else moves).
         *_customer("cus_kd_effective", None, grant_minor=700, grant_effective_ms=START_MS + 2 * DAY_MS),
+        # ... and one that expires on Jan 3 (700, then 0), on a test clock.
+        *_customer("cus_kd_expiring", CLOCK, grant_minor=700, grant_expires_ms=START_MS + 2 * DAY_MS),
     ]
     return [setup, [
         *_time(jan_2 + 3 * MINUTE_MS),
@@ -97,10 +99,14 @@ def disagreements_run(stream_settings, tmp_path_factory):
     return settings
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a live balance is republished only when something is due or "
-                   "changes; a grant that becomes effective as time passes leaves the last one stale (0 instead of 700)")
 def test_a_grant_becoming_effective_shows_in_the_live_balance(disagreements_run):
+    """Was a disagreement (the live balance stayed 0 instead of 700: a grant taking effect was not
+    due, so nothing republished it); now its effective_at is due like an expiry."""
     assert compare(disagreements_run, {"cus_kd_effective"}) == []
+
+
+def test_a_grant_expiring_shows_in_the_live_balance(disagreements_run):
+    assert compare(disagreements_run, {"cus_kd_expiring"}) == []
 
 
 def test_a_cancel_during_the_grace_period_keeps_the_ended_periods_invoice(disagreements_run):

@@ -95,3 +95,37 @@ def test_a_re_published_subscription_or_customer_create_keeps_the_first():
     assert state.created.created_at_ms == w.START_MS
     assert state.subscriptions["sub_cus_1"].created.created_at_ms == w.START_MS
     assert state.subscriptions["sub_cus_1"].open_period == first_period
+
+
+def _live_balances(state: CustomerState, now_ms: int) -> list[int]:
+    from billing.customer import live_balance_facts
+    from billing.facts import LiveBalanceChanged
+
+    facts = live_balance_facts(state, catalog(), now_ms, CONFIG, now_ms)
+    return [fact.live_balance_minor for fact in facts if isinstance(fact, LiveBalanceChanged)]
+
+
+@pytest.mark.parametrize("effective", [True, False])
+def test_time_reaching_a_grants_effective_at_or_expires_at_moves_the_live_balance(effective):
+    # A 7 USD grant, no subscription (no usage: the live balance counts the grants usable now).
+    # Taking effect on day 2: 0, then 700. Expiring on day 2: 700, then 0. Nothing else happens:
+    # time alone must make the change due (before, a grant taking effect was not due: 0 stayed).
+    from billing.customer import next_due_ms
+    from billing.facts import CreditGrantCreated, CustomerCreated, GrantCategory, GrantPriceType, GrantScope
+
+    day_2_ms = w.START_MS + 24 * w.HOUR_MS
+    prices, state = catalog(), CustomerState(customer_id="cus_1")
+    state, _ = evolve(state, CustomerCreated(customer_id="cus_1", created_at_ms=w.START_MS), prices, w.START_MS,
+                      CONFIG)
+    state, _ = evolve(state, CreditGrantCreated(
+        grant_id="credgr_1", customer_id="cus_1", amount_minor=700, currency="usd",
+        scope=GrantScope(price_type=GrantPriceType.METERED), category=GrantCategory.PAID,
+        effective_at_ms=day_2_ms if effective else w.START_MS, expires_at_ms=None if effective else day_2_ms,
+        created_at_ms=w.START_MS), prices, w.START_MS, CONFIG)
+    assert _live_balances(state, w.START_MS) == [0 if effective else 700]
+    assert next_due_ms(state, CONFIG) == day_2_ms
+    advance_time(state, day_2_ms - 1, prices, CONFIG)
+    assert not state.live_pending
+    advance_time(state, day_2_ms + w.HOUR_MS, prices, CONFIG)
+    assert _live_balances(state, day_2_ms + w.HOUR_MS) == [700 if effective else 0]
+    assert next_due_ms(state, CONFIG) is None
