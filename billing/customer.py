@@ -360,19 +360,24 @@ def _end_subscription(state: CustomerState, sub: SubscriptionState) -> None:
 # --- time ----------------------------------------------------------------------------------------
 
 
+# What falls due, in this order at one instant: a grant is expired at its expires_at
+# (GrantState.is_expired_at), so an invoice finalized at that instant finds it expired.
+_EXPIRY, _FINALIZATION, _TAKING_EFFECT = 0, 1, 2
+
+
 def _due_items(state: CustomerState, config: FoldConfig) -> list[tuple[int, int, str]]:
-    """(due_ms, kind order, id): finalizations (0), grant expiries (1) and grants taking effect (2)."""
+    """(due_ms, kind, id): grant expiries, finalizations and grants taking effect."""
     due = []
     for sub in state.subscriptions.values():
         if not sub.ended:
-            due.append((sub.current_end_ms() + config.grace_period_ms, 0, sub.subscription_id))
+            due.append((sub.current_end_ms() + config.grace_period_ms, _FINALIZATION, sub.subscription_id))
     for grant in state.grants.values():
         if grant.is_voided() or grant.expired_at_ms is not None:
             continue
         if grant.expires_at_ms is not None:
-            due.append((grant.expires_at_ms, 1, grant.grant_id))
+            due.append((grant.expires_at_ms, _EXPIRY, grant.grant_id))
         if grant.grant.effective_at_ms > state.time_reached_ms:
-            due.append((grant.grant.effective_at_ms, 2, grant.grant_id))
+            due.append((grant.grant.effective_at_ms, _TAKING_EFFECT, grant.grant_id))
     return due
 
 
@@ -384,7 +389,7 @@ def next_due_ms(state: CustomerState, config: FoldConfig) -> int | None:
 
 
 def advance_time(state: CustomerState, now_ms: int, catalog: Catalog, config: FoldConfig) -> list:
-    """Everything due at or before `now_ms`, in due order: finalized invoices, expired grants, and
+    """Everything due at or before `now_ms`, in due order: expired grants, finalized invoices, and
     grants taking effect (they change only the live balance)."""
     emitted: list = []
     while True:
@@ -393,9 +398,9 @@ def advance_time(state: CustomerState, now_ms: int, catalog: Catalog, config: Fo
             state.time_reached_ms = max(state.time_reached_ms, now_ms)
             return emitted
         due_ms, kind, item_id = min(due)
-        if kind == 2:
+        if kind == _TAKING_EFFECT:
             state.time_reached_ms = due_ms
-        elif kind == 1:
+        elif kind == _EXPIRY:
             grant, transactions = expire_grant(state.grants[item_id], due_ms)
             state.grants[item_id] = grant
             emitted.extend(transactions)
@@ -448,8 +453,9 @@ def live_balance_facts(state: CustomerState, catalog: Catalog, as_of_ms: int, co
         return []
     emitted: list = []
     for currency in _currencies(state):
-        balance = live_balance(state.customer_id, currency, state.grants.values(),
-                               _uninvoiced_periods(state, catalog, currency), catalog.prices, as_of_ms)
+        # Open periods without usage too: the grants counted are those that will pay this period.
+        periods = _uninvoiced_periods(state, catalog, currency, with_open_periods=True)
+        balance = live_balance(state.customer_id, currency, state.grants.values(), periods, catalog.prices, as_of_ms)
         emitted.append(balance)
         watches = state.low_balance_watches.get(currency) or tuple(
             LowBalanceWatch(customer_id=state.customer_id, currency=currency, threshold_minor=threshold)
