@@ -94,6 +94,10 @@ class CustomerState:
     low_balance_watches: dict[str, tuple[LowBalanceWatch, ...]] = field(default_factory=dict)
     # Its last exact amount check found a large line (billing/bounds.py): check every fact exactly.
     large_amounts: bool = False
+    # The customer's time that advance_time has reached: a grant effective later is due at its
+    # effective_at (the live balance counts it from then on). A record written before this field
+    # reads 0: each of its grants is due once more, and the live balance is republished once.
+    time_reached_ms: int = 0
 
     @property
     def test_clock_id(self) -> str | None:
@@ -356,33 +360,47 @@ def _end_subscription(state: CustomerState, sub: SubscriptionState) -> None:
 # --- time ----------------------------------------------------------------------------------------
 
 
+# What falls due, in this order at one instant: a grant is expired at its expires_at
+# (GrantState.is_expired_at), so an invoice finalized at that instant finds it expired.
+_EXPIRY, _FINALIZATION, _TAKING_EFFECT = 0, 1, 2
+
+
 def _due_items(state: CustomerState, config: FoldConfig) -> list[tuple[int, int, str]]:
-    """(due_ms, kind order, id): finalizations (0) and grant expiries (1)."""
+    """(due_ms, kind, id): grant expiries, finalizations and grants taking effect."""
     due = []
     for sub in state.subscriptions.values():
         if not sub.ended:
-            due.append((sub.current_end_ms() + config.grace_period_ms, 0, sub.subscription_id))
+            due.append((sub.current_end_ms() + config.grace_period_ms, _FINALIZATION, sub.subscription_id))
     for grant in state.grants.values():
-        if grant.expires_at_ms is not None and not grant.is_voided() and grant.expired_at_ms is None:
-            due.append((grant.expires_at_ms, 1, grant.grant_id))
+        if grant.is_voided() or grant.expired_at_ms is not None:
+            continue
+        if grant.expires_at_ms is not None:
+            due.append((grant.expires_at_ms, _EXPIRY, grant.grant_id))
+        if grant.grant.effective_at_ms > state.time_reached_ms:
+            due.append((grant.grant.effective_at_ms, _TAKING_EFFECT, grant.grant_id))
     return due
 
 
 def next_due_ms(state: CustomerState, config: FoldConfig) -> int | None:
-    """When time next changes this customer (an invoice to finalize, a grant to expire), or None."""
+    """When time next changes this customer (an invoice to finalize, a grant to expire or to take
+    effect), or None."""
     due = _due_items(state, config)
     return min(due)[0] if due else None
 
 
 def advance_time(state: CustomerState, now_ms: int, catalog: Catalog, config: FoldConfig) -> list:
-    """Everything due at or before `now_ms`, in due order: finalized invoices and expired grants."""
+    """Everything due at or before `now_ms`, in due order: expired grants, finalized invoices, and
+    grants taking effect (they change only the live balance)."""
     emitted: list = []
     while True:
         due = [item for item in _due_items(state, config) if item[0] <= now_ms]
         if not due:
+            state.time_reached_ms = max(state.time_reached_ms, now_ms)
             return emitted
         due_ms, kind, item_id = min(due)
-        if kind == 1:
+        if kind == _TAKING_EFFECT:
+            state.time_reached_ms = due_ms
+        elif kind == _EXPIRY:
             grant, transactions = expire_grant(state.grants[item_id], due_ms)
             state.grants[item_id] = grant
             emitted.extend(transactions)
@@ -435,8 +453,9 @@ def live_balance_facts(state: CustomerState, catalog: Catalog, as_of_ms: int, co
         return []
     emitted: list = []
     for currency in _currencies(state):
-        balance = live_balance(state.customer_id, currency, state.grants.values(),
-                               _uninvoiced_periods(state, catalog, currency), catalog.prices, as_of_ms)
+        # Open periods without usage too: the grants counted are those that will pay this period.
+        periods = _uninvoiced_periods(state, catalog, currency, with_open_periods=True)
+        balance = live_balance(state.customer_id, currency, state.grants.values(), periods, catalog.prices, as_of_ms)
         emitted.append(balance)
         watches = state.low_balance_watches.get(currency) or tuple(
             LowBalanceWatch(customer_id=state.customer_id, currency=currency, threshold_minor=threshold)

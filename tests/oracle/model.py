@@ -13,6 +13,9 @@ Where the documents leave a choice open, the choice is written down here, next t
   the moment it was received).
 - CATALOG: the catalog is small and written before the customer facts that use it; the oracle
   uses the whole catalog topic (first meter per id and per event name, first price per id win).
+  A meter's status is judged at the event's received_at (STRIPE.md: once deactivated, NEW events
+  are rejected): inactive when its latest deactivation/reactivation at or before that instant
+  (deactivated_at / reactivated_at; ties: the later in the catalog) is a deactivation.
 - IDENTIFIERS: an identifier is taken by the first ACCEPTED event with that (customer, event name,
   identifier); a later one within the dedupe window (from the first one's receipt) counts nothing.
 - "LAST": the `last` formula takes the event latest in event time (ties: later received, then
@@ -251,19 +254,24 @@ class Oracle:
         self.dedupe_window_ms = dedupe_window_ms
         self.meters: dict[str, dict] = {}
         self.meters_by_name: dict[str, dict] = {}
-        self.inactive: set[str] = set()
+        self.status_changes: dict[str, list[tuple[int, bool]]] = {}  # meter id -> (at_ms, active), catalog order
         self.prices: dict[str, dict] = {}
         for name, fact in catalog_facts:
             if name == "MeterDefined" and fact["meter_id"] not in self.meters \
                     and fact["event_name"] not in self.meters_by_name:
                 self.meters[fact["meter_id"]] = self.meters_by_name[fact["event_name"]] = fact
             elif name == "MeterDeactivated":
-                self.inactive.add(fact["meter_id"])
+                self.status_changes.setdefault(fact["meter_id"], []).append((fact["deactivated_at_ms"], False))
             elif name == "MeterReactivated":
-                self.inactive.discard(fact["meter_id"])
+                self.status_changes.setdefault(fact["meter_id"], []).append((fact["reactivated_at_ms"], True))
             elif name == "PriceCreated" and fact["price_id"] not in self.prices:
                 self.prices[fact["price_id"]] = fact
         self.results = Results()
+
+    def active_at(self, meter_id: str, instant_ms: int) -> bool:
+        changes = [(at_ms, n, active) for n, (at_ms, active) in enumerate(self.status_changes.get(meter_id, []))
+                   if at_ms <= instant_ms]
+        return max(changes)[2] if changes else True
 
     # --- one partition --------------------------------------------------------------------------
 
@@ -326,7 +334,7 @@ class Oracle:
             code = "identifier_too_long"
         elif meter is None:
             code = "no_meter"
-        elif meter["meter_id"] in self.inactive:
+        elif not self.active_at(meter["meter_id"], fact["received_at_ms"]):
             code = "archived_meter"
         elif not customer_id:
             code = "meter_event_no_customer_defined"

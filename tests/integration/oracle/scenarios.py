@@ -9,6 +9,12 @@ cancel now with or without invoice_now, a cancel at period end, sometimes taken 
 period, events too old or in the future, cancellations inside and outside 24 hours, with and without
 customer) and an invoice void. Time moves by ticks (wall clock) and by test clock advances, both
 to the moment of each action.
+
+Besides (drawn from a second generator, so the stories above stay as they were): the output-token
+meter deactivated partway through the log and sometimes reactivated (see `in_phases`), and exact
+time ties: grants taking effect or expiring at a period's end or at its finalization, events at a
+period's end and at its finalization, two windowed events at the same instant, a cancel exactly 24
+hours after its event, a cancel at a period's end, an event received at the deactivation's instant.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ from billing.facts import (
     GrantScope,
     InvoiceVoidRequested,
     MeterAggregation,
+    MeterDeactivated,
     MeterDefined,
     MeterEventCanceled,
     MeterEventRecorded,
+    MeterReactivated,
     PriceCreated,
     ProductCreated,
     RecurringInterval,
@@ -89,7 +97,8 @@ def _minute(rng: random.Random, start_ms: int, end_ms: int) -> int:
     return start_ms + rng.randrange(max(1, (end_ms - start_ms) // MINUTE_MS)) * MINUTE_MS + rng.randrange(1, 59_000)
 
 
-def _customer(rng: random.Random, timeline: Timeline, customer_id: str, clock_id: str | None) -> None:
+def _customer(rng: random.Random, timeline: Timeline, customer_id: str, clock_id: str | None,
+              tie: random.Random, deactivated_ms: int) -> None:
     created_ms = _minute(rng, START_MS, START_MS + 2 * DAY_MS)
     subscribes = rng.random() >= 0.1
     timeline.at(created_ms, CustomerCreated(customer_id=customer_id, test_clock_id=clock_id, created_at_ms=created_ms))
@@ -105,9 +114,7 @@ def _customer(rng: random.Random, timeline: Timeline, customer_id: str, clock_id
         timeline.at(made_ms, CreditGrantCreated(
             grant_id=grant_id, customer_id=customer_id, amount_minor=rng.randrange(1, 80) * 50, currency="usd",
             scope=scope, category=rng.choice(list(GrantCategory)), priority=rng.choice([0, 10, 50, 50, 90]),
-            # A later effective date only with a subscription: see test_known_disagreements (stale live balance)
-            effective_at_ms=made_ms if rng.random() < 0.7 or not subscribes
-            else _minute(rng, made_ms, made_ms + 40 * DAY_MS),
+            effective_at_ms=made_ms if rng.random() < 0.7 else _minute(rng, made_ms, made_ms + 40 * DAY_MS),
             expires_at_ms=expires_ms, created_at_ms=made_ms, test_clock_id=clock_id))
         roll = rng.random()
         when_ms = _minute(rng, made_ms + DAY_MS, END_MS)
@@ -131,6 +138,7 @@ def _customer(rng: random.Random, timeline: Timeline, customer_id: str, clock_id
         items=tuple(SubscriptionItem(item_id=f"si_{customer_id}_{p}", price_id=p, quantity=rng.randrange(1, 4))
                     for p in prices), created_at_ms=sub_ms, test_clock_id=clock_id))
     first_end_ms = anchor_ms if anchor_ms > sub_ms else add_months(anchor_ms, 1)
+    _ties(tie, timeline, customer_id, clock_id, sub_ms, first_end_ms, prices, deactivated_ms)
 
     roll = rng.random()
     if roll < 0.15:
@@ -181,13 +189,66 @@ def _customer(rng: random.Random, timeline: Timeline, customer_id: str, clock_id
                                                       received_at_ms=cancel_ms))
 
 
+def _ties(tie: random.Random, timeline: Timeline, customer_id: str, clock_id: str | None, sub_ms: int,
+          first_end_ms: int, prices: list[str], deactivated_ms: int) -> None:
+    """Facts at exactly the instants where two rules meet (see the module docstring)."""
+    finalized_ms = first_end_ms + GRACE_MS
+    if tie.random() < 0.4:
+        effective_ms, expires_ms = tie.choice([(first_end_ms, None), (sub_ms, first_end_ms), (sub_ms, finalized_ms),
+                                               (first_end_ms, finalized_ms)])
+        timeline.at(sub_ms, CreditGrantCreated(
+            grant_id=f"credgr_{customer_id}_tie", customer_id=customer_id, amount_minor=tie.randrange(1, 40) * 50,
+            currency="usd", scope=GrantScope(price_type=GrantPriceType.METERED), category=GrantCategory.PAID,
+            priority=0, effective_at_ms=effective_ms, expires_at_ms=expires_ms, created_at_ms=sub_ms,
+            test_clock_id=clock_id))
+    names = [name for name, spec in METERS.items() if spec[1] in prices]
+    if not names:
+        return
+    for n in range(tie.randrange(0, 4)):
+        name = tie.choice(names)
+        identifier = f"ev_{customer_id}_tie_{n}"
+        event_ms, received_ms = tie.choice([
+            (first_end_ms, first_end_ms),  # at the period's end: the next period's
+            (first_end_ms - MINUTE_MS, finalized_ms),  # late, received at the finalization instant
+            (deactivated_ms - HOUR_MS, deactivated_ms)])  # received as its meter is deactivated
+        timeline.at(received_ms, _tie_event(customer_id, name, identifier, str(tie.randrange(1, 50)),
+                                            event_ms, received_ms))
+        if name == "gpu_hours" and tie.random() < 0.5:  # another event of its window at the same instant
+            timeline.at(received_ms, _tie_event(customer_id, name, identifier + "_twin", str(tie.randrange(1, 50)),
+                                                event_ms, received_ms))
+        elif METERS[name][4] is None and tie.random() < 0.3:  # canceled exactly 24 hours after its receipt
+            timeline.at(received_ms + DAY_MS, MeterEventCanceled(event_name=name, identifier=identifier,
+                                                                 customer_id=customer_id,
+                                                                 received_at_ms=received_ms + DAY_MS))
+    if tie.random() < 0.1:
+        timeline.at(first_end_ms, SubscriptionCanceled(subscription_id=f"sub_{customer_id}", customer_id=customer_id,
+                                                       invoice_now=tie.random() < 0.5, canceled_at_ms=first_end_ms))
+
+
+def _tie_event(customer_id: str, name: str, identifier: str, value: str, event_ms: int,
+               received_ms: int) -> MeterEventRecorded:
+    return MeterEventRecorded(customer_id=customer_id, event_name=name, identifier=identifier,
+                              payload={"stripe_customer_id": customer_id, "value": value},
+                              event_time_ms=event_ms, received_at_ms=received_ms)
+
+
+DEACTIVATED_METER = "mtr_out"
+
+
 def scenario(seed: int, customers: int) -> list:
-    """The whole input log (catalog first), in the order it is produced."""
-    rng = random.Random(seed)
+    """The whole input log (catalog first), in the order it is produced; catalog changes partway
+    through it are in it too (see `in_phases`)."""
+    rng, tie = random.Random(seed), random.Random(f"ties {seed}")
     clock_id = f"clock_{seed}"
     timeline = Timeline()
+    # First on the timeline: a fact at the same instant comes after it.
+    deactivated_ms = START_MS + tie.randrange(20, 50) * DAY_MS + tie.randrange(DAY_MS)
+    timeline.at(deactivated_ms, MeterDeactivated(meter_id=DEACTIVATED_METER, deactivated_at_ms=deactivated_ms))
+    if tie.random() < 0.5:
+        reactivated_ms = deactivated_ms + tie.randrange(1, 10) * DAY_MS
+        timeline.at(reactivated_ms, MeterReactivated(meter_id=DEACTIVATED_METER, reactivated_at_ms=reactivated_ms))
     for n in range(customers):
-        _customer(rng, timeline, f"cus_{seed}_{n}", clock_id if n % 2 == 0 else None)
+        _customer(rng, timeline, f"cus_{seed}_{n}", clock_id if n % 2 == 0 else None, tie, deactivated_ms)
     log: list = [TestClockCreated(test_clock_id=clock_id, frozen_time_ms=START_MS, created_at_ms=START_MS),
                  TimeTicked(now_ms=START_MS)]
     now_ms = START_MS
@@ -199,3 +260,23 @@ def scenario(seed: int, customers: int) -> list:
         if fact is not None:
             log.append(fact)
     return log
+
+
+CATALOG_PROBE = "catalog_probe"  # an event name no meter has
+
+
+def in_phases(log: list) -> list[list]:
+    """`log` cut where the catalog changes, so that the worker has read each change before the
+    facts after it, and none before: the oracle judges a meter's status at each event's receipt,
+    the worker by the catalog it has read (a known disagreement, test_known_disagreements.py). A
+    change is produced alone; then an event naming no meter, which makes the worker read the
+    catalog to its end (streams/catalog.py; dead-lettered `no_meter`, by the oracle too)."""
+    phases: list[list] = [[]]
+    for fact in log:
+        if isinstance(fact, (MeterDeactivated, MeterReactivated)):
+            probe = MeterEventRecorded(customer_id="", event_name=CATALOG_PROBE, identifier=f"probe_{len(phases)}",
+                                       payload={}, event_time_ms=START_MS, received_at_ms=START_MS)
+            phases += [[fact], [probe], []]
+        else:
+            phases[-1].append(fact)
+    return phases

@@ -125,3 +125,18 @@ def test_live_balance_is_credits_minus_the_open_periods_rated_usage():
 def test_a_period_anchored_on_the_31st_ends_on_the_last_day_of_february():
     jan_31 = START + 30 * 24 * HOUR_MS
     assert period_containing(jan_31, 1, jan_31, jan_31 + 1) == (jan_31, add_months(START, 1) + 27 * 24 * HOUR_MS)
+
+
+def test_a_deactivated_meter_rejects_the_events_received_from_its_deactivation_until_its_reactivation():
+    day = 24 * HOUR_MS
+    catalog = {0: [*CATALOG[0], (6, "MeterDeactivated", {"meter_id": "mtr_in", "deactivated_at_ms": START + day}),
+                   (7, "MeterReactivated", {"meter_id": "mtr_in", "reactivated_at_ms": START + 3 * day})]}
+    log = [("TestClockCreated", {"test_clock_id": "clock_1", "name": None, "frozen_time_ms": START,
+                                 "created_at_ms": START}), customer(), subscription("price_in"),
+           event("in", "1", "before", received=START + day - 1), event("in", "10", "at", received=START + day),
+           event("in", "100", "during", received=START + 2 * day),
+           event("in", "1000", "after", received=START + 3 * day), clock(FEB_1 + GRACE)]
+    results = run(catalog, {0: [(n, *fact) for n, fact in enumerate(log)]}, GRACE, 35 * day)
+    # 1 + 1000 counted, 3 cents each; the two events received while it was inactive: archived_meter
+    assert only_invoice(results)["lines"][0]["quantity"] == Decimal(1001)
+    assert sorted(results.rejected.values()) == ["archived_meter", "archived_meter"]

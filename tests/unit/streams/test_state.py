@@ -165,7 +165,7 @@ _CUSTOMERS = _all_fields(
     live_published_ms=st.none() | INT64,
     low_balance_watches=st.dictionaries(TEXT, st.lists(fact_strategy(LowBalanceWatch), max_size=2).map(tuple),
                                         max_size=2),
-    large_amounts=st.booleans())
+    large_amounts=st.booleans(), time_reached_ms=INT64)
 
 
 @settings(max_examples=150, deadline=None)
@@ -221,7 +221,9 @@ def test_a_customer_record_written_in_the_pickle_format_loads_as_the_same_state(
     assert isinstance(state, CustomerState)
     (invoice,) = state.invoices.values()
     assert (invoice.subtotal_minor, invoice.total_credits_minor, invoice.amount_due_minor) == (11003, 1250, 9753)
-    folded_today = _walkthrough_customers()["cus_1"]
+    # Written before CustomerState.time_reached_ms was appended: the record reads its default.
+    assert state.time_reached_ms == 0
+    folded_today = dataclasses.replace(_walkthrough_customers()["cus_1"], time_reached_ms=0)
     assert state == folded_today
     assert repr(state) == repr(folded_today)  # the same types too
     assert records.loads(records.dumps(state)) == state
@@ -251,6 +253,27 @@ def test_a_flat_record_written_before_fields_were_appended_gets_their_defaults()
     assert all(grant.expired_at_ms is None for grant in loaded.grants.values())
     assert loaded.grants == state.grants and loaded.invoices == state.invoices
     assert loaded.period_usage == state.period_usage and loaded.subscriptions == state.subscriptions
+
+
+def test_a_flat_record_written_before_time_reached_ms_loads_and_its_grants_are_due_once_more():
+    from billing.customer import advance_time, live_balance_facts, next_due_ms
+
+    state = _walkthrough_customers()["cus_1"]
+    assert state.time_reached_ms > 0 and not state.live_pending
+    older = records._CUSTOMER.flatten(state)[:-1]  # noqa: SLF001 - as written before the field was appended
+    loaded = records.loads(_flat_record(older))
+    assert loaded.time_reached_ms == 0
+    assert loaded == dataclasses.replace(state, time_reached_ms=0)
+    # Its grants (both effective at START_MS) are due once more: one pass republishes the live
+    # balance as it stood, and they are not due again.
+    assert next_due_ms(loaded, CONFIG) == w.START_MS
+    assert advance_time(loaded, state.time_reached_ms, _catalog(), CONFIG) == []
+    assert loaded.time_reached_ms == state.time_reached_ms and loaded.live_pending
+    assert next_due_ms(loaded, CONFIG) == next_due_ms(state, CONFIG) > w.START_MS
+    now_ms = state.time_reached_ms
+    republished = live_balance_facts(loaded, _catalog(), now_ms, CONFIG, now_ms)
+    state.live_pending = True
+    assert republished == live_balance_facts(state, _catalog(), now_ms, CONFIG, now_ms)
 
 
 def test_a_flat_record_with_more_fields_than_this_worker_knows_is_a_clear_error():
