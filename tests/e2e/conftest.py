@@ -3,16 +3,22 @@ projector running in a thread, so that read-your-writes is real."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from drawdown.settings import Settings
+from drawdown.settings import PROJECT_ROOT, Settings
 
 
 @pytest.fixture(scope="session")
@@ -118,3 +124,35 @@ def api_base(app: Any) -> Iterator[str]:
     thread.join(10)
 
 
+@pytest.fixture()
+def worker(engine_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """The real stream worker (`python -m drawdown worker`, a subprocess) on the API tests' topics."""
+    web_port = free_port()
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=engine_settings.effective_kafka_bootstrap_servers,
+               DATABASE_URL=engine_settings.effective_database_url, DRAWDOWN_TOPIC_PREFIX=engine_settings.topic_prefix,
+               DRAWDOWN_PARTITIONS=str(engine_settings.partitions),
+               DRAWDOWN_GRACE_PERIOD_SECONDS=str(engine_settings.grace_period_seconds),
+               DRAWDOWN_WORKER_DATA_DIR=str(tmp_path / "worker"), DRAWDOWN_WORKER_WEB_PORT=str(web_port),
+               DRAWDOWN_STATE_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1", PYTHONPATH=str(PROJECT_ROOT))
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "drawdown", "worker", "--loglevel", "info"],
+                                   cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, f"worker exited:\n{log_path.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/drawdown/ready/", timeout=1) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"worker not ready:\n{log_path.read_text()[-3000:]}"
+        time.sleep(0.3)
+    yield process
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)

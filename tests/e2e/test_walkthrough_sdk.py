@@ -3,52 +3,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
-from drawdown.settings import PROJECT_ROOT, Settings
-from tests.e2e.conftest import free_port
-
-
-@pytest.fixture()
-def worker(engine_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen]:
-    web_port = free_port()
-    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=engine_settings.effective_kafka_bootstrap_servers,
-               DATABASE_URL=engine_settings.effective_database_url, DRAWDOWN_TOPIC_PREFIX=engine_settings.topic_prefix,
-               DRAWDOWN_PARTITIONS=str(engine_settings.partitions),
-               DRAWDOWN_GRACE_PERIOD_SECONDS=str(engine_settings.grace_period_seconds),
-               DRAWDOWN_WORKER_DATA_DIR=str(tmp_path / "worker"), DRAWDOWN_WORKER_WEB_PORT=str(web_port),
-               DRAWDOWN_STATE_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1", PYTHONPATH=str(PROJECT_ROOT))
-    log_path = tmp_path / "worker.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "drawdown", "worker", "--loglevel", "info"],
-                                   cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, f"worker exited:\n{log_path.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/drawdown/ready/", timeout=1) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, f"worker not ready:\n{log_path.read_text()[-3000:]}"
-        time.sleep(0.3)
-    yield process
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
 
 
 def test_the_hypernian_walkthrough_bills_3000_input_tokens_as_9000_minus_1000_credit(api_base, secret_key, worker):
