@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from billing.facts import MeterAggregation, MeterEventCanceled
+from billing.facts import MeterAggregation, MeterEventCanceled, UsageBucketUpdated
 from billing.meter_events import MeterEventAccepted
 from billing.meters import MeterAggregator, MeterReading, MeterUsage
 from billing.money import EXACT_CONTEXT
 from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_MINUTE, minute_bucket_start_ms
+from billing.usage_windows import counted_reading
 
 CANCEL_WINDOW_MS = MILLISECONDS_PER_DAY  # Stripe: cancel only events received in the last 24 hours
 DEFAULT_DEDUPE_WINDOW_MS = 35 * MILLISECONDS_PER_DAY
@@ -256,3 +257,19 @@ class UsageLedger:
 def bucket_value(aggregator: MeterAggregator, bucket: UsageBucket) -> tuple[Decimal, int]:
     """A bucket's aggregated value and counted events (what UsageBucketUpdated carries)."""
     return aggregator.result(bucket.usage), aggregator.event_count(bucket.usage)
+
+
+def bucket_fact(customer_id: str, meter_id: str, bucket_start_ms: int, aggregator: MeterAggregator,
+                bucket: UsageBucket, now_ms: int) -> UsageBucketUpdated:
+    """What a bucket's UsageBucketUpdated carries: its aggregated value, counted events, and the
+    reading the value comes from where readers need it to merge buckets (billing/usage_windows.py)."""
+    usage = bucket.usage
+    value, event_count = bucket_value(aggregator, bucket)
+    counted = counted_reading(aggregator, usage)
+    return UsageBucketUpdated(
+        customer_id=customer_id, meter_id=meter_id, bucket_start_ms=bucket_start_ms, value=value,
+        event_count=event_count,
+        updated_at_ms=usage.latest.received_at_ms if usage.latest else now_ms,
+        counted_event_time_ms=None if counted is None else counted.event_time_ms,
+        counted_received_at_ms=None if counted is None else counted.received_at_ms,
+        counted_identifier=None if counted is None else counted.identifier)

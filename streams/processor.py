@@ -71,7 +71,7 @@ from billing.meter_events import (
     validate_meter_event,
 )
 from billing.periods import MILLISECONDS_PER_MINUTE
-from billing.usage import CANCEL_NOT_IN_PARTITION, BucketKey, SeenEvent, UsageBucket, UsageLedger, bucket_value
+from billing.usage import CANCEL_NOT_IN_PARTITION, BucketKey, SeenEvent, UsageBucket, UsageLedger, bucket_fact
 
 CUSTOMER_FACTS = (CustomerCreated, SubscriptionCreated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
                   SubscriptionCanceled, CreditGrantCreated, CreditGrantUpdated, CreditGrantExpired,
@@ -285,11 +285,8 @@ class PartitionProcessor:
         live balances of touched customers (throttled)."""
         out: list = []
         for (customer_id, meter_id, bucket_start_ms), bucket in self._touched_buckets.items():
-            value, count = bucket_value(self._aggregator(meter_id), bucket)
-            out.append(UsageBucketUpdated(customer_id=customer_id, meter_id=meter_id, bucket_start_ms=bucket_start_ms,
-                                          value=value, event_count=count,
-                                          updated_at_ms=bucket.usage.latest.received_at_ms
-                                          if bucket.usage.latest else self.state.now_ms))
+            out.append(bucket_fact(customer_id, meter_id, bucket_start_ms, self._aggregator(meter_id), bucket,
+                                   self.state.now_ms))
         self._touched_buckets.clear()
         for customer_id in sorted(self._touched_customers):
             state = self.customers[customer_id]

@@ -15,11 +15,12 @@ from api.errors import conflict, invalid
 from api.params import Params
 from api.routes.balances import grant_states
 from api.routes.subscriptions import current_period
-from api.store import customer_now_ms, fetch_all, fetch_one, paginate, require
+from api.store import customer_now_ms, fetch_all, fetch_one, paginate, projected_usage, require
 from billing.facts import BillingReason, InvoiceVoidRequested, PriceCreated, RecurringInterval, SubscriptionItem, \
     UsageType
 from billing.invoices import compute_invoice
 from billing.periods import BillingPeriod
+from billing.usage_windows import usage_between
 
 router = APIRouter(tags=["invoices"])
 
@@ -135,18 +136,9 @@ def create_preview(ctx: ApiContext, params: Params) -> dict[str, Any]:
 
 
 def _usage_by_meter(ctx: ApiContext, customer_id: str, start_ms: int, end_ms: int) -> dict[str, Decimal]:
-    """Each meter's aggregate over [start, end) from the minute buckets (sum/count add, last keeps the latest)."""
-    rows = fetch_all(ctx.pool, "select b.meter_id, m.aggregation, b.value from usage_buckets b"
-                               " join meters m on m.id = b.meter_id where b.customer_id = %s"
-                               " and b.bucket_start_ms >= %s and b.bucket_start_ms < %s order by b.bucket_start_ms",
-                     customer_id, start_ms, end_ms)
-    usage: dict[str, Decimal] = {}
-    for row in rows:
-        if row["aggregation"] == "last":
-            usage[row["meter_id"]] = row["value"]
-        else:
-            usage[row["meter_id"]] = usage.get(row["meter_id"], Decimal(0)) + row["value"]
-    return usage
+    """Each meter's usage over [start, end), folded from the projected buckets as the workers fold it."""
+    return {meter_id: usage_between(aggregator, buckets, start_ms, end_ms)
+            for meter_id, (aggregator, buckets) in projected_usage(ctx.pool, customer_id, start_ms, end_ms).items()}
 
 
 route(router, "GET", "/v1/invoices", list_invoices, summary="List invoices",

@@ -1,0 +1,107 @@
+"""The read side (billing/usage_windows.py) against the workers' fold and the independent oracle.
+
+Random usage on every meter kind goes through the workers' usage ledger into minute buckets and
+out as the UsageBucketUpdated facts the projection stores; the read side folded over those must
+give the period total the workers bill (their period usage adds every reading) and that the oracle
+(tests/oracle/model.py, written from STRIPE.md alone) computes from the events themselves. The
+event summaries' steps must add up to it (sum, count) or, as one step, equal it (every kind).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from billing.facts import EventTimeWindow, MeterAggregation
+from billing.meter_events import MeterEventAccepted
+from billing.meters import MeterAggregator, MeterReading
+from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_HOUR, MILLISECONDS_PER_MINUTE
+from billing.usage import UsageLedger, bucket_fact
+from billing.usage_windows import ProjectedBucket, projected_bucket, usage_between, usage_by_window
+from tests.oracle import model
+
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+KINDS = [(formula, window) for formula in MeterAggregation for window in (None, *EventTimeWindow)]
+
+
+def _projected(aggregator: MeterAggregator, readings: list[MeterReading]) -> list[ProjectedBucket]:
+    """The readings through the workers' ledger, then each bucket as its fact, as projected."""
+    ledger = UsageLedger()
+    for offset, reading in enumerate(readings):
+        ledger.apply_event(offset, MeterEventAccepted("mtr_1", "cus_1", reading), "tokens", aggregator)
+    facts = [bucket_fact("cus_1", "mtr_1", start_ms, aggregator, bucket, 0)
+             for (_, _, start_ms), bucket in ledger.buckets.items()]
+    return [projected_bucket(f.bucket_start_ms, f.value, f.event_count, f.counted_event_time_ms,
+                             f.counted_received_at_ms, f.counted_identifier) for f in facts]
+
+
+def _oracle_total(formula: MeterAggregation, window: EventTimeWindow | None, readings: list[MeterReading]) -> Decimal:
+    meter = {"aggregation": str(formula), "event_time_window": None if window is None else str(window)}
+    events = [model.Event((0, index), "cus_1", "mtr_1", r.identifier, r.value, r.event_time_ms, r.received_at_ms)
+              for index, r in enumerate(readings)]
+    return model.aggregate(meter, events)[0]
+
+
+@st.composite
+def usage(draw):
+    """Distinct events over three days around a period starting at a random minute: event times
+    often in one minute or one instant, receipts often tied (the tie-breaks decide what counts)."""
+    count = draw(st.integers(min_value=0, max_value=25))
+    minutes = st.integers(min_value=-120, max_value=3 * 24 * 60)
+    readings = []
+    for index in range(count):
+        event_time_ms = START_MS + draw(minutes) * MILLISECONDS_PER_MINUTE + draw(st.sampled_from([0, 1, 59_999]))
+        received_at_ms = START_MS + draw(st.integers(min_value=0, max_value=6)) * 1000
+        value = Decimal(draw(st.integers(min_value=-5, max_value=50))) / draw(st.sampled_from([1, 4]))
+        readings.append(MeterReading(event_time_ms, received_at_ms, draw(st.sampled_from("abc")) + str(index), value))
+    period_start_ms = START_MS + draw(st.integers(min_value=0, max_value=90)) * MILLISECONDS_PER_MINUTE
+    return readings, period_start_ms, period_start_ms + 2 * MILLISECONDS_PER_DAY
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(KINDS), drawn=usage())
+def test_projected_buckets_read_back_as_the_workers_and_the_oracle_bill_the_period(kind, drawn):
+    formula, window = kind
+    readings, start_ms, end_ms = drawn
+    aggregator = MeterAggregator(formula, window)
+    in_period = [r for r in readings if start_ms <= r.event_time_ms < end_ms]
+    workers = aggregator.result(aggregator.add_all(aggregator.initialize(), in_period))
+    assert workers == _oracle_total(formula, window, in_period)
+
+    buckets = _projected(aggregator, readings)
+    assert usage_between(aggregator, buckets, start_ms, end_ms) == workers
+    assert usage_by_window(aggregator, buckets, start_ms, end_ms, end_ms - start_ms) == [(start_ms, workers)]
+    if formula != MeterAggregation.LAST:  # sum and count: the summaries' steps add up to the period
+        for step_ms in (MILLISECONDS_PER_MINUTE, MILLISECONDS_PER_HOUR, MILLISECONDS_PER_DAY):
+            steps = usage_by_window(aggregator, buckets, start_ms, end_ms, step_ms)
+            assert len(steps) == (end_ms - start_ms) // step_ms
+            assert sum(total for _, total in steps) == workers
+
+
+def test_an_hour_windowed_sum_counts_the_last_reading_received_in_each_hour():
+    """Issue 14's case by hand: 10, 20, 30 in the first hour and 7 in the second bill 30 + 7."""
+    aggregator = MeterAggregator(MeterAggregation.SUM, EventTimeWindow.HOUR)
+    readings = [MeterReading(START_MS + minute * MILLISECONDS_PER_MINUTE, START_MS + index, f"e{index}", Decimal(v))
+                for index, (minute, v) in enumerate([(1, 10), (2, 20), (3, 30), (61, 7)])]
+    buckets = _projected(aggregator, readings)
+    assert usage_between(aggregator, buckets, START_MS, START_MS + MILLISECONDS_PER_DAY) == 37
+    hours = usage_by_window(aggregator, buckets, START_MS, START_MS + 2 * MILLISECONDS_PER_HOUR, MILLISECONDS_PER_HOUR)
+    assert hours == [(START_MS, 30), (START_MS + MILLISECONDS_PER_HOUR, 7)]
+
+
+def test_a_day_windowed_meter_summarised_per_hour_shows_the_days_reading_in_its_hour_only():
+    aggregator = MeterAggregator(MeterAggregation.SUM, EventTimeWindow.DAY)
+    readings = [MeterReading(START_MS + 5 * MILLISECONDS_PER_HOUR, START_MS + 2, "late", Decimal(4)),
+                MeterReading(START_MS + 1 * MILLISECONDS_PER_HOUR, START_MS + 1, "early", Decimal(9))]
+    hours = usage_by_window(aggregator, _projected(aggregator, readings), START_MS, START_MS + 6 * MILLISECONDS_PER_HOUR,
+                            MILLISECONDS_PER_HOUR)
+    assert [total for _, total in hours] == [0, 0, 0, 0, 0, 4]  # received last: "late" (4), in hour 5
+
+
+def test_a_last_meter_reads_the_latest_event_time_across_buckets_not_the_latest_receipt():
+    aggregator = MeterAggregator(MeterAggregation.LAST, EventTimeWindow.HOUR)
+    readings = [MeterReading(START_MS + 2 * MILLISECONDS_PER_HOUR, START_MS + 1, "newest_time", Decimal(5)),
+                MeterReading(START_MS + MILLISECONDS_PER_HOUR, START_MS + 9, "newest_receipt", Decimal(8))]
+    assert usage_between(aggregator, _projected(aggregator, readings), START_MS, START_MS + MILLISECONDS_PER_DAY) == 5
