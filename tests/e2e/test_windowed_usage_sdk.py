@@ -10,9 +10,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
 from api import walkthrough
+from tests.oracle import model
 
 START_S = walkthrough.START_S  # 2026-01-01T00:00:00Z, the test clock's start; the period ends Feb 1
 HOUR_S = 3600
@@ -73,3 +78,90 @@ def test_an_hour_windowed_sum_meter_previews_and_summarises_what_the_invoice_bil
     invoice = _until(lambda: stripe.Invoice.list(customer=customer.id, limit=1).data, 90, "the invoice")[0]
     assert [line.quantity for line in invoice.lines.data] == [37]
     assert invoice.subtotal == 37
+
+
+KINDS = [(formula, window) for formula in ("sum", "count", "last") for window in (None, "hour", "day")]
+DAY_S = 24 * HOUR_S
+# Event times: a few instants, so that events share minutes, hours and days (seconds from START_S)
+EVENT_TIMES_S = [0, 30, 60, 3540, 3600, 3630, 7170, 86_340, 86_400, 86_430, 90_000, 172_000]
+
+
+@st.composite
+def _usage(draw):
+    """Per meter kind: events (identifier, event time offset, value) in the order they are sent,
+    some retries of an earlier identifier, and cancels (sent last) of some identifiers."""
+    usage = {}
+    for kind in KINDS:
+        events = []
+        for index in range(draw(st.integers(min_value=2, max_value=6))):
+            retry = events and draw(st.integers(min_value=0, max_value=5)) == 0
+            identifier = draw(st.sampled_from(events))[0] if retry else f"e{index}"
+            events.append((identifier, draw(st.sampled_from(EVENT_TIMES_S)), draw(st.integers(min_value=0, max_value=99))))
+        cancellable = kind in (("sum", None), ("count", None))  # the only kinds the workers cancel (yet)
+        identifiers = sorted({identifier for identifier, _, _ in events})
+        cancels = draw(st.lists(st.sampled_from(identifiers), unique=True, max_size=2)) if cancellable and identifiers \
+            else []
+        usage[kind] = (events, cancels)
+    return usage
+
+
+def _expected(formula: str, window: str | None, events: list[tuple[str, int, int]], cancels: list[str]) -> Decimal:
+    """The oracle's aggregate (tests/oracle/model.py) of what was sent: the first event of each
+    identifier counts, received in the order sent, less the cancelled ones."""
+    first: dict[str, model.Event] = {}
+    for order, (identifier, offset_s, value) in enumerate(events):
+        first.setdefault(identifier, model.Event((0, order), "cus", "mtr", identifier, Decimal(value),
+                                                 (START_S + offset_s) * 1000, order))
+    kept = [event for identifier, event in first.items() if identifier not in cancels]
+    return model.aggregate({"aggregation": formula, "event_time_window": window}, kept)[0]
+
+
+# By hand, for every kind: two readings in one minute of hour 1 and a third in a later minute, one
+# in hour 2, a retry of the first identifier, one on day 2; cancelling the first where allowed.
+HAND_WORKED = [("e0", 0, 10), ("e1", 30, 20), ("e2", 180, 3), ("e3", 3600, 7), ("e0", 60, 99), ("e4", 86_400, 5)]
+
+
+@settings(max_examples=1, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(usage=_usage())
+@example(usage={kind: (HAND_WORKED, ["e0"] if kind[1] is None and kind[0] != "last" else []) for kind in KINDS})
+def test_preview_and_summaries_equal_the_finalized_invoice_on_every_meter_kind(api_base, secret_key, worker, usage):
+    import stripe
+
+    walkthrough.configure(stripe, api_base, secret_key)
+    meters = {kind: _meter_with_price(stripe, *kind) for kind in KINDS}
+    sentinel, _ = _meter_with_price(stripe, "sum", None)
+    clock = stripe.test_helpers.TestClock.create(frozen_time=START_S, name="every kind")
+    customer = stripe.Customer.create(name="Every kind", test_clock=clock.id)
+    subscription = stripe.Subscription.create(customer=customer.id,
+                                              items=[{"price": price.id} for _, price in meters.values()])
+    stripe.test_helpers.TestClock.advance(clock.id, frozen_time=START_S + 2 * DAY_S)
+    _until(lambda: stripe.test_helpers.TestClock.retrieve(clock.id).status == "ready", 60, "the clock")
+    for kind, (events, _) in usage.items():
+        for identifier, offset_s, value in events:
+            stripe.billing.MeterEvent.create(event_name=meters[kind][0].event_name, identifier=identifier,
+                                             timestamp=START_S + offset_s,
+                                             payload={"stripe_customer_id": customer.id, "value": str(value)})
+    for kind, (_, cancels) in usage.items():
+        for identifier in cancels:
+            stripe.billing.MeterEventAdjustment.create(event_name=meters[kind][0].event_name, type="cancel",
+                                                       cancel={"identifier": identifier})
+    # The customer's facts are one ordered log: once the last event shows, everything before it does.
+    stripe.billing.MeterEvent.create(event_name=sentinel.event_name, timestamp=START_S,
+                                     payload={"stripe_customer_id": customer.id, "value": "1"})
+    _until(lambda: _hourly_summaries(stripe, sentinel.id, customer.id, 1)[0][1], 60, "the last event")
+
+    preview = stripe.Invoice.create_preview(subscription=subscription.id)
+    stripe.test_helpers.TestClock.advance(clock.id, frozen_time=subscription.current_period_end + walkthrough.GRACE_S + 60)
+    invoice = _until(lambda: stripe.Invoice.list(customer=customer.id, limit=1).data, 90, "the invoice")[0]
+    previewed = {line.price: (line.quantity, line.amount) for line in preview.lines.data}
+    invoiced = {line.price: (line.quantity, line.amount) for line in invoice.lines.data}
+    for kind, (meter, price) in meters.items():
+        expected = _expected(*kind, *usage[kind])
+        assert previewed[price.id] == invoiced[price.id] == (expected, expected), kind
+        whole = stripe.billing.Meter.list_event_summaries(meter.id, customer=customer.id, start_time=START_S,
+                                                          end_time=subscription.current_period_end).data
+        assert [s.aggregated_value for s in whole] == [expected], kind
+        if kind[0] != "last":  # sum and count: the hourly summaries add up to the invoiced quantity
+            hourly = _hourly_summaries(stripe, meter.id, customer.id, 48)
+            assert sum(value for _, value in hourly) == expected, kind
+    assert (preview.subtotal, preview.amount_due) == (invoice.subtotal, invoice.amount_due)
