@@ -48,7 +48,7 @@ from billing.periods import (
 )
 from billing import ids
 from billing.catalog import Catalog
-from billing.usage import subtract_reading
+from billing.usage import remove_reading
 
 
 # --- state ---------------------------------------------------------------------------------------
@@ -226,11 +226,14 @@ def usage_within(state: CustomerState, meter_id: str, reading: MeterReading, agg
 
 
 def remove_usage(state: CustomerState, meter_id: str, reading: MeterReading, aggregator: MeterAggregator,
-                 catalog: Catalog) -> None:
-    """Take a canceled reading back out of the open periods that counted it."""
+                 catalog: Catalog, window_readings: tuple[MeterReading, ...] = ()) -> None:
+    """Take a canceled reading back out of the open periods that counted it (`window_readings`: for
+    a windowed meter, the readings its window has left; each period folds those it counts again)."""
     for key in _open_period_usage_keys(state, meter_id, reading.event_time_ms, catalog):
         if key in state.period_usage:
-            state.period_usage[key] = subtract_reading(aggregator, state.period_usage[key], reading)
+            counted = tuple(other for other in window_readings
+                            if key in _open_period_usage_keys(state, meter_id, other.event_time_ms, catalog))
+            state.period_usage[key] = remove_reading(aggregator, state.period_usage[key], reading, counted)
     state.live_pending = True
 
 

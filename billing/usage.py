@@ -15,8 +15,10 @@ Rules:
 - Dedupe on (customer, event name, identifier) for `dedupe_window_ms` after the first receipt: a
   later event with the same key is a duplicate and counts nothing.
 - A cancellation removes an event's value if it arrives within 24 hours of the event's receipt
-  (Stripe), once. Cancelling needs subtraction, so it is supported for raw sum and count meters;
-  for `last` and hour/day-windowed meters it is refused (`CancelOutcome.refused_code`).
+  (Stripe), once. Raw sum and count meters subtract it. An hour/day-windowed meter's minute bucket
+  keeps its readings, so a cancel folds the others again: the window's next reading received last
+  takes the canceled one's place (`CanceledEvent.window_readings` are what the window has left, for
+  the periods that counted it). Raw `last` meters still refuse (`CancelOutcome.refused_code`).
 - Exactly once under replays: every record carries the last log offset it applied, and `offset`
   (the fact's position in its customer's log) is passed in. A fact at or below a record's offset
   has already been applied to that record and changes nothing. So feeding the same log prefix
@@ -66,6 +68,9 @@ class UsageBucket(NamedTuple):
 
     usage: MeterUsage
     applied_offset: int
+    # A windowed meter's readings of the minute not canceled (a cancel folds the others again);
+    # () for raw meters, which subtract
+    readings: tuple[MeterReading, ...] = ()
 
 
 class EventOutcome(NamedTuple):
@@ -90,6 +95,8 @@ class CanceledEvent:
     seen: SeenEvent
     bucket_key: BucketKey
     bucket: UsageBucket | None  # None when the bucket already had the removal
+    # windowed meters: the readings left in the canceled one's window (billing/customer.remove_usage)
+    window_readings: tuple[MeterReading, ...] = ()
 
 
 # The dead-letter reason of a cancel without customer that one partition could not match: the
@@ -111,18 +118,29 @@ def _subtract(usage: MeterUsage, reading: MeterReading) -> MeterUsage:
                           event_count=usage.event_count - 1)
 
 
-def supports_cancel(aggregator: MeterAggregator) -> bool:
-    """Whether events of a meter with these rules can be cancelled (subtraction exists)."""
+def can_subtract(aggregator: MeterAggregator) -> bool:
+    """Whether a reading can be taken out of a usage state by subtraction (raw sum and count)."""
     return aggregator.event_time_window is None and aggregator.aggregation in (
         MeterAggregation.SUM,
         MeterAggregation.COUNT,
     )
 
 
-def subtract_reading(aggregator: MeterAggregator, usage: MeterUsage, reading: MeterReading) -> MeterUsage:
-    """`usage` without `reading` (only where `supports_cancel`)."""
+def supports_cancel(aggregator: MeterAggregator) -> bool:
+    """Whether events of a meter with these rules can be cancelled: by subtraction, or for a
+    windowed meter by folding the window's other readings again."""
+    return can_subtract(aggregator) or aggregator.event_time_window is not None
+
+
+def remove_reading(aggregator: MeterAggregator, usage: MeterUsage, reading: MeterReading,
+                   window_readings: tuple[MeterReading, ...] = ()) -> MeterUsage:
+    """`usage` without `reading` (only where `supports_cancel`): subtracted, or for a windowed
+    meter its window folded again from `window_readings`, those of the window `usage` counted."""
+    if can_subtract(aggregator):
+        return _subtract(usage, reading)
     assert supports_cancel(aggregator)
-    return _subtract(usage, reading)
+    window = aggregator.without_window(usage, aggregator.window_start_ms(reading.event_time_ms))
+    return aggregator.merge(window, aggregator.add_all(aggregator.initialize(), window_readings))
 
 
 _DUPLICATE = EventOutcome(counts=False, duplicate=True, bucket_key=None, bucket=None)
@@ -192,13 +210,26 @@ class UsageLedger:
         bucket_key = (customer_id, accepted.meter_id, event_time_ms - event_time_ms % MILLISECONDS_PER_MINUTE)
         current = self.buckets.get(bucket_key)
         if current is None:
-            usage = aggregator.add(aggregator.initialize(), reading)
+            usage, readings = aggregator.add(aggregator.initialize(), reading), ()
         elif current.applied_offset >= offset:
             return EventOutcome(True, False, bucket_key, None)
         else:
-            usage = aggregator.add(current.usage, reading)
-        bucket = self.buckets[bucket_key] = UsageBucket(usage, offset)
+            usage, readings = aggregator.add(current.usage, reading), current.readings
+        if aggregator.event_time_window is not None:
+            readings = (*readings, reading)
+        bucket = self.buckets[bucket_key] = UsageBucket(usage, offset, readings)
         return EventOutcome(True, False, bucket_key, bucket)
+
+    def _window_readings(self, customer_id: str, meter_id: str, aggregator: MeterAggregator,
+                         event_time_ms: int) -> tuple[MeterReading, ...]:
+        """The readings a windowed meter's minute buckets keep in the window holding `event_time_ms`."""
+        readings: list[MeterReading] = []
+        start_ms = aggregator.window_start_ms(event_time_ms)
+        for bucket_start_ms in range(start_ms, start_ms + aggregator.window_size_ms, MILLISECONDS_PER_MINUTE):
+            bucket = self.buckets.get((customer_id, meter_id, bucket_start_ms))
+            if bucket is not None:
+                readings.extend(bucket.readings)
+        return tuple(readings)
 
     def apply_cancel(
         self, offset: int, cancel: MeterEventCanceled, aggregators_by_meter_id: Mapping[str, MeterAggregator]
@@ -235,7 +266,7 @@ class UsageLedger:
                 aggregator = aggregators_by_meter_id.get(first.meter_id)
                 if aggregator is None or not supports_cancel(aggregator):
                     refusal = CancelOutcome(refused_code="meter_event_cancel_unsupported",
-                                            refused_message="only sum and count meters without window can cancel")
+                                            refused_message="events of `last` meters without window cannot be canceled")
                     if refuse:
                         return refusal
                     continue
@@ -244,10 +275,19 @@ class UsageLedger:
             bucket_key = (customer_id, first.meter_id, first.bucket_start_ms)
             current = self.buckets.get(bucket_key)
             bucket = None
+            aggregator = aggregators_by_meter_id[first.meter_id]
             if current is not None and current.applied_offset < offset:
-                bucket = UsageBucket(usage=_subtract(current.usage, first.reading), applied_offset=offset)
+                if can_subtract(aggregator):
+                    bucket = UsageBucket(_subtract(current.usage, first.reading), offset)
+                else:  # the minute's other readings, folded again
+                    readings = list(current.readings)
+                    readings.remove(first.reading)
+                    bucket = UsageBucket(aggregator.add_all(aggregator.initialize(), readings), offset, tuple(readings))
                 self.buckets[bucket_key] = bucket
-            canceled.append(CanceledEvent(customer_id=customer_id, seen=first, bucket_key=bucket_key, bucket=bucket))
+            window_readings = () if can_subtract(aggregator) else self._window_readings(
+                customer_id, first.meter_id, aggregator, first.reading.event_time_ms)
+            canceled.append(CanceledEvent(customer_id=customer_id, seen=first, bucket_key=bucket_key, bucket=bucket,
+                                          window_readings=window_readings))
         self.seen[seen_key] = updated
         if not canceled and refusal is not None:
             return refusal

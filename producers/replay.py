@@ -414,7 +414,7 @@ class PartitionFold:
             self.meter_events += 1
             self._fold_event(offset, fact)
         elif fact_class is MeterEventCanceled:
-            self._fold_cancel(fact)
+            self._fold_cancel(offset, fact)
         else:
             self.apply_directory(fact)
 
@@ -440,12 +440,16 @@ class PartitionFold:
         self.ledger.add(event.event_name, meter_id, (verdict.customer_id, reading.identifier, reading.event_time_ms,
                                                      reading.received_at_ms, reading.value, False))
 
-    def _fold_cancel(self, cancel: MeterEventCanceled) -> None:
+    def _fold_cancel(self, offset: int, cancel: MeterEventCanceled) -> None:
         meter = self.catalog.meters_by_event_name.get(cancel.event_name)
-        # Only events of raw sum and count meters can be canceled: for the others UsageLedger
-        # refuses, changing nothing (and no event has an event name without a meter).
-        if meter is not None and supports_cancel(self.aggregators[meter.meter_id]):
+        # Events of raw `last` meters cannot be canceled: UsageLedger refuses, changing nothing
+        # (and no event has an event name without a meter).
+        if meter is None or not supports_cancel(aggregator := self.aggregators[meter.meter_id]):
+            return
+        if aggregator.event_time_window is None:
             self.ledger.cancel(meter.meter_id, cancel)
+        else:
+            self.windowed_ledger.apply_cancel(offset, cancel, self.aggregators)
 
     def _open_account(self, accounts: dict[str, list], customer_id: str | None) -> list | None:
         """A new account when `customer_id` is a known customer on the wall clock, else None."""

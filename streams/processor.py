@@ -447,7 +447,7 @@ class PartitionProcessor:
         current = ledger.buckets.get(bucket_key)
         if current is None or current.applied_offset < offset:  # (add_plain: the aggregator's add)
             usage = add_plain(None if current is None else current.usage, reading)
-            self._touched_buckets[bucket_key] = ledger.buckets[bucket_key] = _new_tuple(UsageBucket, (usage, offset))
+            self._touched_buckets[bucket_key] = ledger.buckets[bucket_key] = _new_tuple(UsageBucket, (usage, offset, ()))
         if counts:  # add_usage with the keys in hand, spelled out
             for key in keys:
                 period_usage[key] = add_plain(period_usage.get(key), reading)
@@ -540,7 +540,7 @@ class PartitionProcessor:
             state = self.customers.get(canceled.customer_id)
             if state is not None and not state.already_applied(offset):
                 remove_usage(state, canceled.seen.meter_id, canceled.seen.reading, aggregators[canceled.seen.meter_id],
-                             self.catalog)
+                             self.catalog, canceled.window_readings)
                 state.applied_offset = offset
                 self._store(state)
         return []

@@ -174,7 +174,7 @@ def _customer(rng: random.Random, timeline: Timeline, customer_id: str, clock_id
         if rng.random() < 0.1:  # a retry: the same event again, later
             retry_ms = received_ms + rng.randrange(1, 2 * DAY_MS)
             timeline.at(retry_ms, MeterEventRecorded(**{**event.__dict__, "received_at_ms": retry_ms}))
-        if rng.random() < 0.1 and METERS[name][4] is None:  # windowed meters: see test_known_disagreements
+        if rng.random() < 0.1:
             cancel_ms = received_ms + rng.choice([rng.randrange(1, HOUR_MS), 30 * HOUR_MS])
             timeline.at(cancel_ms, MeterEventCanceled(event_name=name, identifier=identifier,
                                                       customer_id=customer_id if rng.random() < 0.5 else None,

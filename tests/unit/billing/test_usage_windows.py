@@ -14,11 +14,11 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing.facts import EventTimeWindow, MeterAggregation
+from billing.facts import EventTimeWindow, MeterAggregation, MeterEventCanceled
 from billing.meter_events import MeterEventAccepted
 from billing.meters import MeterAggregator, MeterReading
 from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_HOUR, MILLISECONDS_PER_MINUTE
-from billing.usage import UsageLedger, bucket_fact
+from billing.usage import UsageLedger, bucket_fact, remove_reading, supports_cancel
 from billing.usage_windows import ProjectedBucket, projected_bucket, usage_between, usage_by_window
 from tests.oracle import model
 
@@ -26,11 +26,23 @@ START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 KINDS = [(formula, window) for formula in MeterAggregation for window in (None, *EventTimeWindow)]
 
 
-def _projected(aggregator: MeterAggregator, readings: list[MeterReading]) -> list[ProjectedBucket]:
-    """The readings through the workers' ledger, then each bucket as its fact, as projected."""
+def _ledger(aggregator: MeterAggregator, readings: list[MeterReading]) -> UsageLedger:
     ledger = UsageLedger()
     for offset, reading in enumerate(readings):
         ledger.apply_event(offset, MeterEventAccepted("mtr_1", "cus_1", reading), "tokens", aggregator)
+    return ledger
+
+
+def _cancel(ledger: UsageLedger, aggregator: MeterAggregator, offset: int, reading: MeterReading):
+    cancel = MeterEventCanceled(event_name="tokens", identifier=reading.identifier, customer_id="cus_1",
+                                received_at_ms=reading.received_at_ms + 1)
+    return ledger.apply_cancel(offset, cancel, {"mtr_1": aggregator})
+
+
+def _projected(aggregator: MeterAggregator, readings: list[MeterReading],
+               ledger: UsageLedger | None = None) -> list[ProjectedBucket]:
+    """The readings through the workers' ledger, then each bucket as its fact, as projected."""
+    ledger = ledger or _ledger(aggregator, readings)
     facts = [bucket_fact("cus_1", "mtr_1", start_ms, aggregator, bucket, 0)
              for (_, _, start_ms), bucket in ledger.buckets.items()]
     return [projected_bucket(f.bucket_start_ms, f.value, f.event_count, f.counted_event_time_ms,
@@ -57,20 +69,32 @@ def usage(draw):
         value = Decimal(draw(st.integers(min_value=-5, max_value=50))) / draw(st.sampled_from([1, 4]))
         readings.append(MeterReading(event_time_ms, received_at_ms, draw(st.sampled_from("abc")) + str(index), value))
     period_start_ms = START_MS + draw(st.integers(min_value=0, max_value=90)) * MILLISECONDS_PER_MINUTE
-    return readings, period_start_ms, period_start_ms + 2 * MILLISECONDS_PER_DAY
+    canceled = draw(st.sets(st.sampled_from(range(count)), max_size=4)) if count else set()
+    return readings, sorted(canceled), period_start_ms, period_start_ms + 2 * MILLISECONDS_PER_DAY
 
 
 @settings(max_examples=300, deadline=None)
 @given(kind=st.sampled_from(KINDS), drawn=usage())
 def test_projected_buckets_read_back_as_the_workers_and_the_oracle_bill_the_period(kind, drawn):
+    """Cancels too, where the meter kind allows them: the period and the buckets fold the rest again."""
     formula, window = kind
-    readings, start_ms, end_ms = drawn
+    readings, canceled, start_ms, end_ms = drawn
     aggregator = MeterAggregator(formula, window)
+    if not supports_cancel(aggregator):
+        canceled = []
     in_period = [r for r in readings if start_ms <= r.event_time_ms < end_ms]
-    workers = aggregator.result(aggregator.add_all(aggregator.initialize(), in_period))
-    assert workers == _oracle_total(formula, window, in_period)
+    period_usage = aggregator.add_all(aggregator.initialize(), in_period)  # the workers' period total
+    ledger = _ledger(aggregator, readings)
+    for offset, index in enumerate(canceled, start=len(readings)):
+        (removed,) = _cancel(ledger, aggregator, offset, readings[index]).canceled
+        if removed.seen.reading in in_period:  # remove_usage: the period folds its readings left in the window
+            others = tuple(r for r in removed.window_readings if start_ms <= r.event_time_ms < end_ms)
+            period_usage = remove_reading(aggregator, period_usage, removed.seen.reading, others)
+    workers = aggregator.result(period_usage)
+    kept = [r for index, r in enumerate(readings) if index not in canceled and start_ms <= r.event_time_ms < end_ms]
+    assert workers == _oracle_total(formula, window, kept)
 
-    buckets = _projected(aggregator, readings)
+    buckets = _projected(aggregator, readings, ledger)
     assert usage_between(aggregator, buckets, start_ms, end_ms) == workers
     assert usage_by_window(aggregator, buckets, start_ms, end_ms, end_ms - start_ms) == [(start_ms, workers)]
     if formula != MeterAggregation.LAST:  # sum and count: the summaries' steps add up to the period
@@ -105,3 +129,29 @@ def test_a_last_meter_reads_the_latest_event_time_across_buckets_not_the_latest_
     readings = [MeterReading(START_MS + 2 * MILLISECONDS_PER_HOUR, START_MS + 1, "newest_time", Decimal(5)),
                 MeterReading(START_MS + MILLISECONDS_PER_HOUR, START_MS + 9, "newest_receipt", Decimal(8))]
     assert usage_between(aggregator, _projected(aggregator, readings), START_MS, START_MS + MILLISECONDS_PER_DAY) == 5
+
+
+def test_a_canceled_reading_of_a_windowed_meter_gives_way_to_its_windows_next_one_received_last():
+    """By hand: an hour holds 5 (received first) and 9 (received last, so it counts). Cancelling 9
+    leaves 5 to count, in its bucket, the period and the projection; cancelling 5 instead changes
+    nothing billed (9 still counts) but empties 5's bucket of it."""
+    aggregator = MeterAggregator(MeterAggregation.SUM, EventTimeWindow.HOUR)
+    five = MeterReading(START_MS, START_MS, "w1", Decimal(5))
+    nine = MeterReading(START_MS + MILLISECONDS_PER_MINUTE, START_MS + 2 * MILLISECONDS_PER_MINUTE, "w2", Decimal(9))
+    for canceled, other in ((nine, five), (five, nine)):
+        ledger = _ledger(aggregator, [five, nine])
+        period = aggregator.add_all(aggregator.initialize(), [five, nine])
+        assert aggregator.result(period) == 9
+        (removed,) = _cancel(ledger, aggregator, 2, canceled).canceled
+        assert removed.bucket is not None and removed.bucket.usage == aggregator.initialize()
+        assert removed.bucket.readings == () and removed.window_readings == (other,)
+        assert aggregator.result(remove_reading(aggregator, period, canceled, removed.window_readings)) == other.value
+        assert usage_between(aggregator, _projected(aggregator, [], ledger), START_MS, START_MS + MILLISECONDS_PER_DAY) \
+            == other.value
+
+
+def test_a_raw_last_meter_still_refuses_cancels():
+    aggregator = MeterAggregator(MeterAggregation.LAST)
+    reading = MeterReading(START_MS, START_MS, "e1", Decimal(3))
+    outcome = _cancel(_ledger(aggregator, [reading]), aggregator, 1, reading)
+    assert outcome.refused_code == "meter_event_cancel_unsupported" and outcome.canceled == ()
