@@ -15,10 +15,10 @@ Rules:
 - Dedupe on (customer, event name, identifier) for `dedupe_window_ms` after the first receipt: a
   later event with the same key is a duplicate and counts nothing.
 - A cancellation removes an event's value if it arrives within 24 hours of the event's receipt
-  (Stripe), once. Raw sum and count meters subtract it. An hour/day-windowed meter's minute bucket
-  keeps its readings, so a cancel folds the others again: the window's next reading received last
-  takes the canceled one's place (`CanceledEvent.window_readings` are what the window has left, for
-  the periods that counted it). Raw `last` meters still refuse (`CancelOutcome.refused_code`).
+  (Stripe), once, from its bucket and from the open periods that counted it (`remove_reading`).
+  Raw sum and count meters subtract it. The minute buckets of the other meters (hour/day-windowed,
+  `last`) keep their readings, so a cancel folds the others again: the window's next reading
+  received last, or the next latest reading, takes the canceled one's place.
 - Exactly once under replays: every record carries the last log offset it applied, and `offset`
   (the fact's position in its customer's log) is passed in. A fact at or below a record's offset
   has already been applied to that record and changes nothing. So feeding the same log prefix
@@ -27,7 +27,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -68,8 +68,8 @@ class UsageBucket(NamedTuple):
 
     usage: MeterUsage
     applied_offset: int
-    # A windowed meter's readings of the minute not canceled (a cancel folds the others again);
-    # () for raw meters, which subtract
+    # The minute's readings not canceled, where a cancel folds the others again (meters that
+    # cannot subtract: hour/day-windowed, `last`); () for raw sum and count meters
     readings: tuple[MeterReading, ...] = ()
 
 
@@ -95,8 +95,6 @@ class CanceledEvent:
     seen: SeenEvent
     bucket_key: BucketKey
     bucket: UsageBucket | None  # None when the bucket already had the removal
-    # windowed meters: the readings left in the canceled one's window (billing/customer.remove_usage)
-    window_readings: tuple[MeterReading, ...] = ()
 
 
 # The dead-letter reason of a cancel without customer that one partition could not match: the
@@ -126,21 +124,26 @@ def can_subtract(aggregator: MeterAggregator) -> bool:
     )
 
 
-def supports_cancel(aggregator: MeterAggregator) -> bool:
-    """Whether events of a meter with these rules can be cancelled: by subtraction, or for a
-    windowed meter by folding the window's other readings again."""
-    return can_subtract(aggregator) or aggregator.event_time_window is not None
+ReadingsBetween = Callable[[int, int], Iterable[MeterReading]]  # [start, end) -> the readings kept there
 
 
-def remove_reading(aggregator: MeterAggregator, usage: MeterUsage, reading: MeterReading,
-                   window_readings: tuple[MeterReading, ...] = ()) -> MeterUsage:
-    """`usage` without `reading` (only where `supports_cancel`): subtracted, or for a windowed
-    meter its window folded again from `window_readings`, those of the window `usage` counted."""
+def remove_reading(aggregator: MeterAggregator, usage: MeterUsage, reading: MeterReading, start_ms: int,
+                   end_ms: int, readings_between: ReadingsBetween) -> MeterUsage:
+    """`usage` of the readings in [start_ms, end_ms) without canceled `reading`: subtracted, or
+    the part it decided folded again from the readings left (`readings_between`, the ledger's
+    UsageLedger.readings of this customer and meter)."""
     if can_subtract(aggregator):
         return _subtract(usage, reading)
-    assert supports_cancel(aggregator)
-    window = aggregator.without_window(usage, aggregator.window_start_ms(reading.event_time_ms))
-    return aggregator.merge(window, aggregator.add_all(aggregator.initialize(), window_readings))
+    initial = aggregator.initialize()
+    if aggregator.event_time_window is not None:  # its window, folded again
+        window_start_ms = aggregator.window_start_ms(reading.event_time_ms)
+        others = readings_between(max(start_ms, window_start_ms), min(end_ms, window_start_ms + aggregator.window_size_ms))
+        return aggregator.merge(aggregator.without_window(usage, window_start_ms), aggregator.add_all(initial, others))
+    usage = _subtract(usage, reading)  # `last`: a new latest only if it was the latest, from those before it
+    if usage.latest != reading:
+        return usage
+    others = readings_between(start_ms, min(end_ms, minute_bucket_start_ms(reading.event_time_ms) + MILLISECONDS_PER_MINUTE))
+    return usage._replace(latest=aggregator.add_all(initial, others).latest)
 
 
 _DUPLICATE = EventOutcome(counts=False, duplicate=True, bucket_key=None, bucket=None)
@@ -215,21 +218,27 @@ class UsageLedger:
             return EventOutcome(True, False, bucket_key, None)
         else:
             usage, readings = aggregator.add(current.usage, reading), current.readings
-        if aggregator.event_time_window is not None:
+        if not can_subtract(aggregator):
             readings = (*readings, reading)
         bucket = self.buckets[bucket_key] = UsageBucket(usage, offset, readings)
         return EventOutcome(True, False, bucket_key, bucket)
 
-    def _window_readings(self, customer_id: str, meter_id: str, aggregator: MeterAggregator,
-                         event_time_ms: int) -> tuple[MeterReading, ...]:
-        """The readings a windowed meter's minute buckets keep in the window holding `event_time_ms`."""
+    def readings(self, customer_id: str, meter_id: str, start_ms: int, end_ms: int) -> list[MeterReading]:
+        """The readings kept (meters that cannot subtract) with event time in [start_ms, end_ms)."""
         readings: list[MeterReading] = []
-        start_ms = aggregator.window_start_ms(event_time_ms)
-        for bucket_start_ms in range(start_ms, start_ms + aggregator.window_size_ms, MILLISECONDS_PER_MINUTE):
+        for bucket_start_ms in range(minute_bucket_start_ms(start_ms), end_ms, MILLISECONDS_PER_MINUTE):
             bucket = self.buckets.get((customer_id, meter_id, bucket_start_ms))
             if bucket is not None:
-                readings.extend(bucket.readings)
-        return tuple(readings)
+                readings.extend(r for r in bucket.readings if start_ms <= r.event_time_ms < end_ms)
+        return readings
+
+    def _can_cancel(self, customer_id: str, first: SeenEvent, aggregator: MeterAggregator) -> bool:
+        """Whether the event can be taken out: always by subtraction; by folding again only if its
+        bucket kept it (a bucket a worker stored before buckets kept their readings did not)."""
+        if can_subtract(aggregator):
+            return True
+        bucket = self.buckets.get((customer_id, first.meter_id, first.bucket_start_ms))
+        return bucket is not None and first.reading in bucket.readings
 
     def apply_cancel(
         self, offset: int, cancel: MeterEventCanceled, aggregators_by_meter_id: Mapping[str, MeterAggregator]
@@ -264,9 +273,9 @@ class UsageLedger:
                         return refusal
                     continue
                 aggregator = aggregators_by_meter_id.get(first.meter_id)
-                if aggregator is None or not supports_cancel(aggregator):
+                if aggregator is None or not self._can_cancel(customer_id, first, aggregator):
                     refusal = CancelOutcome(refused_code="meter_event_cancel_unsupported",
-                                            refused_message="events of `last` meters without window cannot be canceled")
+                                            refused_message="the event's bucket was stored before it kept its events")
                     if refuse:
                         return refusal
                     continue
@@ -284,10 +293,7 @@ class UsageLedger:
                     readings.remove(first.reading)
                     bucket = UsageBucket(aggregator.add_all(aggregator.initialize(), readings), offset, tuple(readings))
                 self.buckets[bucket_key] = bucket
-            window_readings = () if can_subtract(aggregator) else self._window_readings(
-                customer_id, first.meter_id, aggregator, first.reading.event_time_ms)
-            canceled.append(CanceledEvent(customer_id=customer_id, seen=first, bucket_key=bucket_key, bucket=bucket,
-                                          window_readings=window_readings))
+            canceled.append(CanceledEvent(customer_id=customer_id, seen=first, bucket_key=bucket_key, bucket=bucket))
         self.seen[seen_key] = updated
         if not canceled and refusal is not None:
             return refusal

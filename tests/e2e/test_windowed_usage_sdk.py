@@ -97,10 +97,8 @@ def _usage(draw):
             retry = events and draw(st.integers(min_value=0, max_value=5)) == 0
             identifier = draw(st.sampled_from(events))[0] if retry else f"e{index}"
             events.append((identifier, draw(st.sampled_from(EVENT_TIMES_S)), draw(st.integers(min_value=0, max_value=99))))
-        cancellable = kind != ("last", None)  # the one kind the workers cannot cancel (yet)
         identifiers = sorted({identifier for identifier, _, _ in events})
-        cancels = draw(st.lists(st.sampled_from(identifiers), unique=True, max_size=2)) if cancellable and identifiers \
-            else []
+        cancels = draw(st.lists(st.sampled_from(identifiers), unique=True, max_size=2))
         usage[kind] = (events, cancels)
     return usage
 
@@ -117,14 +115,14 @@ def _expected(formula: str, window: str | None, events: list[tuple[str, int, int
 
 
 # By hand, for every kind: two readings in one minute of hour 1 and a third in a later minute (received
-# last: it is the hour's reading), one in hour 2, a retry of the first identifier, one on day 2;
-# cancelling the third where allowed (the hour's reading is then the second one, 20).
+# last: it is the hour's reading), one in hour 2, a retry of the first identifier, one on day 2 (the
+# latest); cancelling the third (the hour's reading is then the second one, 20) and the latest.
 HAND_WORKED = [("e0", 0, 10), ("e1", 30, 20), ("e2", 180, 3), ("e3", 3600, 7), ("e0", 60, 99), ("e4", 86_400, 5)]
 
 
 @settings(max_examples=1, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(usage=_usage())
-@example(usage={kind: (HAND_WORKED, [] if kind == ("last", None) else ["e2"]) for kind in KINDS})
+@example(usage={kind: (HAND_WORKED, ["e2", "e4"]) for kind in KINDS})
 def test_preview_and_summaries_equal_the_finalized_invoice_on_every_meter_kind(api_base, secret_key, worker, usage):
     import stripe
 

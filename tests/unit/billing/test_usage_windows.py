@@ -10,6 +10,7 @@ event summaries' steps must add up to it (sum, count) or, as one step, equal it 
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import partial
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,7 +19,7 @@ from billing.facts import EventTimeWindow, MeterAggregation, MeterEventCanceled
 from billing.meter_events import MeterEventAccepted
 from billing.meters import MeterAggregator, MeterReading
 from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_HOUR, MILLISECONDS_PER_MINUTE
-from billing.usage import UsageLedger, bucket_fact, remove_reading, supports_cancel
+from billing.usage import UsageBucket, UsageLedger, bucket_fact, remove_reading
 from billing.usage_windows import ProjectedBucket, projected_bucket, usage_between, usage_by_window
 from tests.oracle import model
 
@@ -76,20 +77,18 @@ def usage(draw):
 @settings(max_examples=300, deadline=None)
 @given(kind=st.sampled_from(KINDS), drawn=usage())
 def test_projected_buckets_read_back_as_the_workers_and_the_oracle_bill_the_period(kind, drawn):
-    """Cancels too, where the meter kind allows them: the period and the buckets fold the rest again."""
+    """Cancels too: the period and the buckets take the canceled readings out or fold the rest again."""
     formula, window = kind
     readings, canceled, start_ms, end_ms = drawn
     aggregator = MeterAggregator(formula, window)
-    if not supports_cancel(aggregator):
-        canceled = []
     in_period = [r for r in readings if start_ms <= r.event_time_ms < end_ms]
     period_usage = aggregator.add_all(aggregator.initialize(), in_period)  # the workers' period total
     ledger = _ledger(aggregator, readings)
     for offset, index in enumerate(canceled, start=len(readings)):
         (removed,) = _cancel(ledger, aggregator, offset, readings[index]).canceled
-        if removed.seen.reading in in_period:  # remove_usage: the period folds its readings left in the window
-            others = tuple(r for r in removed.window_readings if start_ms <= r.event_time_ms < end_ms)
-            period_usage = remove_reading(aggregator, period_usage, removed.seen.reading, others)
+        if removed.seen.reading in in_period:  # as remove_usage takes it out of the period
+            period_usage = remove_reading(aggregator, period_usage, removed.seen.reading, start_ms, end_ms,
+                                          partial(ledger.readings, "cus_1", "mtr_1"))
     workers = aggregator.result(period_usage)
     kept = [r for index, r in enumerate(readings) if index not in canceled and start_ms <= r.event_time_ms < end_ms]
     assert workers == _oracle_total(formula, window, kept)
@@ -144,14 +143,38 @@ def test_a_canceled_reading_of_a_windowed_meter_gives_way_to_its_windows_next_on
         assert aggregator.result(period) == 9
         (removed,) = _cancel(ledger, aggregator, 2, canceled).canceled
         assert removed.bucket is not None and removed.bucket.usage == aggregator.initialize()
-        assert removed.bucket.readings == () and removed.window_readings == (other,)
-        assert aggregator.result(remove_reading(aggregator, period, canceled, removed.window_readings)) == other.value
+        assert removed.bucket.readings == ()
+        period = remove_reading(aggregator, period, canceled, START_MS, START_MS + MILLISECONDS_PER_DAY,
+                                partial(ledger.readings, "cus_1", "mtr_1"))
+        assert aggregator.result(period) == other.value
         assert usage_between(aggregator, _projected(aggregator, [], ledger), START_MS, START_MS + MILLISECONDS_PER_DAY) \
             == other.value
 
 
-def test_a_raw_last_meter_still_refuses_cancels():
+def test_a_canceled_latest_reading_of_a_last_meter_gives_way_to_the_next_latest():
+    """By hand: 3 at 00:01, 8 at 00:05, 6 at 00:07 (latest). Cancelling 6 leaves 8; cancelling 3
+    leaves 6."""
+    aggregator = MeterAggregator(MeterAggregation.LAST)
+    readings = [MeterReading(START_MS + minute * MILLISECONDS_PER_MINUTE, START_MS + index, f"e{index}", Decimal(v))
+                for index, (minute, v) in enumerate([(1, 3), (5, 8), (7, 6)])]
+    for canceled, left in ((2, 8), (0, 6)):
+        ledger = _ledger(aggregator, readings)
+        period = aggregator.add_all(aggregator.initialize(), readings)
+        _cancel(ledger, aggregator, 3, readings[canceled])
+        period = remove_reading(aggregator, period, readings[canceled], START_MS, START_MS + MILLISECONDS_PER_DAY,
+                                partial(ledger.readings, "cus_1", "mtr_1"))
+        assert aggregator.result(period) == left
+        assert usage_between(aggregator, _projected(aggregator, [], ledger), START_MS, START_MS + MILLISECONDS_PER_DAY) \
+            == left
+
+
+def test_a_bucket_stored_before_buckets_kept_their_readings_refuses_to_fold_again():
+    """A worker upgraded mid-day: a `last` bucket it stored before has no readings to fold again,
+    so cancelling its event is refused rather than billing a guess."""
     aggregator = MeterAggregator(MeterAggregation.LAST)
     reading = MeterReading(START_MS, START_MS, "e1", Decimal(3))
-    outcome = _cancel(_ledger(aggregator, [reading]), aggregator, 1, reading)
+    ledger = _ledger(aggregator, [reading])
+    bucket_key = ("cus_1", "mtr_1", START_MS)
+    ledger.buckets[bucket_key] = UsageBucket(ledger.buckets[bucket_key].usage, 0)  # as stored before: no readings
+    outcome = _cancel(ledger, aggregator, 1, reading)
     assert outcome.refused_code == "meter_event_cancel_unsupported" and outcome.canceled == ()
