@@ -137,12 +137,14 @@ def remove_reading(aggregator: MeterAggregator, usage: MeterUsage, reading: Mete
     initial = aggregator.initialize()
     if aggregator.event_time_window is not None:  # its window, folded again
         window_start_ms = aggregator.window_start_ms(reading.event_time_ms)
-        others = readings_between(max(start_ms, window_start_ms), min(end_ms, window_start_ms + aggregator.window_size_ms))
+        window_end_ms = window_start_ms + aggregator.window_size_ms
+        others = readings_between(max(start_ms, window_start_ms), min(end_ms, window_end_ms))
         return aggregator.merge(aggregator.without_window(usage, window_start_ms), aggregator.add_all(initial, others))
     usage = _subtract(usage, reading)  # `last`: a new latest only if it was the latest, from those before it
     if usage.latest != reading:
         return usage
-    others = readings_between(start_ms, min(end_ms, minute_bucket_start_ms(reading.event_time_ms) + MILLISECONDS_PER_MINUTE))
+    minute_end_ms = minute_bucket_start_ms(reading.event_time_ms) + MILLISECONDS_PER_MINUTE
+    others = readings_between(start_ms, min(end_ms, minute_end_ms))
     return usage._replace(latest=aggregator.add_all(initial, others).latest)
 
 

@@ -64,7 +64,8 @@ def bucket_usage(aggregator: MeterAggregator, bucket: ProjectedBucket) -> MeterU
     if aggregator.event_time_window is not None:
         if bucket.event_count == 0:
             return aggregator.initialize()
-        return MeterUsage(window_survivors=MappingProxyType({aggregator.window_start_ms(reading.event_time_ms): reading}))
+        window_start_ms = aggregator.window_start_ms(reading.event_time_ms)
+        return MeterUsage(window_survivors=MappingProxyType({window_start_ms: reading}))
     return MeterUsage(value_sum=bucket.value, event_count=bucket.event_count,
                       latest=reading if bucket.event_count else None)
 

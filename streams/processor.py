@@ -72,7 +72,8 @@ from billing.meter_events import (
     validate_meter_event,
 )
 from billing.periods import MILLISECONDS_PER_MINUTE
-from billing.usage import CANCEL_NOT_IN_PARTITION, BucketKey, SeenEvent, UsageBucket, UsageLedger, bucket_fact, can_subtract
+from billing.usage import (CANCEL_NOT_IN_PARTITION, BucketKey, SeenEvent, UsageBucket, UsageLedger, bucket_fact,
+                           can_subtract)
 
 CUSTOMER_FACTS = (CustomerCreated, SubscriptionCreated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
                   SubscriptionCanceled, CreditGrantCreated, CreditGrantUpdated, CreditGrantExpired,

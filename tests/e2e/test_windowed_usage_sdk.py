@@ -96,7 +96,8 @@ def _usage(draw):
         for index in range(draw(st.integers(min_value=2, max_value=6))):
             retry = events and draw(st.integers(min_value=0, max_value=5)) == 0
             identifier = draw(st.sampled_from(events))[0] if retry else f"e{index}"
-            events.append((identifier, draw(st.sampled_from(EVENT_TIMES_S)), draw(st.integers(min_value=0, max_value=99))))
+            offset_s, value = draw(st.sampled_from(EVENT_TIMES_S)), draw(st.integers(min_value=0, max_value=99))
+            events.append((identifier, offset_s, value))
         identifiers = sorted({identifier for identifier, _, _ in events})
         cancels = draw(st.lists(st.sampled_from(identifiers), unique=True, max_size=2))
         usage[kind] = (events, cancels)
@@ -150,7 +151,8 @@ def test_preview_and_summaries_equal_the_finalized_invoice_on_every_meter_kind(a
     _until(lambda: _hourly_summaries(stripe, sentinel.id, customer.id, 1)[0][1], 60, "the last event")
 
     preview = stripe.Invoice.create_preview(subscription=subscription.id)
-    stripe.test_helpers.TestClock.advance(clock.id, frozen_time=subscription.current_period_end + walkthrough.GRACE_S + 60)
+    period_end_s = subscription.current_period_end
+    stripe.test_helpers.TestClock.advance(clock.id, frozen_time=period_end_s + walkthrough.GRACE_S + 60)
     invoice = _until(lambda: stripe.Invoice.list(customer=customer.id, limit=1).data, 90, "the invoice")[0]
     previewed = {line.price: (line.quantity, line.amount) for line in preview.lines.data}
     invoiced = {line.price: (line.quantity, line.amount) for line in invoice.lines.data}

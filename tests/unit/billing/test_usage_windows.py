@@ -118,8 +118,8 @@ def test_a_day_windowed_meter_summarised_per_hour_shows_the_days_reading_in_its_
     aggregator = MeterAggregator(MeterAggregation.SUM, EventTimeWindow.DAY)
     readings = [MeterReading(START_MS + 5 * MILLISECONDS_PER_HOUR, START_MS + 2, "late", Decimal(4)),
                 MeterReading(START_MS + 1 * MILLISECONDS_PER_HOUR, START_MS + 1, "early", Decimal(9))]
-    hours = usage_by_window(aggregator, _projected(aggregator, readings), START_MS, START_MS + 6 * MILLISECONDS_PER_HOUR,
-                            MILLISECONDS_PER_HOUR)
+    projected = _projected(aggregator, readings)
+    hours = usage_by_window(aggregator, projected, START_MS, START_MS + 6 * MILLISECONDS_PER_HOUR, MILLISECONDS_PER_HOUR)
     assert [total for _, total in hours] == [0, 0, 0, 0, 0, 4]  # received last: "late" (4), in hour 5
 
 
@@ -147,8 +147,8 @@ def test_a_canceled_reading_of_a_windowed_meter_gives_way_to_its_windows_next_on
         period = remove_reading(aggregator, period, canceled, START_MS, START_MS + MILLISECONDS_PER_DAY,
                                 partial(ledger.readings, "cus_1", "mtr_1"))
         assert aggregator.result(period) == other.value
-        assert usage_between(aggregator, _projected(aggregator, [], ledger), START_MS, START_MS + MILLISECONDS_PER_DAY) \
-            == other.value
+        projected = _projected(aggregator, [], ledger)
+        assert usage_between(aggregator, projected, START_MS, START_MS + MILLISECONDS_PER_DAY) == other.value
 
 
 def test_a_canceled_latest_reading_of_a_last_meter_gives_way_to_the_next_latest():
@@ -164,8 +164,8 @@ def test_a_canceled_latest_reading_of_a_last_meter_gives_way_to_the_next_latest(
         period = remove_reading(aggregator, period, readings[canceled], START_MS, START_MS + MILLISECONDS_PER_DAY,
                                 partial(ledger.readings, "cus_1", "mtr_1"))
         assert aggregator.result(period) == left
-        assert usage_between(aggregator, _projected(aggregator, [], ledger), START_MS, START_MS + MILLISECONDS_PER_DAY) \
-            == left
+        projected = _projected(aggregator, [], ledger)
+        assert usage_between(aggregator, projected, START_MS, START_MS + MILLISECONDS_PER_DAY) == left
 
 
 def test_a_bucket_stored_before_buckets_kept_their_readings_refuses_to_fold_again():
