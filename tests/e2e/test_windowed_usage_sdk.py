@@ -13,6 +13,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -166,3 +167,26 @@ def test_preview_and_summaries_equal_the_finalized_invoice_on_every_meter_kind(a
             hourly = _hourly_summaries(stripe, meter.id, customer.id, 48)
             assert sum(value for _, value in hourly) == expected, kind
     assert (preview.subtotal, preview.amount_due) == (invoice.subtotal, invoice.amount_due)
+
+
+@pytest.mark.xfail(strict=True, reason="the projection keeps minute buckets: a period starting mid-minute (a "
+                   "subscription created at 00:00:30) shares its first minute's bucket with the time before it, so "
+                   "the preview leaves out the event at 00:00:40 that the invoice bills (0 instead of 5)")
+def test_a_period_starting_mid_minute_previews_its_first_minutes_usage(api_base, secret_key, worker):
+    import stripe
+
+    walkthrough.configure(stripe, api_base, secret_key)
+    _, price = _meter_with_price(stripe, "sum", None)
+    meter = stripe.billing.Meter.retrieve(price.recurring.meter)
+    clock = stripe.test_helpers.TestClock.create(frozen_time=START_S + 30, name="mid-minute")
+    customer = stripe.Customer.create(name="Mid-minute", test_clock=clock.id)
+    subscription = stripe.Subscription.create(customer=customer.id, items=[{"price": price.id}])
+    assert subscription.current_period_start == START_S + 30
+    stripe.billing.MeterEvent.create(event_name=meter.event_name, timestamp=START_S + 40,
+                                     payload={"stripe_customer_id": customer.id, "value": "5"})
+    _until(lambda: _hourly_summaries(stripe, meter.id, customer.id, 1)[0][1], 60, "the event")
+    preview = stripe.Invoice.create_preview(subscription=subscription.id)
+    stripe.test_helpers.TestClock.advance(clock.id, frozen_time=subscription.current_period_end + walkthrough.GRACE_S)
+    invoice = _until(lambda: stripe.Invoice.list(customer=customer.id, limit=1).data, 90, "the invoice")[0]
+    assert invoice.subtotal == 5  # the engine bills it: its event time is inside the period
+    assert preview.subtotal == 5
