@@ -11,6 +11,9 @@ from psycopg_pool import ConnectionPool
 
 from api.errors import invalid, not_found
 from api.params import Params
+from billing.facts import EventTimeWindow, MeterAggregation
+from billing.meters import MeterAggregator
+from billing.usage_windows import ProjectedBucket, projected_bucket
 
 LIST_LIMIT_DEFAULT = 10
 LIST_LIMIT_MAX = 100
@@ -48,6 +51,27 @@ def require(pool: ConnectionPool, table: str, kind: str, object_id: str | None, 
         raise not_found(kind, object_id or "", param) if param == "id" else invalid(
             param, f"No such {kind}: '{object_id}'", code="resource_missing")
     return row
+
+
+def projected_usage(pool: ConnectionPool, customer_id: str, start_ms: int, end_ms: int,
+                    meter_id: str | None = None) -> dict[str, tuple[MeterAggregator, list[ProjectedBucket]]]:
+    """Each meter's aggregator and projected minute buckets of one customer in [start_ms, end_ms)
+    (one meter's with `meter_id`): what billing/usage_windows.py folds into usage."""
+    rows = fetch_all(pool, "select b.meter_id, m.aggregation, m.event_time_window, b.bucket_start_ms, b.value,"
+                           " b.event_count, b.counted_event_time_ms, b.counted_received_at_ms, b.counted_identifier"
+                           " from usage_buckets b join meters m on m.id = b.meter_id where b.customer_id = %s"
+                           " and b.bucket_start_ms >= %s and b.bucket_start_ms < %s and (%s::text is null or"
+                           " b.meter_id = %s)", customer_id, start_ms, end_ms, meter_id, meter_id)
+    usage: dict[str, tuple[MeterAggregator, list[ProjectedBucket]]] = {}
+    for row in rows:
+        if row["meter_id"] not in usage:
+            window = row["event_time_window"]
+            aggregator = MeterAggregator(MeterAggregation(row["aggregation"]), window and EventTimeWindow(window))
+            usage[row["meter_id"]] = (aggregator, [])
+        usage[row["meter_id"]][1].append(projected_bucket(
+            row["bucket_start_ms"], row["value"], row["event_count"], row["counted_event_time_ms"],
+            row["counted_received_at_ms"], row["counted_identifier"]))
+    return usage
 
 
 def customer_now_ms(pool: ConnectionPool, customer: dict[str, Any]) -> int:

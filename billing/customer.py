@@ -48,7 +48,7 @@ from billing.periods import (
 )
 from billing import ids
 from billing.catalog import Catalog
-from billing.usage import subtract_reading
+from billing.usage import ReadingsBetween, remove_reading
 
 
 # --- state ---------------------------------------------------------------------------------------
@@ -174,16 +174,23 @@ def _subscriptions_billing(state: CustomerState, meter_id: str, catalog: Catalog
     return billing
 
 
+def _open_periods(state: CustomerState, meter_id: str, event_time_ms: int,
+                  catalog: Catalog) -> list[tuple[tuple[str, int, str], BillingPeriod]]:
+    """Every not-yet-invoiced period that bills the meter at that event time, with its period-usage
+    key (subscription, period start, meter)."""
+    periods = []
+    for sub in _subscriptions_billing(state, meter_id, catalog):
+        period = _period_of(sub, event_time_ms)
+        if period is not None:
+            periods.append(((sub.created.subscription_id, period.start_ms, meter_id), period))
+    return periods
+
+
 def _open_period_usage_keys(state: CustomerState, meter_id: str, event_time_ms: int,
                             catalog: Catalog) -> list[tuple[str, int, str]]:
     """(subscription, period start, meter) of every not-yet-invoiced period that bills the meter
     at that event time."""
-    keys = []
-    for sub in _subscriptions_billing(state, meter_id, catalog):
-        period = _period_of(sub, event_time_ms)
-        if period is not None:
-            keys.append((sub.created.subscription_id, period.start_ms, meter_id))
-    return keys
+    return [key for key, _ in _open_periods(state, meter_id, event_time_ms, catalog)]
 
 
 def open_period_usage_span(state: CustomerState, meter_id: str, event_time_ms: int,
@@ -230,11 +237,13 @@ def usage_within(state: CustomerState, meter_id: str, reading: MeterReading, agg
 
 
 def remove_usage(state: CustomerState, meter_id: str, reading: MeterReading, aggregator: MeterAggregator,
-                 catalog: Catalog) -> None:
-    """Take a canceled reading back out of the open periods that counted it."""
-    for key in _open_period_usage_keys(state, meter_id, reading.event_time_ms, catalog):
+                 catalog: Catalog, readings_between: ReadingsBetween) -> None:
+    """Take a canceled reading back out of the open periods that counted it (`readings_between`:
+    the usage ledger's readings left of this customer and meter, for meters that fold again)."""
+    for key, period in _open_periods(state, meter_id, reading.event_time_ms, catalog):
         if key in state.period_usage:
-            state.period_usage[key] = subtract_reading(aggregator, state.period_usage[key], reading)
+            state.period_usage[key] = remove_reading(aggregator, state.period_usage[key], reading, period.start_ms,
+                                                     period.end_ms, readings_between)
     state.live_pending = True
 
 

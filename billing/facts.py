@@ -372,6 +372,11 @@ class UsageBucketUpdated:
     value: Decimal  # the bucket's current aggregate after this update
     event_count: int
     updated_at_ms: int
+    # `last` and hour/day-windowed meters: the reading `value` comes from (billing/usage_windows.py
+    # needs its order to pick, across buckets, the readings that count); None for sum/count meters
+    counted_event_time_ms: int | None = None
+    counted_received_at_ms: int | None = None
+    counted_identifier: str | None = None
 
 
 @_fact

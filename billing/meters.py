@@ -102,10 +102,20 @@ class MeterAggregator:
         """The empty usage state."""
         return _EMPTY_USAGE
 
+    @property
+    def window_size_ms(self) -> int:
+        """Length of the meter's hour or day window."""
+        return MILLISECONDS_PER_HOUR if self.event_time_window == EventTimeWindow.HOUR else MILLISECONDS_PER_DAY
+
     def window_start_ms(self, event_time_ms: int) -> int:
         """Start of the UTC hour or day window holding `event_time_ms`."""
-        size_ms = MILLISECONDS_PER_HOUR if self.event_time_window == EventTimeWindow.HOUR else MILLISECONDS_PER_DAY
-        return event_time_ms - event_time_ms % size_ms
+        return event_time_ms - event_time_ms % self.window_size_ms
+
+    def without_window(self, usage: MeterUsage, window_start_ms: int) -> MeterUsage:
+        """A windowed meter's usage without the reading of one window (to fold that window again)."""
+        survivors = dict(usage.window_survivors)
+        survivors.pop(window_start_ms, None)
+        return MeterUsage(window_survivors=MappingProxyType(survivors))
 
     def add(self, usage: MeterUsage, reading: MeterReading) -> MeterUsage:
         """Usage with one more reading folded in."""

@@ -15,8 +15,10 @@ Rules:
 - Dedupe on (customer, event name, identifier) for `dedupe_window_ms` after the first receipt: a
   later event with the same key is a duplicate and counts nothing.
 - A cancellation removes an event's value if it arrives within 24 hours of the event's receipt
-  (Stripe), once. Cancelling needs subtraction, so it is supported for raw sum and count meters;
-  for `last` and hour/day-windowed meters it is refused (`CancelOutcome.refused_code`).
+  (Stripe), once, from its bucket and from the open periods that counted it (`remove_reading`).
+  Raw sum and count meters subtract it. The minute buckets of the other meters (hour/day-windowed,
+  `last`) keep their readings, so a cancel folds the others again: the window's next reading
+  received last, or the next latest reading, takes the canceled one's place.
 - Exactly once under replays: every record carries the last log offset it applied, and `offset`
   (the fact's position in its customer's log) is passed in. A fact at or below a record's offset
   has already been applied to that record and changes nothing. So feeding the same log prefix
@@ -25,16 +27,17 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from billing.facts import MeterAggregation, MeterEventCanceled
+from billing.facts import MeterAggregation, MeterEventCanceled, UsageBucketUpdated
 from billing.meter_events import MeterEventAccepted
 from billing.meters import MeterAggregator, MeterReading, MeterUsage
 from billing.money import EXACT_CONTEXT
 from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_MINUTE, minute_bucket_start_ms
+from billing.usage_windows import counted_reading
 
 CANCEL_WINDOW_MS = MILLISECONDS_PER_DAY  # Stripe: cancel only events received in the last 24 hours
 DEFAULT_DEDUPE_WINDOW_MS = 35 * MILLISECONDS_PER_DAY
@@ -65,6 +68,9 @@ class UsageBucket(NamedTuple):
 
     usage: MeterUsage
     applied_offset: int
+    # The minute's readings not canceled, where a cancel folds the others again (meters that
+    # cannot subtract: hour/day-windowed, `last`); () for raw sum and count meters
+    readings: tuple[MeterReading, ...] = ()
 
 
 class EventOutcome(NamedTuple):
@@ -110,18 +116,36 @@ def _subtract(usage: MeterUsage, reading: MeterReading) -> MeterUsage:
                           event_count=usage.event_count - 1)
 
 
-def supports_cancel(aggregator: MeterAggregator) -> bool:
-    """Whether events of a meter with these rules can be cancelled (subtraction exists)."""
+def can_subtract(aggregator: MeterAggregator) -> bool:
+    """Whether a reading can be taken out of a usage state by subtraction (raw sum and count)."""
     return aggregator.event_time_window is None and aggregator.aggregation in (
         MeterAggregation.SUM,
         MeterAggregation.COUNT,
     )
 
 
-def subtract_reading(aggregator: MeterAggregator, usage: MeterUsage, reading: MeterReading) -> MeterUsage:
-    """`usage` without `reading` (only where `supports_cancel`)."""
-    assert supports_cancel(aggregator)
-    return _subtract(usage, reading)
+ReadingsBetween = Callable[[int, int], Iterable[MeterReading]]  # [start, end) -> the readings kept there
+
+
+def remove_reading(aggregator: MeterAggregator, usage: MeterUsage, reading: MeterReading, start_ms: int,
+                   end_ms: int, readings_between: ReadingsBetween) -> MeterUsage:
+    """`usage` of the readings in [start_ms, end_ms) without canceled `reading`: subtracted, or
+    the part it decided folded again from the readings left (`readings_between`, the ledger's
+    UsageLedger.readings of this customer and meter)."""
+    if can_subtract(aggregator):
+        return _subtract(usage, reading)
+    initial = aggregator.initialize()
+    if aggregator.event_time_window is not None:  # its window, folded again
+        window_start_ms = aggregator.window_start_ms(reading.event_time_ms)
+        window_end_ms = window_start_ms + aggregator.window_size_ms
+        others = readings_between(max(start_ms, window_start_ms), min(end_ms, window_end_ms))
+        return aggregator.merge(aggregator.without_window(usage, window_start_ms), aggregator.add_all(initial, others))
+    usage = _subtract(usage, reading)  # `last`: a new latest only if it was the latest, from those before it
+    if usage.latest != reading:
+        return usage
+    minute_end_ms = minute_bucket_start_ms(reading.event_time_ms) + MILLISECONDS_PER_MINUTE
+    others = readings_between(start_ms, min(end_ms, minute_end_ms))
+    return usage._replace(latest=aggregator.add_all(initial, others).latest)
 
 
 _DUPLICATE = EventOutcome(counts=False, duplicate=True, bucket_key=None, bucket=None)
@@ -191,13 +215,32 @@ class UsageLedger:
         bucket_key = (customer_id, accepted.meter_id, event_time_ms - event_time_ms % MILLISECONDS_PER_MINUTE)
         current = self.buckets.get(bucket_key)
         if current is None:
-            usage = aggregator.add(aggregator.initialize(), reading)
+            usage, readings = aggregator.add(aggregator.initialize(), reading), ()
         elif current.applied_offset >= offset:
             return EventOutcome(True, False, bucket_key, None)
         else:
-            usage = aggregator.add(current.usage, reading)
-        bucket = self.buckets[bucket_key] = UsageBucket(usage, offset)
+            usage, readings = aggregator.add(current.usage, reading), current.readings
+        if not can_subtract(aggregator):
+            readings = (*readings, reading)
+        bucket = self.buckets[bucket_key] = UsageBucket(usage, offset, readings)
         return EventOutcome(True, False, bucket_key, bucket)
+
+    def readings(self, customer_id: str, meter_id: str, start_ms: int, end_ms: int) -> list[MeterReading]:
+        """The readings kept (meters that cannot subtract) with event time in [start_ms, end_ms)."""
+        readings: list[MeterReading] = []
+        for bucket_start_ms in range(minute_bucket_start_ms(start_ms), end_ms, MILLISECONDS_PER_MINUTE):
+            bucket = self.buckets.get((customer_id, meter_id, bucket_start_ms))
+            if bucket is not None:
+                readings.extend(r for r in bucket.readings if start_ms <= r.event_time_ms < end_ms)
+        return readings
+
+    def _can_cancel(self, customer_id: str, first: SeenEvent, aggregator: MeterAggregator) -> bool:
+        """Whether the event can be taken out: always by subtraction; by folding again only if its
+        bucket kept it (a bucket a worker stored before buckets kept their readings did not)."""
+        if can_subtract(aggregator):
+            return True
+        bucket = self.buckets.get((customer_id, first.meter_id, first.bucket_start_ms))
+        return bucket is not None and first.reading in bucket.readings
 
     def apply_cancel(
         self, offset: int, cancel: MeterEventCanceled, aggregators_by_meter_id: Mapping[str, MeterAggregator]
@@ -232,9 +275,9 @@ class UsageLedger:
                         return refusal
                     continue
                 aggregator = aggregators_by_meter_id.get(first.meter_id)
-                if aggregator is None or not supports_cancel(aggregator):
+                if aggregator is None or not self._can_cancel(customer_id, first, aggregator):
                     refusal = CancelOutcome(refused_code="meter_event_cancel_unsupported",
-                                            refused_message="only sum and count meters without window can cancel")
+                                            refused_message="the event's bucket was stored before it kept its events")
                     if refuse:
                         return refusal
                     continue
@@ -243,8 +286,14 @@ class UsageLedger:
             bucket_key = (customer_id, first.meter_id, first.bucket_start_ms)
             current = self.buckets.get(bucket_key)
             bucket = None
+            aggregator = aggregators_by_meter_id[first.meter_id]
             if current is not None and current.applied_offset < offset:
-                bucket = UsageBucket(usage=_subtract(current.usage, first.reading), applied_offset=offset)
+                if can_subtract(aggregator):
+                    bucket = UsageBucket(_subtract(current.usage, first.reading), offset)
+                else:  # the minute's other readings, folded again
+                    readings = list(current.readings)
+                    readings.remove(first.reading)
+                    bucket = UsageBucket(aggregator.add_all(aggregator.initialize(), readings), offset, tuple(readings))
                 self.buckets[bucket_key] = bucket
             canceled.append(CanceledEvent(customer_id=customer_id, seen=first, bucket_key=bucket_key, bucket=bucket))
         self.seen[seen_key] = updated
@@ -256,3 +305,19 @@ class UsageLedger:
 def bucket_value(aggregator: MeterAggregator, bucket: UsageBucket) -> tuple[Decimal, int]:
     """A bucket's aggregated value and counted events (what UsageBucketUpdated carries)."""
     return aggregator.result(bucket.usage), aggregator.event_count(bucket.usage)
+
+
+def bucket_fact(customer_id: str, meter_id: str, bucket_start_ms: int, aggregator: MeterAggregator,
+                bucket: UsageBucket, now_ms: int) -> UsageBucketUpdated:
+    """What a bucket's UsageBucketUpdated carries: its aggregated value, counted events, and the
+    reading the value comes from where readers need it to merge buckets (billing/usage_windows.py)."""
+    usage = bucket.usage
+    value, event_count = bucket_value(aggregator, bucket)
+    counted = counted_reading(aggregator, usage)
+    return UsageBucketUpdated(
+        customer_id=customer_id, meter_id=meter_id, bucket_start_ms=bucket_start_ms, value=value,
+        event_count=event_count,
+        updated_at_ms=usage.latest.received_at_ms if usage.latest else now_ms,
+        counted_event_time_ms=None if counted is None else counted.event_time_ms,
+        counted_received_at_ms=None if counted is None else counted.received_at_ms,
+        counted_identifier=None if counted is None else counted.identifier)

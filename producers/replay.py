@@ -10,12 +10,12 @@ end + the lateness limit (35 days) or the log end, whichever comes first. Each p
 on its own, in log order, exactly as the stream worker folds it (streams/processor.py): meter events
 validated with billing.meter_events (the customer's now is the arrival time, or its test clock's
 frozen time), then deduplicated, cancelled and bucketed by the rules of billing.usage.UsageLedger,
-the one definition of usage. Events of hour/day-windowed meters go through UsageLedger itself;
-events of raw meters (nearly all) go through ReplayLedger, the same rules kept in plain tuples and
-lists for one pass over a log (building UsageLedger's records per event cost more than reading
-and decoding it), turned into the same MeterUsage values at the end. Property tests hold both,
-and the fast path for the common event (PartitionFold._fold_plain_event), to the rows of
-UsageLedger. Buckets whose minute lies in [start, end) are then grouped.
+the one definition of usage. Events of hour/day-windowed and `last` meters go through UsageLedger
+itself; events of raw sum and count meters (nearly all) go through ReplayLedger, the same rules
+kept in plain tuples and lists for one pass over a log (building UsageLedger's records per event
+cost more than reading and decoding it), turned into the same MeterUsage values at the end.
+Property tests hold both, and the fast path for the common event (PartitionFold._fold_plain_event),
+to the rows of UsageLedger. Buckets whose minute lies in [start, end) are then grouped.
 
 What the engine knows from before the seek point (which customers exist, on which test clock) is
 read from the start of each partition, decoding only those facts (picked by schema fingerprint).
@@ -65,7 +65,7 @@ from billing.usage import (
     BucketKey,
     SeenKey,
     UsageLedger,
-    supports_cancel,
+    can_subtract,
 )
 from drawdown.settings import Settings
 
@@ -189,14 +189,13 @@ class FirstOccurrences:
 
 
 class ReplayLedger:
-    """UsageLedger's rules (billing/usage.py) for raw meters, over one pass of one log, in replay's
+    """UsageLedger's rules (billing/usage.py) for raw sum and count meters, over one pass of one log, in replay's
     own compact state: plain tuples, sets and lists changed in place instead of UsageLedger's
     immutable records, which cost more to build per event than reading and decoding the event.
 
     The same rules: an event counts once per (customer, event name, identifier) within the dedupe
     window after its first receipt; a cancellation received within 24 hours of the event removes
-    its value, once (callers pass only cancellations of sum and count meters: for the others
-    UsageLedger refuses, changing nothing); a minute bucket keeps the exact sum, the count and the
+    its value, once; a minute bucket keeps the exact sum, the count and the
     reading latest in event time (ties: later received, then greater identifier). Facts come once
     each and in log order, so UsageLedger's offset guards (against re-reads) would never fire and
     no offsets are kept. Plain digit values are summed as ints (Decimal arithmetic costs several
@@ -317,8 +316,9 @@ class PartitionFold:
     def __init__(self, catalog: Catalog, dedupe_window_ms: int = DEFAULT_DEDUPE_WINDOW_MS,
                  every_customer_exists: bool = False) -> None:
         self.catalog = catalog
-        self.ledger = ReplayLedger(dedupe_window_ms)  # events of raw meters
-        self.windowed_ledger = UsageLedger(dedupe_window_ms=dedupe_window_ms)  # of hour/day-windowed meters
+        self.ledger = ReplayLedger(dedupe_window_ms)  # events of raw sum and count meters
+        # of the meters that cannot subtract (hour/day-windowed, `last`): their buckets keep readings
+        self.general_ledger = UsageLedger(dedupe_window_ms=dedupe_window_ms)
         self.customers: dict[str, str | None] = {}  # created customer -> its test clock id
         self._known_customers = _EveryCustomer() if every_customer_exists else self.customers
         # customers.get(customer_id, self._clock_if_not_created) is None: a known customer on the wall clock
@@ -327,12 +327,12 @@ class PartitionFold:
         self.aggregators = {meter_id: catalog.aggregator(meter_id) for meter_id in catalog.meters}
         self.meter_events = 0
         self.rejected: Counter[str] = Counter()
-        # The event names whose events may take apply's fast path: of active raw meters (no
-        # event-time window, by the meter id's rules, as catalog.aggregator reads them).
+        # The event names whose events may take apply's fast path: of active raw sum and count
+        # meters (by the meter id's rules, as catalog.aggregator reads them).
         self._plain_meters: dict[str, _PlainMeter] = {}
         for event_name, meter in catalog.meters_by_event_name.items():
             if (meter.meter_id not in catalog.inactive_meter_ids
-                    and self.aggregators[meter.meter_id].event_time_window is None
+                    and can_subtract(self.aggregators[meter.meter_id])
                     and len(event_name) <= MAX_EVENT_NAME_LENGTH):
                 seen = self.ledger.seen_of(event_name)
                 self._plain_meters[event_name] = _PlainMeter(
@@ -405,7 +405,7 @@ class PartitionFold:
     def usage_buckets(self) -> Iterator[tuple[BucketKey, MeterUsage]]:
         """Every minute bucket's usage, as UsageLedger's buckets hold it."""
         yield from self.ledger.usage_buckets()
-        for bucket_key, bucket in self.windowed_ledger.buckets.items():
+        for bucket_key, bucket in self.general_ledger.buckets.items():
             yield bucket_key, bucket.usage
 
     def _apply_other(self, offset: int, fact: object) -> None:
@@ -414,7 +414,7 @@ class PartitionFold:
             self.meter_events += 1
             self._fold_event(offset, fact)
         elif fact_class is MeterEventCanceled:
-            self._fold_cancel(fact)
+            self._fold_cancel(offset, fact)
         else:
             self.apply_directory(fact)
 
@@ -433,19 +433,21 @@ class PartitionFold:
             self.rejected[str(verdict.code)] += 1
             return
         aggregator = self.aggregators[meter_id]
-        if aggregator.event_time_window is not None:
-            self.windowed_ledger.apply_event(offset, verdict, event.event_name, aggregator)
+        if not can_subtract(aggregator):
+            self.general_ledger.apply_event(offset, verdict, event.event_name, aggregator)
             return
         reading = verdict.reading
         self.ledger.add(event.event_name, meter_id, (verdict.customer_id, reading.identifier, reading.event_time_ms,
                                                      reading.received_at_ms, reading.value, False))
 
-    def _fold_cancel(self, cancel: MeterEventCanceled) -> None:
+    def _fold_cancel(self, offset: int, cancel: MeterEventCanceled) -> None:
         meter = self.catalog.meters_by_event_name.get(cancel.event_name)
-        # Only events of raw sum and count meters can be canceled: for the others UsageLedger
-        # refuses, changing nothing (and no event has an event name without a meter).
-        if meter is not None and supports_cancel(self.aggregators[meter.meter_id]):
+        if meter is None:  # (no event has an event name without a meter)
+            return
+        if can_subtract(self.aggregators[meter.meter_id]):
             self.ledger.cancel(meter.meter_id, cancel)
+        else:
+            self.general_ledger.apply_cancel(offset, cancel, self.aggregators)
 
     def _open_account(self, accounts: dict[str, list], customer_id: str | None) -> list | None:
         """A new account when `customer_id` is a known customer on the wall clock, else None."""

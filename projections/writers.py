@@ -20,8 +20,9 @@ from billing.usage import CANCEL_NOT_FOUND, CANCEL_NOT_IN_PARTITION
 Statement = tuple[str, tuple[Any, ...]]
 
 USAGE_BUCKET_COLUMNS = ("customer_id", "meter_id", "bucket_start_ms", "value", "event_count", "updated_at_ms",
+                        "counted_event_time_ms", "counted_received_at_ms", "counted_identifier",
                         "source_partition", "source_offset")
-USAGE_BUCKET_TYPES = ("text", "text", "int8", "numeric", "int8", "int8", "int4", "int8")
+USAGE_BUCKET_TYPES = ("text", "text", "int8", "numeric", "int8", "int8", "int8", "int8", "text", "int4", "int8")
 TRANSACTION_COLUMNS = ("id", "customer_id", "grant_id", "currency", "amount_minor", "type", "reason", "invoice_id",
                        "invoice_line_id", "effective_at_ms")
 TRANSACTION_TYPES = ("text", "text", "text", "text", "int8", "text", "text", "text", "text", "int8")
@@ -265,7 +266,7 @@ class Batch:
         # The fact carries the bucket's whole current aggregate: the last one in the batch wins.
         self.usage_buckets[(fact.customer_id, fact.meter_id, fact.bucket_start_ms)] = (
             fact.customer_id, fact.meter_id, fact.bucket_start_ms, fact.value, fact.event_count, fact.updated_at_ms,
-            partition, offset)
+            fact.counted_event_time_ms, fact.counted_received_at_ms, fact.counted_identifier, partition, offset)
 
     @_rule(f.LiveBalanceChanged)
     def _(self, fact: f.LiveBalanceChanged, partition: int, offset: int) -> None:
@@ -322,6 +323,9 @@ class Batch:
                             self.usage_buckets.values(),
                             "on conflict (customer_id, meter_id, bucket_start_ms) do update set value = excluded.value,"
                             " event_count = excluded.event_count, updated_at_ms = excluded.updated_at_ms,"
+                            " counted_event_time_ms = excluded.counted_event_time_ms,"
+                            " counted_received_at_ms = excluded.counted_received_at_ms,"
+                            " counted_identifier = excluded.counted_identifier,"
                             " source_partition = excluded.source_partition, source_offset = excluded.source_offset"
                             " where usage_buckets.source_offset < excluded.source_offset")
             if self.transactions:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import NamedTuple
 
 from billing.bounds import AMOUNT_OUT_OF_RANGE, safe_quantity
@@ -71,7 +72,8 @@ from billing.meter_events import (
     validate_meter_event,
 )
 from billing.periods import MILLISECONDS_PER_MINUTE
-from billing.usage import CANCEL_NOT_IN_PARTITION, BucketKey, SeenEvent, UsageBucket, UsageLedger, bucket_value
+from billing.usage import (CANCEL_NOT_IN_PARTITION, BucketKey, SeenEvent, UsageBucket, UsageLedger, bucket_fact,
+                           can_subtract)
 
 CUSTOMER_FACTS = (CustomerCreated, SubscriptionCreated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
                   SubscriptionCanceled, CreditGrantCreated, CreditGrantUpdated, CreditGrantExpired,
@@ -135,8 +137,9 @@ class PartitionState:
 
 
 class _PlainMeter(NamedTuple):
-    """What the fast path of PartitionProcessor._meter_event needs of an active raw meter's event
-    name (no event-time window: readings are summed, counted and the latest kept)."""
+    """What the fast path of PartitionProcessor._meter_event needs of an active raw sum or count
+    meter's event name (readings are summed, counted and the latest kept; the others' buckets keep
+    their readings too, for cancels: billing/usage.py)."""
 
     meter_id: str
     customer_payload_key: str
@@ -285,11 +288,8 @@ class PartitionProcessor:
         live balances of touched customers (throttled)."""
         out: list = []
         for (customer_id, meter_id, bucket_start_ms), bucket in self._touched_buckets.items():
-            value, count = bucket_value(self._aggregator(meter_id), bucket)
-            out.append(UsageBucketUpdated(customer_id=customer_id, meter_id=meter_id, bucket_start_ms=bucket_start_ms,
-                                          value=value, event_count=count,
-                                          updated_at_ms=bucket.usage.latest.received_at_ms
-                                          if bucket.usage.latest else self.state.now_ms))
+            out.append(bucket_fact(customer_id, meter_id, bucket_start_ms, self._aggregator(meter_id), bucket,
+                                   self.state.now_ms))
         self._touched_buckets.clear()
         for customer_id in sorted(self._touched_customers):
             state = self.customers[customer_id]
@@ -450,7 +450,7 @@ class PartitionProcessor:
         current = ledger.buckets.get(bucket_key)
         if current is None or current.applied_offset < offset:  # (add_plain: the aggregator's add)
             usage = add_plain(None if current is None else current.usage, reading)
-            self._touched_buckets[bucket_key] = ledger.buckets[bucket_key] = _new_tuple(UsageBucket, (usage, offset))
+            self._touched_buckets[bucket_key] = ledger.buckets[bucket_key] = _new_tuple(UsageBucket, (usage, offset, ()))
         if counts:  # add_usage with the keys in hand, spelled out
             for key in keys:
                 period_usage[key] = add_plain(period_usage.get(key), reading)
@@ -519,7 +519,7 @@ class PartitionProcessor:
         self._safe_quantities = {meter_id: safe_quantity(amounts) for meter_id, amounts in unit_amounts.items()}
         for event_name, meter in catalog.meters_by_event_name.items():
             aggregator = self._aggregator(meter.meter_id)
-            if (meter.meter_id not in catalog.inactive_meter_ids and aggregator.event_time_window is None
+            if (meter.meter_id not in catalog.inactive_meter_ids and can_subtract(aggregator)
                     and len(event_name) <= MAX_EVENT_NAME_LENGTH):
                 self._plain_meters[event_name] = _PlainMeter(meter.meter_id, meter.customer_payload_key,
                                                              meter.value_payload_key, aggregator,
@@ -543,7 +543,7 @@ class PartitionProcessor:
             state = self.customers.get(canceled.customer_id)
             if state is not None and not state.already_applied(offset):
                 remove_usage(state, canceled.seen.meter_id, canceled.seen.reading, aggregators[canceled.seen.meter_id],
-                             self.catalog)
+                             self.catalog, partial(self.ledger.readings, canceled.customer_id, canceled.seen.meter_id))
                 state.applied_offset = offset
                 self._store(state)
         return []

@@ -306,12 +306,15 @@ def _usage(values: tuple | list) -> MeterUsage:
 
 
 def dump_bucket(bucket: UsageBucket) -> bytes:
-    return pickle.dumps((bucket.applied_offset, *_usage_tuple(bucket.usage)), protocol=5)
+    readings = tuple(_reading_tuple(reading) for reading in bucket.readings)
+    return pickle.dumps((bucket.applied_offset, *_usage_tuple(bucket.usage), readings), protocol=5)
 
 
 def load_bucket(data: bytes) -> UsageBucket:
     applied_offset, *usage = pickle.loads(data)
-    return UsageBucket(usage=_usage(usage), applied_offset=applied_offset)
+    readings = usage.pop() if len(usage) == 5 else ()  # (a bucket stored before readings were kept has none)
+    return UsageBucket(usage=_usage(usage), applied_offset=applied_offset,
+                       readings=tuple(_reading(reading) for reading in readings))
 
 
 # --- customer records: one pickle of primitives ----------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -17,12 +16,14 @@ from api.errors import conflict, invalid
 from api.params import Params
 from api.routes.balances import grant_states
 from api.routes.subscriptions import current_period
-from api.store import customer_now_ms, fetch_all, fetch_one, paginate, require
+from api.store import customer_now_ms, fetch_all, fetch_one, paginate, projected_usage, require
 from billing.facts import BillingReason, InvoiceVoidRequested, PriceCreated, RecurringInterval, SubscriptionItem, \
     UsageType
 from billing.grants import GrantState
 from billing.invoices import InvoiceComputation, compute_invoice
 from billing.periods import BillingPeriod
+from billing.meters import MeterAggregator
+from billing.usage_windows import ProjectedBucket, usage_between
 
 router = APIRouter(tags=["invoices"])
 
@@ -93,7 +94,7 @@ class PreviewInputs:
     prices: dict[str, PriceCreated]
     period: BillingPeriod
     as_of_ms: int
-    usage_rows: tuple[dict[str, Any], ...]  # the period's minute buckets, oldest first (see fold_usage)
+    usage: dict[str, tuple[MeterAggregator, list[ProjectedBucket]]]  # the period's projected buckets per meter
     grants: dict[str, GrantState]
 
 
@@ -105,10 +106,7 @@ def preview_inputs(ctx: ApiContext, subscription: dict[str, Any]) -> PreviewInpu
                                                       [item["price_id"] for item in items])}
     as_of_ms = customer_now_ms(ctx.pool, customer)
     period_start_ms, period_end_ms = current_period(subscription, price_rows[items[0]["price_id"]], as_of_ms)
-    usage_rows = fetch_all(ctx.pool, "select b.meter_id, m.aggregation, b.bucket_start_ms, b.value from usage_buckets b"
-                                     " join meters m on m.id = b.meter_id where b.customer_id = %s"
-                                     " and b.bucket_start_ms >= %s and b.bucket_start_ms < %s order by b.bucket_start_ms",
-                           subscription["customer_id"], period_start_ms, period_end_ms)
+    usage = projected_usage(ctx.pool, subscription["customer_id"], period_start_ms, period_end_ms)
     with ctx.pool.connection() as conn:
         grants = grant_states(conn, subscription["customer_id"])
     return PreviewInputs(
@@ -117,30 +115,20 @@ def preview_inputs(ctx: ApiContext, subscription: dict[str, Any]) -> PreviewInpu
                     for item in items),
         prices={price_id: _price_fact(row) for price_id, row in price_rows.items()},
         period=BillingPeriod(start_ms=period_start_ms, end_ms=period_end_ms), as_of_ms=as_of_ms,
-        usage_rows=tuple(usage_rows), grants=grants)
-
-
-def fold_usage(rows: Iterable[dict[str, Any]]) -> dict[str, Decimal]:
-    """Each meter's aggregate of minute buckets given oldest first (sum/count add, last keeps the latest)."""
-    usage: dict[str, Decimal] = {}
-    for row in rows:
-        if row["aggregation"] == "last":
-            usage[row["meter_id"]] = row["value"]
-        else:
-            usage[row["meter_id"]] = usage.get(row["meter_id"], Decimal(0)) + row["value"]
-    return usage
+        usage=usage, grants=grants)
 
 
 def compute_preview(inputs: PreviewInputs, usage_before_ms: int | None = None) -> InvoiceComputation:
     """The invoice the period would finalize to with the usage so far (or the usage of buckets that
     start before `usage_before_ms`): provisional credits, nothing persisted."""
-    rows = inputs.usage_rows if usage_before_ms is None else (
-        row for row in inputs.usage_rows if row["bucket_start_ms"] < usage_before_ms)
+    end_ms = inputs.period.end_ms if usage_before_ms is None else min(usage_before_ms, inputs.period.end_ms)
+    usage = {meter_id: usage_between(aggregator, buckets, inputs.period.start_ms, end_ms)
+             for meter_id, (aggregator, buckets) in inputs.usage.items()}
     subscription = inputs.subscription
     return compute_invoice(
         customer_id=subscription["customer_id"], subscription_id=subscription["id"], currency=subscription["currency"],
         period=inputs.period, billing_reason=BillingReason.SUBSCRIPTION_CYCLE, finalized_at_ms=inputs.period.end_ms,
-        items=list(inputs.items), prices=inputs.prices, usage_by_meter_id=fold_usage(rows), grants=inputs.grants)
+        items=list(inputs.items), prices=inputs.prices, usage_by_meter_id=usage, grants=inputs.grants)
 
 
 def active_subscription(ctx: ApiContext, customer_id: str) -> dict[str, Any] | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from decimal import Decimal
 from typing import Any
 
 from fastapi import APIRouter
@@ -14,10 +13,12 @@ from api.context import ApiContext
 from api.errors import conflict, invalid
 from api.ids import new_id
 from api.params import Params
-from api.store import fetch_all, fetch_one, list_object, now_ms, paginate, require
+from api.store import fetch_one, list_object, now_ms, paginate, projected_usage, require
 from billing.facts import EventTimeWindow, MeterAggregation, MeterDeactivated, MeterDefined, MeterDisplayNameChanged, \
     MeterReactivated
+from billing.meters import MeterAggregator
 from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_HOUR, MILLISECONDS_PER_MINUTE
+from billing.usage_windows import usage_by_window
 
 router = APIRouter(tags=["meters"])
 MAX_SUMMARY_WINDOWS = 1000
@@ -112,17 +113,10 @@ def event_summaries(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
     step_ms = end_ms - start_ms if grouping is None else alignment_ms
     if (end_ms - start_ms) // step_ms > MAX_SUMMARY_WINDOWS:
         raise invalid("end_time", f"The range holds more than {MAX_SUMMARY_WINDOWS} grouping windows.")
-    rows = fetch_all(ctx.pool, "select bucket_start_ms, value from usage_buckets where customer_id = %s"
-                               " and meter_id = %s and bucket_start_ms >= %s and bucket_start_ms < %s"
-                               " order by bucket_start_ms", customer_id, id, start_ms, end_ms)
-    windows: dict[int, list[Decimal]] = {}
-    for row in rows:
-        windows.setdefault(start_ms + (row["bucket_start_ms"] - start_ms) // step_ms * step_ms, []).append(row["value"])
+    aggregator, buckets = projected_usage(ctx.pool, customer_id, start_ms, end_ms, meter_id=id).get(
+        id, (MeterAggregator(MeterAggregation(meter["aggregation"])), []))
     summaries = []
-    for window_start_ms in range(start_ms, end_ms, step_ms):
-        values = windows.get(window_start_ms, [])
-        # Buckets hold per-minute aggregates: sum and count add up; "last" keeps the latest minute's value.
-        total = (values[-1] if values else Decimal(0)) if meter["aggregation"] == "last" else sum(values, Decimal(0))
+    for window_start_ms, total in usage_by_window(aggregator, buckets, start_ms, end_ms, step_ms):
         summary_id = "mtrusg_" + hashlib.sha256(f"{id}|{customer_id}|{window_start_ms}|{step_ms}".encode()).hexdigest()[:24]
         summaries.append({"id": summary_id, "object": "billing.meter_event_summary",
                           "aggregated_value": objects.number(total), "end_time": (window_start_ms + step_ms) // 1000,

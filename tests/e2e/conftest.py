@@ -126,6 +126,7 @@ def api_base(app: Any) -> Iterator[str]:
 
 @pytest.fixture()
 def worker(engine_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """The real stream worker (`python -m drawdown worker`, a subprocess) on the API tests' topics."""
     web_port = free_port()
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=engine_settings.effective_kafka_bootstrap_servers,
                DATABASE_URL=engine_settings.effective_database_url, DRAWDOWN_TOPIC_PREFIX=engine_settings.topic_prefix,

@@ -121,10 +121,10 @@ def test_a_cancel_during_the_grace_period_keeps_the_ended_periods_invoice(disagr
     assert compare(disagreements_run, {"cus_kd_grace"}) == []
 
 
-@pytest.mark.xfail(strict=True, reason="engine refuses cancellations on hour/day-windowed and `last` meters "
-                   "(meter_event_cancel_unsupported); STRIPE.md's adjustments have no such limit, so the window's "
-                   "other event (5, not 9) should count")
 def test_a_canceled_event_of_a_windowed_meter_gives_way_to_the_windows_other_event(disagreements_run):
+    """Was a disagreement (the engine refused cancels on hour/day-windowed meters with
+    meter_event_cancel_unsupported); STRIPE.md's adjustments have no such limit: the window's
+    other event (5, not 9) counts."""
     assert compare(disagreements_run, {"cus_kd_window"}) == []
 
 

@@ -332,10 +332,18 @@ def test_seen_records_written_before_the_flat_format_still_load():
 @given(st.builds(MeterUsage, value_sum=READINGS.map(lambda r: r.value), event_count=st.integers(0, 10**6),
                  latest=st.one_of(st.none(), READINGS),
                  window_survivors=st.dictionaries(st.integers(0, 2**40), READINGS, max_size=2).map(MappingProxyType)),
-       st.integers(0, 2**40))
-def test_bucket_records_round_trip_exactly(usage, offset):
-    bucket = UsageBucket(usage, offset)
+       st.integers(0, 2**40), st.lists(READINGS, max_size=3).map(tuple))
+def test_bucket_records_round_trip_exactly(usage, offset, readings):
+    bucket = UsageBucket(usage, offset, readings)
     assert repr(load_bucket(dump_bucket(bucket))) == repr(bucket)
+
+
+def test_bucket_records_written_before_buckets_kept_their_readings_still_load():
+    import pickle
+
+    old = pickle.dumps((7, "2.5", 1, (60_000, 61_000, "ev_1", "2.5"), ()), protocol=5)
+    assert load_bucket(old) == UsageBucket(
+        MeterUsage(Decimal("2.5"), 1, MeterReading(60_000, 61_000, "ev_1", Decimal("2.5"))), 7, ())
 
 
 # --- changelog packs ---------------------------------------------------------------------------------
