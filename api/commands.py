@@ -89,9 +89,11 @@ def serving_app():  # type: ignore[no-untyped-def]
 
 
 def _end_with_parent(parent_pid: int) -> None:
-    """A worker gets SIGTERM when uvicorn's parent process dies (even by SIGKILL): otherwise it would
-    keep the port and serve on, unsupervised, and the restarted API could not bind it. A worker whose
-    parent died while it started (before it asked) ends here."""
+    """A worker is SIGKILLed when uvicorn's parent process dies without stopping it (SIGKILL, a
+    crash): the API dies as a whole, as one process would. Otherwise it would keep the port and
+    serve on, unsupervised, and the restarted API could not bind it. (A stop reaches every process:
+    the supervisor signals the process group.) A worker whose parent died while it started (before
+    it asked) ends here."""
     import ctypes
     import os
     import signal
@@ -99,7 +101,7 @@ def _end_with_parent(parent_pid: int) -> None:
 
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() != parent_pid:
         os._exit(1)
 
