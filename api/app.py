@@ -29,6 +29,10 @@ from drawdown.settings import Settings
 log = logging.getLogger("drawdown.api")
 
 Handler = Callable[..., Any]
+# Reads answered without FastAPI's routing (Conventions._answer_directly): GET routes without path
+# parameters, by path. Routing one request through FastAPI's ~40 routes cost about as much CPU as
+# the read itself; the handler, its parameters, its errors and its JSON are the same either way.
+DIRECT_GETS: dict[str, Handler] = {}
 HEALTH_DATABASE_TIMEOUT_S = 2.0
 OPEN_PATHS = ("/healthz", "/metrics", "/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect")
 
@@ -37,9 +41,12 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON: {type(value).__name__}")
 
 
+def json_bytes(body: Any) -> bytes:
+    return json.dumps(body, default=_json_default, separators=(",", ":")).encode()
+
+
 def json_response(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body, default=_json_default, separators=(",", ":")), status_code=status,
-                    media_type="application/json")
+    return Response(json_bytes(body), status_code=status, media_type="application/json")
 
 
 def error_response(error: ApiError) -> Response:
@@ -104,6 +111,8 @@ def route(router: APIRouter, method: str, path: str, handler: Handler, *, summar
         schema = {"type": "object", "properties": {name: _schema(kind) for name, kind in form.items()}}
         extra["requestBody"] = {"content": {"application/x-www-form-urlencoded": {"schema": schema}}}
     endpoint.__name__ = handler.__name__
+    if method == "GET" and "{" not in path:
+        DIRECT_GETS[path] = handler
     router.add_api_route(path, endpoint, methods=[method], summary=summary, openapi_extra=extra,
                          response_class=JSONResponse)
 
@@ -122,7 +131,8 @@ def _schema(kind: Any) -> dict[str, Any]:
 
 
 class Metrics:
-    """Request counters and latency sums in Prometheus text format."""
+    """Request counters and latency sums in Prometheus text format. Per API process: with several
+    (Settings.api_processes) a scrape reads the counters of the one that answers it."""
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
@@ -232,7 +242,8 @@ class Conventions:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = settings.max_request_body_bytes
-        self.rate_limit = (TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst)
+        self.rate_limit = (TokenBuckets.share(settings.rate_limit_per_second, settings.rate_limit_burst,
+                                              settings.api_processes)
                            if settings.rate_limit_per_second > 0 else None)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -253,12 +264,12 @@ class Conventions:
                 raise too_large(self.max_body_bytes)
             await self._handle(scope, _bounded(receive, self.max_body_bytes), send_and_note)
         except ApiError as error:
-            await _send_response(send_and_note, error.status, json.dumps(error.body()).encode(), list(error.headers))
+            await _send_response(send_and_note, error.status, json_bytes(error.body()), list(error.headers))
         except psycopg.OperationalError as error:  # key lookup or Idempotency-Key claim: before any answer
             unavailable = database_unavailable(error)
-            await _send_response(send_and_note, unavailable.status, json.dumps(unavailable.body()).encode())
+            await _send_response(send_and_note, unavailable.status, json_bytes(unavailable.body()))
         finally:
-            route_path = getattr(scope.get("route"), "path", "unmatched")
+            route_path = scope.get("direct_path") or getattr(scope.get("route"), "path", "unmatched")
             self.metrics.observe(scope["method"], route_path, status[0], time.perf_counter() - started)
 
     async def _handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -281,6 +292,9 @@ class Conventions:
             wait_s = self.rate_limit.take(caller.key_sha256)
             if wait_s > 0:  # before the Idempotency-Key is claimed: a 429 is never stored, a retry is safe
                 raise rate_limited(retry_after_header_seconds(wait_s))
+        if method == "GET" and path in DIRECT_GETS and _utf8(scope.get("query_string", b"")):
+            await self._answer_directly(DIRECT_GETS[path], ctx, scope, send)
+            return
         idempotency_key = headers.get("idempotency-key")
         if idempotency_key is None or method not in ("POST", "DELETE"):
             await self.app(scope, receive, send)
@@ -327,6 +341,34 @@ class Conventions:
             extra.append((b"stripe-should-retry", b"true"))
         await _send_response(send, response["status"], response_body,
                              extra + [(b"idempotency-key", idempotency_key.encode())])
+
+
+    @staticmethod
+    async def _answer_directly(handler: Handler, ctx: Any, scope: dict[str, Any], send: Any) -> None:
+        """A plain GET (DIRECT_GETS): its handler in the thread pool, as route()'s endpoint would run
+        it, without the router. ApiError and OperationalError are answered by __call__."""
+        scope["direct_path"] = path = scope["path"]
+        query = scope.get("query_string", b"").decode()  # as Starlette's request.url.query does
+
+        def parse_and_handle() -> Any:
+            return handler(ctx, request_params("GET", path, {}, query, b"", ""))
+
+        try:
+            result = await run_in_threadpool(parse_and_handle)
+        except (ApiError, psycopg.OperationalError):
+            raise
+        except Exception:  # as the app's server_error handler answers it
+            log.exception("unhandled error on GET %s", path)
+            raise ApiError("An internal error occurred.", status=500, type="api_error") from None
+        await _send_response(send, 200, json_bytes(result))
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+        return True
+    except UnicodeDecodeError:  # left to the router, which answers it as it always has
+        return False
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # --- the API --------------------------------------------------------------------------------
     api_host: str = Field(default="127.0.0.1", description="API listen address.")
     api_port: int = Field(default=8000, description="API listen port.")
+    api_processes: int = Field(default=2, ge=1, description="API processes serving the port (uvicorn workers, "
+                               "restarted by uvicorn when one dies; the supervisor restarts the whole API). One "
+                               "per core: reads are CPU-bound in Python, and one process holds one core at most.")
     read_your_writes_timeout_ms: int = Field(default=5000, ge=0, description="How long a command waits for its projection.")
     idempotency_lease_ms: int = Field(default=30_000, ge=1000, description="How long a request holds its Idempotency-Key "
                                       "before a retry may resume it; longer than a command can take (publish ack + "
@@ -70,7 +73,8 @@ class Settings(BaseSettings):
                                         "reads; a longer one answers 413 (by its Content-Length, or once that many "
                                         "bytes have streamed in).")
     rate_limit_per_second: float = Field(default=1000.0, ge=0, description="Requests per second each API key may "
-                                         "make on average (a token bucket per key and API process); beyond it the "
+                                         "make on average, across the api_processes (each holds a token bucket per "
+                                         "key of 1/api_processes of the rate and burst); beyond it the "
                                          "API answers 429 rate_limit. 0 turns the limit off. On by default, and "
                                          "generous: ten times Stripe's 100/s, above the 500 requests/s the API "
                                          "benchmark sends, so the tests and benchmarks never meet it.")

@@ -29,6 +29,11 @@ def grant_states(conn: Any, customer_id: str, grant_id: str | None = None) -> di
                                            + (" and grant_id = %s" if grant_id else "") + " order by effective_at_ms, id",
                                            (customer_id, grant_id) if grant_id else (customer_id,))
         grants, transactions = grants_cursor.fetchall(), transactions_cursor.fetchall()
+    return states_from_rows(grants, transactions)
+
+
+def states_from_rows(grants: list[dict[str, Any]], transactions: list[dict[str, Any]]) -> dict[str, GrantState]:
+    """GrantStates from credit_grants rows and their credit_balance_transactions rows (in ledger order)."""
     by_grant: dict[str, list[CreditBalanceTransaction]] = {}
     for row in transactions:
         by_grant.setdefault(row["grant_id"], []).append(CreditBalanceTransaction(
@@ -75,15 +80,26 @@ def _filtered(states: dict[str, GrantState], filter_: Params | None, customer_id
             if state.grant.scope.price_type == GrantPriceType.METERED or price_ids & set(state.grant.scope.price_ids)]
 
 
+# The summary's customer, its grants and their ledgers in one statement: one round trip, about half
+# the CPU of three queries (each column is text, bigint, integer, text[] or jsonb: JSON keeps them).
+SUMMARY_QUERY = ("select c.id, t.frozen_time_ms,"
+                 " (select coalesce(json_agg(g), '[]') from credit_grants g where g.customer_id = c.id) as grants,"
+                 " (select coalesce(json_agg(x order by x.effective_at_ms, x.id), '[]')"
+                 "  from credit_balance_transactions x where x.customer_id = c.id) as transactions"
+                 " from customers c left join test_clocks t on t.id = c.test_clock_id where c.id = %s")
+# The customer (found: a row) and its live balances (currency null: none) in one statement.
+LIVE_BALANCE_QUERY = ("select l.* from customers c left join live_balances l on l.customer_id = c.id"
+                      " where c.id = %s order by l.currency")
+
+
 def credit_balance_summary_(ctx: ApiContext, params: Params) -> dict[str, Any]:
     customer_id = params.str("customer", required=True, max_length=200)
     filter_ = params.object("filter")
     with ctx.pool.connection() as conn:
-        customer = conn.execute("select c.id, t.frozen_time_ms from customers c left join test_clocks t"
-                                " on t.id = c.test_clock_id where c.id = %s", (customer_id,)).fetchone()
-        if customer is None:
-            raise invalid("customer", f"No such customer: '{customer_id}'", code="resource_missing")
-        states = grant_states(conn, customer_id)
+        customer = conn.execute(SUMMARY_QUERY, (customer_id,)).fetchone()
+    if customer is None:
+        raise invalid("customer", f"No such customer: '{customer_id}'", code="resource_missing")
+    states = states_from_rows(customer["grants"], customer["transactions"])
     as_of_ms = customer["frozen_time_ms"] if customer["frozen_time_ms"] is not None else now_ms()
     grants = _filtered(states, filter_, customer_id)
     params.done()
@@ -116,10 +132,10 @@ def live_balance(ctx: ApiContext, params: Params) -> dict[str, Any]:
     customer_id = params.str("customer", required=True, max_length=200)
     params.done()
     with ctx.pool.connection() as conn:
-        if conn.execute("select 1 from customers where id = %s", (customer_id,)).fetchone() is None:
-            raise not_found("customer", customer_id, "customer")
-        rows = conn.execute("select * from live_balances where customer_id = %s order by currency",
-                            (customer_id,)).fetchall()
+        rows = conn.execute(LIVE_BALANCE_QUERY, (customer_id,)).fetchall()
+    if not rows:
+        raise not_found("customer", customer_id, "customer")
+    rows = [row for row in rows if row["currency"] is not None]
     return {"object": "billing.live_balance", "customer": customer_id, "livemode": False, "balances": [
         {"currency": row["currency"], "available_credits": row["available_credits_minor"],
          "accrued_usage": row["accrued_usage_minor"], "live_balance": row["live_balance_minor"],

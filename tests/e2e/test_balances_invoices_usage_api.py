@@ -239,3 +239,29 @@ def test_the_live_balance_read_returns_the_latest_projected_balance(client, work
                                                           live_balance_minor=1000 - accrued, as_of_ms=T0_MS + accrued))
     balance = ok(client.get("/v1/billing/live_balance", params={"customer": buyer}))
     assert [(b["currency"], b["live_balance"], b["accrued_usage"]) for b in balance["balances"]] == [("usd", 600, 400)]
+
+
+def test_the_hot_balance_reads_answer_the_same_bytes_as_before_their_direct_path(client, worker_fact):
+    # Byte for byte as the router answered them before the direct path (compact JSON, this key order).
+    buyer = customer(client)["id"]
+    credit = grant(client, buyer, 1000)
+    granted(worker_fact, buyer, credit["id"])
+    summary = client.get("/v1/billing/credit_balance_summary", params={"customer": buyer})
+    assert summary.headers["content-type"] == "application/json"
+    assert summary.content == (
+        b'{"object":"billing.credit_balance_summary","customer":"' + buyer.encode() + b'","livemode":false,'
+        b'"balances":[{"available_balance":{"type":"monetary","monetary":{"currency":"usd","value":1000}},'
+        b'"ledger_balance":{"type":"monetary","monetary":{"currency":"usd","value":1000}}}]}')
+    none_yet = client.get("/v1/billing/live_balance", params={"customer": buyer})
+    assert none_yet.content == (b'{"object":"billing.live_balance","customer":"' + buyer.encode()
+                                + b'","livemode":false,"balances":[]}')
+    worker_fact("live-balances", f.LiveBalanceChanged(customer_id=buyer, currency="usd", available_credits_minor=1000,
+                                                      accrued_usage_minor=250, live_balance_minor=750,
+                                                      as_of_ms=T0_MS + 1500))
+    live = client.get("/v1/billing/live_balance", params={"customer": buyer})
+    assert live.content == (
+        b'{"object":"billing.live_balance","customer":"' + buyer.encode() + b'","livemode":false,"balances":['
+        b'{"currency":"usd","available_credits":1000,"accrued_usage":250,"live_balance":750,'
+        b'"as_of":1767225601,"as_of_ms":1767225601500}]}')
+    missing = client.get("/v1/billing/live_balance", params={"customer": "cus_missing"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "resource_missing"

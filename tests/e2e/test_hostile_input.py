@@ -203,8 +203,9 @@ def test_a_key_over_its_rate_answers_429_rate_limit_and_other_keys_go_on(app, en
     from api.app import create_app
     from api.auth import create_key
 
-    limited = create_app(engine_settings.model_copy(update={"rate_limit_per_second": 0.01, "rate_limit_burst": 3}),
-                         context=app.state.ctx)
+    # One process serves this app: it holds the key's whole rate and burst.
+    limited = create_app(engine_settings.model_copy(update={"rate_limit_per_second": 0.01, "rate_limit_burst": 3,
+                                                            "api_processes": 1}), context=app.state.ctx)
     other_key = create_key(engine_settings.effective_database_url)
     with TestClient(limited) as http:
         answers = [http.get("/v1/customers", headers={"Authorization": f"Bearer {secret_key}"}) for _ in range(5)]

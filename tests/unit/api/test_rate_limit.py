@@ -44,3 +44,16 @@ def test_each_key_has_its_own_bucket():
 @pytest.mark.parametrize(("wait_s", "header"), [(0.001, 1), (1.0, 1), (1.2, 2), (99.5, 100)])
 def test_retry_after_rounds_up_to_whole_seconds(wait_s, header):
     assert retry_after_header_seconds(wait_s) == header
+
+
+def test_processes_share_a_keys_rate_and_burst_so_that_together_they_allow_the_setting():
+    # 1,024/s and a burst of 2,048 over 2 processes: each allows 1,024 at once, then one per 1/512 s
+    # (powers of two: the float arithmetic is exact).
+    clock = Clock()
+    share = TokenBuckets.share(rate_per_second=1024, burst=2048, processes=2)
+    share.clock = clock
+    assert all(share.take("k") == 0.0 for _ in range(1024))
+    assert share.take("k") == 1 / 512
+    clock.now += 1 / 512
+    assert share.take("k") == 0.0
+    assert share.take("k") > 0
