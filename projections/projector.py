@@ -273,7 +273,7 @@ class Projector:
 
     def _prepare(self, messages: list[Any]) -> tuple[Batch, dict[tuple[str, int], int]]:
         """Decode a batch into rows (no database work): the CPU half of a batch."""
-        batch = Batch(cancel_fan_out=self.settings.partitions)
+        batch = Batch(cancel_fan_out=self.settings.partitions, decode=self.codec.decode)
         next_offsets: dict[tuple[str, int], int] = {}
         ignored = self._ignored_fingerprints
         positions = self._positions
@@ -306,7 +306,7 @@ class Projector:
             batch.add_undecodable(topic, partition, offset, value, error.reason_code, str(error), timestamp_ms)
             return
         try:
-            batch.add(fact, partition, offset)
+            batch.add(fact, partition, offset, self.topics.get(topic, topic), timestamp_ms)
         except Exception as error:  # noqa: BLE001 - no record may stop the projector
             batch.add_undecodable(topic, partition, offset, value, UNPROJECTABLE_FACT,
                                   f"{type(error).__name__}: {error}", timestamp_ms)
@@ -331,17 +331,17 @@ class Projector:
                           next_offsets: dict[tuple[str, int], int]) -> Batch:
         """The batch again, each record in a savepoint: one the database refuses (a value out of a
         column's range, a NUL in a text) becomes a dead-letter row, the others are written."""
-        written = Batch(cancel_fan_out=self.settings.partitions)
+        written = Batch(cancel_fan_out=self.settings.partitions, decode=self.codec.decode)
         with conn.transaction():
             for topic, partition, offset, value, timestamp_ms in sources:
-                single = Batch(cancel_fan_out=self.settings.partitions)
+                single = Batch(cancel_fan_out=self.settings.partitions, decode=self.codec.decode)
                 self._add(single, topic, partition, offset, value, timestamp_ms)
                 try:
                     with conn.transaction():
                         single.write(conn)
                 except UNWRITABLE as error:
                     log.error("%s[%s]@%s cannot be written: dead-lettered (%s)", topic, partition, offset, error)
-                    single = Batch(cancel_fan_out=self.settings.partitions)
+                    single = Batch(cancel_fan_out=self.settings.partitions, decode=self.codec.decode)
                     single.add_undecodable(topic, partition, offset, value, UNWRITABLE_RECORD,
                                            f"{type(error).__name__}: {error}", timestamp_ms)
                     with conn.transaction():
