@@ -50,6 +50,15 @@ def event_object(event_id_: str, event_type: str, created_ms: int, data_object: 
             "type": event_type}
 
 
+EVENT_ORDER_LOCK = 0x65767473  # "evts"
+
+
+def lock_event_order(conn: Any) -> None:
+    """Taken by every transaction that writes events, before the first: event seqs are then handed
+    out in commit order, which is what lets the dispatcher read them with a cursor."""
+    conn.execute("select pg_advisory_xact_lock(%s)", (EVENT_ORDER_LOCK,))
+
+
 INSERT_EVENT = ("insert into events (id, type, created_ms, body) values (%s, %s, %s, %s)"
                 " on conflict (id) do nothing")
 

@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from drawdown.settings import Settings
+from projections.events import lock_event_order
 from projections.migrate import migrate
 from projections.writers import IGNORED_FACTS, Batch
 from schemas.catalogue import load_catalogue
@@ -319,6 +320,7 @@ class Projector:
         conn = self._connection()
         try:
             with conn.transaction():  # rows and offsets together, or neither
+                lock_event_order(conn)
                 batch.write(conn)
                 self._store_offsets(conn, next_offsets)
         except UNWRITABLE as error:
@@ -334,6 +336,7 @@ class Projector:
         column's range, a NUL in a text) becomes a dead-letter row, the others are written."""
         written = Batch(cancel_fan_out=self.settings.partitions, decode=self.codec.decode)
         with conn.transaction():
+            lock_event_order(conn)
             for topic, partition, offset, value, timestamp_ms in sources:
                 single = Batch(cancel_fan_out=self.settings.partitions, decode=self.codec.decode)
                 self._add(single, topic, partition, offset, value, timestamp_ms)

@@ -1,10 +1,9 @@
 """The webhook dispatcher (`drawdown webhooks`): events -> signed POSTs to the registered endpoints.
 
 Two steps, each its own short transaction, so a kill -9 anywhere loses nothing:
-1. schedule: for each enabled endpoint, read the events after its cursor in the order they were
-   written, make a delivery row for each one the endpoint asked for, and move the cursor, together.
-   Events are read in (xid, seq) order and only below the oldest running transaction
-   (pg_snapshot_xmin), so one that a concurrent writer commits late is never skipped.
+1. schedule: for each enabled endpoint, read the events after its cursor (event seq, handed out in
+   commit order: events.lock_event_order), make a delivery row for each one the endpoint asked
+   for, and move the cursor, together.
 2. deliver: claim due deliveries (a lease: a dispatcher killed mid-POST leaves them due again once
    it expires), POST each signed as Stripe signs (`Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256
    of "t.payload" keyed with the endpoint's whsec_ secret>`), then record each attempt. A 2xx is
@@ -33,7 +32,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from drawdown.settings import Settings
-from projections.events import WEBHOOK_ENDPOINT_DISABLED, event_id, event_object, insert_event
+from projections.events import WEBHOOK_ENDPOINT_DISABLED, event_id, event_object, insert_event, lock_event_order
 from projections.migrate import migrate
 from projections.projector import connect
 
@@ -44,7 +43,7 @@ DELIVER_BATCH = 200  # deliveries claimed per pass
 IDLE_WAIT_S = 0.05
 MAX_ERROR_TEXT = 500
 # The cursor a new (or re-enabled) endpoint starts from: every event already committed is behind it.
-CURSOR_AT_HEAD = "pg_snapshot_xmin(pg_current_snapshot())"
+CURSOR_AT_HEAD = "(select coalesce(max(seq), 0) from events)"
 
 
 def sign(payload: bytes, secret: str, timestamp_s: int) -> str:
@@ -163,14 +162,12 @@ class Dispatcher:
         conn = self._connection()
         read = 0
         with conn.transaction():
-            endpoints = conn.execute("select id, enabled_events, cursor_xid, cursor_seq from webhook_endpoints"
+            endpoints = conn.execute("select id, enabled_events, cursor_seq from webhook_endpoints"
                                      " where status = 'enabled' for update skip locked").fetchall()
             now = now_ms()
             for endpoint in endpoints:
-                rows = conn.execute(
-                    "select id, type, xid, seq from events where (xid, seq) > (%s, %s)"
-                    f" and xid < {CURSOR_AT_HEAD} order by xid, seq limit %s",
-                    (endpoint["cursor_xid"], endpoint["cursor_seq"], SCHEDULE_BATCH)).fetchall()
+                rows = conn.execute("select id, type, seq from events where seq > %s order by seq limit %s",
+                                    (endpoint["cursor_seq"], SCHEDULE_BATCH)).fetchall()
                 if not rows:
                     continue
                 read += len(rows)
@@ -181,8 +178,8 @@ class Dispatcher:
                             "insert into webhook_deliveries (id, endpoint_id, event_id, status, next_attempt_ms,"
                             " created_ms) values (%s, %s, %s, 'pending', %s, %s) on conflict do nothing",
                             [(delivery_id(endpoint["id"], event), endpoint["id"], event, now, now) for event in wanted])
-                conn.execute("update webhook_endpoints set cursor_xid = %s, cursor_seq = %s where id = %s",
-                             (rows[-1]["xid"], rows[-1]["seq"], endpoint["id"]))
+                conn.execute("update webhook_endpoints set cursor_seq = %s where id = %s",
+                             (rows[-1]["seq"], endpoint["id"]))
         return read
 
     # --- 2. due deliveries -> POSTs -> attempts ------------------------------------------------
@@ -264,6 +261,7 @@ class Dispatcher:
         endpoint["status"] = "disabled"
         log.warning("webhook endpoint %s (%s) failed since %d: disabled", endpoint_id, endpoint["url"],
                     endpoint["failing_since_ms"])
+        lock_event_order(conn)
         disabled_id = event_id(WEBHOOK_ENDPOINT_DISABLED, endpoint_id, endpoint["failing_since_ms"])
         insert_event(conn, event_object(disabled_id, WEBHOOK_ENDPOINT_DISABLED, now, endpoint_object(endpoint)), now)
 

@@ -59,8 +59,8 @@ def create_endpoint(ctx: ApiContext, params: Params) -> dict[str, Any]:
     secret = "whsec_" + secrets.token_hex(32)
     with ctx.pool.connection() as conn:
         conn.execute("insert into webhook_endpoints (id, url, enabled_events, description, metadata, status, secret,"
-                     f" api_version, created_ms, cursor_xid, cursor_seq) values (%s, %s, %s, %s, %s, 'enabled', %s,"
-                     f" %s, %s, {CURSOR_AT_HEAD}, -1) on conflict (id) do nothing",
+                     f" api_version, created_ms, cursor_seq) values (%s, %s, %s, %s, %s, 'enabled', %s,"
+                     f" %s, %s, {CURSOR_AT_HEAD}) on conflict (id) do nothing",
                      (endpoint_id, url, enabled_events, description, Jsonb(metadata), secret, api_version, now_ms()))
     return endpoint_object(require(ctx.pool, "webhook_endpoints", "webhook endpoint", endpoint_id), with_secret=True)
 
@@ -90,8 +90,7 @@ def update_endpoint(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
         assignments.append("status = 'disabled'")
     elif disabled is False and endpoint["status"] == "disabled":
         # Enabled again: from now on (events of while it was disabled are not sent), not failing.
-        assignments += ["status = 'enabled'", "failing_since_ms = null", f"cursor_xid = {CURSOR_AT_HEAD}",
-                        "cursor_seq = -1"]
+        assignments += ["status = 'enabled'", "failing_since_ms = null", f"cursor_seq = {CURSOR_AT_HEAD}"]
     if assignments:
         with ctx.pool.connection() as conn:
             conn.execute(f"update webhook_endpoints set {', '.join(assignments)} where id = %s", (*arguments, id))

@@ -4,17 +4,16 @@
 
 create table events (
     id text primary key,
-    seq bigserial not null,
-    -- the writing transaction: the dispatcher reads (xid, seq) in order, only below the oldest
-    -- running transaction, so an event committed late by a concurrent writer is never skipped
-    xid xid8 not null default pg_current_xact_id(),
+    -- the order events are committed in: writers hold an advisory lock (projections/events.py,
+    -- lock_event_order) from their first nextval to their commit, so a reader that has seen seq n
+    -- will never see a new event below it
+    seq bigserial not null unique,
     type text not null,
     created_ms bigint not null,
     body json not null  -- the event object as served and delivered
 );
 create index events_created on events (created_ms, id);
 create index events_type_created on events (type, created_ms, id);
-create index events_dispatch_order on events (xid, seq);
 
 -- API state: a rebuild leaves it alone.
 create table webhook_endpoints (
@@ -28,9 +27,7 @@ create table webhook_endpoints (
     api_version text,
     created_ms bigint not null,
     deleted_ms bigint,
-    -- the dispatcher's cursor: the last (xid, seq) of events it has scheduled for this endpoint
-    cursor_xid xid8 not null,
-    cursor_seq bigint not null,
+    cursor_seq bigint not null,  -- the dispatcher's cursor: the last event seq it scheduled for this endpoint
     failing_since_ms bigint  -- first failed attempt since the last success (null: not failing)
 );
 
