@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
+
+from billing.facts import RecurringInterval
+from billing.periods import subscription_period_containing
+
+# fetch(statement, *params) -> rows as dicts: how a renderer that needs more rows reads them
+# (the API from its pool, the projector inside its batch's transaction).
+Fetch = Callable[..., list[dict[str, Any]]]
 
 
 def seconds(ms: int | None) -> int | None:
@@ -83,6 +91,37 @@ def subscription(row: dict[str, Any], items: list[dict[str, Any]], prices: dict[
         "livemode": False, "metadata": {}, "start_date": seconds(row["created_ms"]), "status": row["status"],
         "test_clock": row["test_clock_id"],
     }
+
+
+def current_period(subscription: dict[str, Any], price: dict[str, Any], at_ms: int) -> tuple[int, int]:
+    """The subscription's billing period containing `at_ms` (its first period before it starts)."""
+    period = subscription_period_containing(
+        subscription["created_ms"], subscription["billing_cycle_anchor_ms"],
+        RecurringInterval(price["recurring_interval"]), price["recurring_interval_count"],
+        max(at_ms, subscription["created_ms"]))
+    return period.start_ms, period.end_ms
+
+
+def load_subscription(fetch: Fetch, row: dict[str, Any], at_ms: int) -> dict[str, Any]:
+    """The subscription object of `row` with its items, prices and the period containing `at_ms`."""
+    items = fetch("select * from subscription_items where subscription_id = %s order by position", row["id"])
+    prices = {price["id"]: price for price in fetch("select * from prices where id = any(%s)",
+                                                     [item["price_id"] for item in items])}
+    period = None
+    if items and items[0]["price_id"] in prices:
+        period = current_period(row, prices[items[0]["price_id"]], at_ms)
+    return subscription(row, items, prices, period)
+
+
+def load_invoice(fetch: Fetch, row: dict[str, Any]) -> dict[str, Any]:
+    """The invoice object of `row` with its lines, credits and its customer's test clock."""
+    lines = fetch("select * from invoice_lines where invoice_id = %s order by position", row["id"])
+    credits = fetch("select * from invoice_line_credits where invoice_id = %s order by invoice_line_id, position",
+                    row["id"])
+    order = {line["id"]: index for index, line in enumerate(lines)}
+    credits.sort(key=lambda credit: (order.get(credit["invoice_line_id"], 0), credit["position"]))
+    customers = fetch("select test_clock_id from customers where id = %s", row["customer_id"])
+    return invoice(row, lines, credits, customers[0]["test_clock_id"] if customers else None)
 
 
 def credit_grant(row: dict[str, Any]) -> dict[str, Any]:

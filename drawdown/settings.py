@@ -81,6 +81,21 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=2000, ge=1, description="Requests a key may make at once after being idle "
                                   "(the bucket's size).")
 
+    # --- webhooks (projections/webhooks.py) ---------------------------------------------------
+    webhook_retry_first_seconds: float = Field(default=60.0, gt=0, description="Wait after a webhook delivery's first "
+                                               "failed attempt; doubled after each further one.")
+    webhook_retry_max_seconds: float = Field(default=6 * 3600.0, gt=0, description="Longest wait between two attempts "
+                                             "of a webhook delivery.")
+    webhook_retry_window_seconds: float = Field(default=3 * 86400.0, gt=0, description="How long a failing webhook "
+                                                "delivery is retried after its first attempt (Stripe: up to 3 days).")
+    webhook_disable_after_seconds: float = Field(default=3 * 86400.0, gt=0, description="An endpoint with no "
+                                                 "successful delivery for this long since its first failure is "
+                                                 "disabled (with a webhook_endpoint.disabled event).")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="How long a webhook POST may take.")
+    webhook_lease_seconds: float = Field(default=30.0, gt=0, description="How long a dispatcher holds the deliveries "
+                                         "it claimed: a killed one's are tried again after it. Above the timeout.")
+    webhook_concurrency: int = Field(default=16, ge=1, description="Webhook POSTs in flight at once.")
+
     # --- derived ------------------------------------------------------------------------------
     @property
     def logs_dir(self) -> Path:

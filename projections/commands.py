@@ -1,4 +1,5 @@
-"""`drawdown projector` (the long-running projector) and `drawdown projections rebuild`."""
+"""`drawdown projector` (the long-running projector), `drawdown webhooks` (the webhook dispatcher)
+and `drawdown projections rebuild`."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ ENGINE_PROCESSES = (
         command=("projector",),
         describe=lambda settings: "projector: Kafka facts -> PostgreSQL (offsets stored with the rows)",
         ready=_projector_ready,
+    ),
+    EngineProcess(
+        name="webhooks",
+        command=("webhooks",),
+        describe=lambda settings: "webhooks: events -> signed POSTs to /v1/webhook_endpoints (retried up to "
+                                  f"{settings.webhook_retry_window_seconds / 86400:g} days)",
+        ready=lambda settings: (settings.state_dir / "webhooks.ready").exists(),
     ),
 )
 
@@ -54,6 +62,27 @@ def run_projector(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_webhooks(args: argparse.Namespace) -> int:
+    from projections.migrate import migrate
+    from projections.webhooks import Dispatcher
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = get_settings()
+    migrate(settings.effective_database_url)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    ready_file = settings.state_dir / "webhooks.ready"
+    ready_file.parent.mkdir(parents=True, exist_ok=True)
+    ready_file.touch()
+    logging.getLogger("drawdown.webhooks").info("dispatching webhooks")
+    try:
+        Dispatcher(settings).run(stop)
+    finally:
+        ready_file.unlink(missing_ok=True)
+    return 0
+
+
 def run_rebuild(args: argparse.Namespace) -> int:
     from streams.topics import ensure_topics
     from projections.projector import rebuild, tune_gc
@@ -69,6 +98,8 @@ def run_rebuild(args: argparse.Namespace) -> int:
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     subparsers.add_parser("projector", help="project the topics into PostgreSQL (runs until stopped)").set_defaults(
         run=run_projector)
+    subparsers.add_parser("webhooks", help="deliver events to the webhook endpoints (runs until stopped)").set_defaults(
+        run=run_webhooks)
     projections = subparsers.add_parser("projections", help="projection maintenance")
     actions = projections.add_subparsers(dest="action", required=True)
     rebuild = actions.add_parser("rebuild", help="empty the projection tables and replay every topic into them "

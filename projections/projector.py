@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from drawdown.settings import Settings
+from projections.events import lock_event_order
 from projections.migrate import migrate
 from projections.writers import IGNORED_FACTS, Batch
 from schemas.catalogue import load_catalogue
@@ -31,7 +32,8 @@ log = logging.getLogger("drawdown.projector")
 PROJECTION = "main"
 SOURCE_TOPICS = ("catalog", "customer-facts", "invoices", "credit-balance-transactions", "usage-buckets",
                  "live-balances", "dead-letters")
-# Projection tables (what a rebuild empties and what must come out identical).
+# Projection tables (what a rebuild empties and what must come out identical). Not `events`: a
+# rebuild derives the same event ids again (projections/events.py) and keeps the ones already sent.
 PROJECTION_TABLES = ("test_clocks", "meters", "products", "prices", "customers", "subscriptions",
                      "subscription_items", "credit_grants", "credit_balance_transactions", "invoices", "invoice_lines",
                      "invoice_line_credits", "usage_buckets", "live_balances", "low_balance_alerts", "dead_letters",
@@ -273,7 +275,7 @@ class Projector:
 
     def _prepare(self, messages: list[Any]) -> tuple[Batch, dict[tuple[str, int], int]]:
         """Decode a batch into rows (no database work): the CPU half of a batch."""
-        batch = Batch(cancel_fan_out=self.settings.partitions)
+        batch = Batch(cancel_fan_out=self.settings.partitions, decode=self.codec.decode)
         next_offsets: dict[tuple[str, int], int] = {}
         ignored = self._ignored_fingerprints
         positions = self._positions
@@ -306,7 +308,7 @@ class Projector:
             batch.add_undecodable(topic, partition, offset, value, error.reason_code, str(error), timestamp_ms)
             return
         try:
-            batch.add(fact, partition, offset)
+            batch.add(fact, partition, offset, self.topics.get(topic, topic), timestamp_ms)
         except Exception as error:  # noqa: BLE001 - no record may stop the projector
             batch.add_undecodable(topic, partition, offset, value, UNPROJECTABLE_FACT,
                                   f"{type(error).__name__}: {error}", timestamp_ms)
@@ -318,6 +320,7 @@ class Projector:
         conn = self._connection()
         try:
             with conn.transaction():  # rows and offsets together, or neither
+                lock_event_order(conn)
                 batch.write(conn)
                 self._store_offsets(conn, next_offsets)
         except UNWRITABLE as error:
@@ -331,17 +334,18 @@ class Projector:
                           next_offsets: dict[tuple[str, int], int]) -> Batch:
         """The batch again, each record in a savepoint: one the database refuses (a value out of a
         column's range, a NUL in a text) becomes a dead-letter row, the others are written."""
-        written = Batch(cancel_fan_out=self.settings.partitions)
+        written = Batch(cancel_fan_out=self.settings.partitions, decode=self.codec.decode)
         with conn.transaction():
+            lock_event_order(conn)
             for topic, partition, offset, value, timestamp_ms in sources:
-                single = Batch(cancel_fan_out=self.settings.partitions)
+                single = Batch(cancel_fan_out=self.settings.partitions, decode=self.codec.decode)
                 self._add(single, topic, partition, offset, value, timestamp_ms)
                 try:
                     with conn.transaction():
                         single.write(conn)
                 except UNWRITABLE as error:
                     log.error("%s[%s]@%s cannot be written: dead-lettered (%s)", topic, partition, offset, error)
-                    single = Batch(cancel_fan_out=self.settings.partitions)
+                    single = Batch(cancel_fan_out=self.settings.partitions, decode=self.codec.decode)
                     single.add_undecodable(topic, partition, offset, value, UNWRITABLE_RECORD,
                                            f"{type(error).__name__}: {error}", timestamp_ms)
                     with conn.transaction():

@@ -5,10 +5,15 @@ statements executed in log order inside the batch's transaction. The high-volume
 buckets, credit balance transactions) are collected as rows and merged with one binary COPY into
 a staging table each. Every write is an idempotent upsert keyed by the fact's deterministic id,
 so replaying a fact changes nothing.
+
+Facts that Stripe announces also write their Stripe event (projections/events.py) at their place in
+the statements, so an event shows its object as that fact left it. To add an event type: one
+`self._event(...)` line in the rule of its fact.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +21,9 @@ from psycopg.types.json import Jsonb
 
 from billing import facts as f
 from billing.usage import CANCEL_NOT_FOUND, CANCEL_NOT_IN_PARTITION
+from projections import events
 
-Statement = tuple[str, tuple[Any, ...]]
+Statement = tuple[str, tuple[Any, ...]]  # or a step run in its place: events.EventStep / BeforeStep
 
 USAGE_BUCKET_COLUMNS = ("customer_id", "meter_id", "bucket_start_ms", "value", "event_count", "updated_at_ms",
                         "counted_event_time_ms", "counted_received_at_ms", "counted_identifier",
@@ -59,20 +65,40 @@ class Batch:
     # (topic, partition, offset, value, timestamp_ms) of each record collected: to write them one by
     # one when the database refuses the batch (see Projector._write_one_by_one)
     sources: list[tuple] = field(default_factory=list)
+    decode: Any = None  # bytes -> fact (the projector's codec): what a dead letter held, for its error report
+    # (logical topic, partition, offset, record timestamp ms) of the fact being added: its events' ids and times
+    current: tuple[str, int, int, int] = ("", 0, 0, 0)
 
     @property
     def row_count(self) -> int:
         return len(self.statements) + len(self.usage_buckets) + len(self.transactions) + len(self.live_balances)
 
-    def add(self, fact: Any, partition: int, offset: int) -> None:
-        """Collect what `fact` (read at partition/offset) writes."""
+    def add(self, fact: Any, partition: int, offset: int, topic: str = "", timestamp_ms: int = 0) -> None:
+        """Collect what `fact` (read at topic/partition/offset, written at timestamp_ms) writes."""
         rule = _RULES.get(type(fact))
         if rule is None:
             if isinstance(fact, IGNORED_FACTS):
                 return
             raise TypeError(f"the projector has no rule for {type(fact).__name__}")
         self.facts_applied += 1
+        self.current = (topic, partition, offset, timestamp_ms)
         rule(self, fact, partition, offset)
+
+    def _event(self, event_type: str, render: events.Render, *key: Any) -> events.EventStep:
+        """The event `event_type` with the object `render` reads, here in the statements. Its id comes
+        from `key` (the object's id, for what happens once to it), else from the fact's place in the log."""
+        topic, partition, offset, timestamp_ms = self.current
+        step = events.EventStep(events.event_id(event_type, *(key or (topic, partition, offset))), event_type,
+                                timestamp_ms, render)
+        self.statements.append(step)
+        return step
+
+    def _changed(self, event_type: str, render: events.Render, statements: list[Statement], *key: Any) -> None:
+        """`statements` that change an object, and their event with data.previous_attributes."""
+        position = len(self.statements)
+        self.statements.extend(statements)
+        step = self._event(event_type, render, *key)
+        self.statements.insert(position, step.before_step())
 
     def add_undecodable(self, topic: str, partition: int, offset: int, value: bytes, reason_code: str,
                         message: str, now_ms: int) -> None:
@@ -93,21 +119,25 @@ class Batch:
             " on conflict do nothing",
             (fact.meter_id, fact.display_name, fact.event_name, str(fact.aggregation), fact.customer_payload_key,
              fact.value_payload_key, _text(fact.event_time_window), fact.created_at_ms, fact.created_at_ms)))
+        self._event("billing.meter.created", events.meter(fact.meter_id), fact.meter_id)
 
     @_rule(f.MeterDisplayNameChanged)
     def _(self, fact: f.MeterDisplayNameChanged, partition: int, offset: int) -> None:
-        self.statements.append(("update meters set display_name = %s, updated_ms = %s where id = %s",
-                                (fact.display_name, fact.changed_at_ms, fact.meter_id)))
+        self._changed("billing.meter.updated", events.meter(fact.meter_id), [(
+            "update meters set display_name = %s, updated_ms = %s where id = %s",
+            (fact.display_name, fact.changed_at_ms, fact.meter_id))])
 
     @_rule(f.MeterDeactivated)
     def _(self, fact: f.MeterDeactivated, partition: int, offset: int) -> None:
         self.statements.append(("update meters set status = 'inactive', updated_ms = %s where id = %s",
                                 (fact.deactivated_at_ms, fact.meter_id)))
+        self._event("billing.meter.deactivated", events.meter(fact.meter_id))
 
     @_rule(f.MeterReactivated)
     def _(self, fact: f.MeterReactivated, partition: int, offset: int) -> None:
         self.statements.append(("update meters set status = 'active', updated_ms = %s where id = %s",
                                 (fact.reactivated_at_ms, fact.meter_id)))
+        self._event("billing.meter.reactivated", events.meter(fact.meter_id))
 
     @_rule(f.ProductCreated)
     def _(self, fact: f.ProductCreated, partition: int, offset: int) -> None:
@@ -131,6 +161,7 @@ class Batch:
             "insert into customers (id, name, email, test_clock_id, metadata, created_ms) values (%s, %s, %s, %s, %s, %s)"
             " on conflict do nothing",
             (fact.customer_id, fact.name, fact.email, fact.test_clock_id, Jsonb(dict(fact.metadata)), fact.created_at_ms)))
+        self._event("customer.created", events.customer(fact.customer_id), fact.customer_id)
 
     @_rule(f.SubscriptionCreated)
     def _(self, fact: f.SubscriptionCreated, partition: int, offset: int) -> None:
@@ -144,35 +175,42 @@ class Batch:
             "update subscriptions s set status = 'canceled', ended_ms = coalesce(s.ended_ms, i.period_end_ms)"
             " from invoices i where s.id = %s and i.subscription_id = s.id"
             " and i.billing_reason = 'subscription_cancel'", (fact.subscription_id,)))
-        self._items(fact.subscription_id, fact.items)
+        self.statements.extend(self._items(fact.subscription_id, fact.items))
+        self._event("customer.subscription.created", events.subscription(fact.subscription_id, fact.created_at_ms),
+                    fact.subscription_id)
 
     @_rule(f.SubscriptionItemsChanged)
     def _(self, fact: f.SubscriptionItemsChanged, partition: int, offset: int) -> None:
-        self.statements.append(("delete from subscription_items where subscription_id = %s", (fact.subscription_id,)))
-        self._items(fact.subscription_id, fact.items)
+        render = events.subscription(fact.subscription_id, fact.changed_at_ms)
+        self._changed("customer.subscription.updated", render, [
+            ("delete from subscription_items where subscription_id = %s", (fact.subscription_id,)),
+            *self._items(fact.subscription_id, fact.items)])
 
-    def _items(self, subscription_id: str, items: tuple[f.SubscriptionItem, ...]) -> None:
-        for position, item in enumerate(items):
-            self.statements.append((
-                "insert into subscription_items (id, subscription_id, price_id, quantity, position)"
-                " values (%s, %s, %s, %s, %s) on conflict (id) do update set price_id = excluded.price_id,"
-                " quantity = excluded.quantity, position = excluded.position",
-                (item.item_id, subscription_id, item.price_id, item.quantity, position)))
+    @staticmethod
+    def _items(subscription_id: str, items: tuple[f.SubscriptionItem, ...]) -> list[Statement]:
+        return [("insert into subscription_items (id, subscription_id, price_id, quantity, position)"
+                 " values (%s, %s, %s, %s, %s) on conflict (id) do update set price_id = excluded.price_id,"
+                 " quantity = excluded.quantity, position = excluded.position",
+                 (item.item_id, subscription_id, item.price_id, item.quantity, position))
+                for position, item in enumerate(items)]
 
     @_rule(f.SubscriptionCancelScheduled)
     def _(self, fact: f.SubscriptionCancelScheduled, partition: int, offset: int) -> None:
         # Stripe: canceled_at is the time of the latest request to cancel at period end (none once taken back)
         # (a subscription canceled now, invoice_now set, stays as that made it)
-        self.statements.append(("update subscriptions set cancel_at_period_end = %s, canceled_ms = %s"
-                                " where id = %s and invoice_now is null",
-                                (fact.cancel_at_period_end, fact.scheduled_at_ms if fact.cancel_at_period_end else None,
-                                 fact.subscription_id)))
+        render = events.subscription(fact.subscription_id, fact.scheduled_at_ms)
+        self._changed("customer.subscription.updated", render, [
+            ("update subscriptions set cancel_at_period_end = %s, canceled_ms = %s where id = %s and invoice_now is null",
+             (fact.cancel_at_period_end, fact.scheduled_at_ms if fact.cancel_at_period_end else None,
+              fact.subscription_id))])
 
     @_rule(f.SubscriptionCanceled)
     def _(self, fact: f.SubscriptionCanceled, partition: int, offset: int) -> None:
         self.statements.append((
             "update subscriptions set status = 'canceled', canceled_ms = %s, ended_ms = %s, invoice_now = %s"
             " where id = %s", (fact.canceled_at_ms, fact.canceled_at_ms, fact.invoice_now, fact.subscription_id)))
+        self._event("customer.subscription.deleted", events.subscription(fact.subscription_id, fact.canceled_at_ms),
+                    fact.subscription_id)
 
     @_rule(f.CreditGrantCreated)
     def _(self, fact: f.CreditGrantCreated, partition: int, offset: int) -> None:
@@ -184,22 +222,25 @@ class Batch:
              _text(fact.scope.price_type), list(fact.scope.price_ids), str(fact.category), fact.priority,
              fact.effective_at_ms, fact.expires_at_ms, Jsonb(dict(fact.metadata)), fact.test_clock_id,
              fact.created_at_ms, fact.created_at_ms)))
+        self._event("billing.credit_grant.created", events.credit_grant(fact.grant_id), fact.grant_id)
 
     @_rule(f.CreditGrantUpdated)
     def _(self, fact: f.CreditGrantUpdated, partition: int, offset: int) -> None:
-        self.statements.append((
+        self._changed("billing.credit_grant.updated", events.credit_grant(fact.grant_id), [(
             "update credit_grants set expires_at_ms = %s, metadata = %s, updated_ms = %s where id = %s",
-            (fact.expires_at_ms, Jsonb(dict(fact.metadata)), fact.updated_at_ms, fact.grant_id)))
+            (fact.expires_at_ms, Jsonb(dict(fact.metadata)), fact.updated_at_ms, fact.grant_id))])
 
     @_rule(f.CreditGrantExpired)
     def _(self, fact: f.CreditGrantExpired, partition: int, offset: int) -> None:
-        self.statements.append(("update credit_grants set expired_ms = coalesce(expired_ms, %s), updated_ms = %s"
-                                " where id = %s", (fact.expired_at_ms, fact.expired_at_ms, fact.grant_id)))
+        self._changed("billing.credit_grant.updated", events.credit_grant(fact.grant_id), [(
+            "update credit_grants set expired_ms = coalesce(expired_ms, %s), updated_ms = %s where id = %s",
+            (fact.expired_at_ms, fact.expired_at_ms, fact.grant_id))], fact.grant_id, "expired")
 
     @_rule(f.CreditGrantVoided)
     def _(self, fact: f.CreditGrantVoided, partition: int, offset: int) -> None:
-        self.statements.append(("update credit_grants set voided_ms = coalesce(voided_ms, %s), updated_ms = %s"
-                                " where id = %s", (fact.voided_at_ms, fact.voided_at_ms, fact.grant_id)))
+        self._changed("billing.credit_grant.updated", events.credit_grant(fact.grant_id), [(
+            "update credit_grants set voided_ms = coalesce(voided_ms, %s), updated_ms = %s where id = %s",
+            (fact.voided_at_ms, fact.voided_at_ms, fact.grant_id))], fact.grant_id, "voided")
 
     # --- test clocks (one copy per partition: the upserts make the copies one row) ----------
 
@@ -249,17 +290,29 @@ class Batch:
                     " grant_id, amount_minor, position) values (%s, %s, %s, %s, %s, %s) on conflict do nothing",
                     (credit.credit_balance_transaction_id, fact.invoice_id, line.line_id, credit.grant_id,
                      credit.amount_minor, credit_position)))
+        # drawdown has no draft invoices in the projection: one is created and finalized at once
+        # (and paid at once when nothing is due, as Stripe does).
+        self._event("invoice.created", events.invoice(fact.invoice_id), fact.invoice_id)
+        self._event("invoice.finalized", events.invoice(fact.invoice_id), fact.invoice_id)
+        if fact.amount_due_minor == 0:
+            self._event("invoice.paid", events.invoice(fact.invoice_id), fact.invoice_id)
+        if fact.billing_reason == f.BillingReason.SUBSCRIPTION_CANCEL:
+            self._event("customer.subscription.deleted", events.subscription(fact.subscription_id, fact.period_end_ms),
+                        fact.subscription_id)
 
     @_rule(f.InvoiceVoided)
     def _(self, fact: f.InvoiceVoided, partition: int, offset: int) -> None:
-        self.statements.append(("update invoices set status = 'void', voided_ms = coalesce(voided_ms, %s) where id = %s",
-                                (fact.voided_at_ms, fact.invoice_id)))
+        self._changed("invoice.voided", events.invoice(fact.invoice_id), [(
+            "update invoices set status = 'void', voided_ms = coalesce(voided_ms, %s) where id = %s",
+            (fact.voided_at_ms, fact.invoice_id))], fact.invoice_id)
 
     @_rule(f.CreditBalanceTransaction)
     def _(self, fact: f.CreditBalanceTransaction, partition: int, offset: int) -> None:
-        self.transactions[fact.transaction_id] = (
+        row = self.transactions[fact.transaction_id] = (
             fact.transaction_id, fact.customer_id, fact.grant_id, fact.currency, fact.amount_minor, str(fact.type),
             str(fact.reason), fact.invoice_id, fact.invoice_line_id, fact.effective_at_ms)
+        self._event("billing.credit_balance_transaction.created",
+                    events.credit_balance_transaction(dict(zip(TRANSACTION_COLUMNS, row))), fact.transaction_id)
 
     @_rule(f.UsageBucketUpdated)
     def _(self, fact: f.UsageBucketUpdated, partition: int, offset: int) -> None:
@@ -292,6 +345,22 @@ class Batch:
             " dead_lettered_at_ms) values (%s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
             (fact.topic, fact.partition, fact.offset, fact.reason_code, fact.message, fact.customer_id,
              fact.original_bytes, fact.dead_lettered_at_ms)))
+        self._meter_error_report(fact, fact.reason_code, fact.message, (
+            "select 1 from dead_letters where topic = %s and partition = %s and \"offset\" = %s",
+            (fact.topic, fact.partition, fact.offset)), fact.topic, fact.partition, fact.offset)
+
+    def _meter_error_report(self, fact: f.DeadLetter, reason_code: str, message: str,
+                            written: tuple[str, tuple[Any, ...]], *key: Any) -> None:
+        """A dead-lettered meter event or adjustment is reported as Stripe reports meter errors."""
+        try:
+            original = self.decode(fact.original_bytes) if self.decode is not None else None
+        except Exception:  # noqa: BLE001 - an undecodable record is no meter event: no report
+            original = None
+        if not isinstance(original, (f.MeterEventRecorded, f.MeterEventCanceled)):
+            return
+        self._event(events.METER_ERROR_REPORT, events.meter_error_report(
+            reason_code, message, fact.customer_id or getattr(original, "customer_id", None) or None,
+            original.event_name, original.identifier, fact.dead_lettered_at_ms, written), *key)
 
     def _cancel_missed(self, fact: f.DeadLetter) -> None:
         """One partition's miss of a cancel (the same fact bytes on every partition); the miss that
@@ -308,6 +377,11 @@ class Batch:
             (fact.topic, fact.partition, fact.offset, CANCEL_NOT_FOUND,
              fact.message.replace(" in this partition", "") + ": no partition holds it", fact.original_bytes,
              fact.dead_lettered_at_ms, fact.original_bytes, self.cancel_fan_out)))
+        # Keyed by the cancel's bytes: whichever partition's miss completes the set, it is one report.
+        self._meter_error_report(fact, CANCEL_NOT_FOUND, fact.message.replace(" in this partition", "") +
+                                 ": no partition holds it", (
+            "select 1 from meter_event_cancel_misses where fact_sha256 = sha256(%s) having count(*) >= %s",
+            (fact.original_bytes, self.cancel_fan_out)), "cancel", hashlib.sha256(fact.original_bytes).hexdigest())
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -316,8 +390,11 @@ class Batch:
         with conn.cursor() as cursor:
             if self.statements:
                 with conn.pipeline():
-                    for statement, params in self.statements:
-                        cursor.execute(statement, params)
+                    for statement in self.statements:
+                        if type(statement) is tuple:
+                            cursor.execute(*statement)
+                        else:
+                            statement.run(conn)
             if self.usage_buckets:
                 _copy_merge(cursor, "usage_buckets", USAGE_BUCKET_COLUMNS, USAGE_BUCKET_TYPES,
                             self.usage_buckets.values(),

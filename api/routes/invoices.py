@@ -13,9 +13,9 @@ from api import objects
 from api.app import route
 from api.context import ApiContext
 from api.errors import conflict, invalid
+from api.objects import current_period
 from api.params import Params
 from api.routes.balances import grant_states
-from api.routes.subscriptions import current_period
 from api.store import customer_now_ms, fetch_all, fetch_one, paginate, projected_usage, require
 from billing.facts import BillingReason, InvoiceVoidRequested, PriceCreated, RecurringInterval, SubscriptionItem, \
     UsageType
@@ -29,13 +29,7 @@ router = APIRouter(tags=["invoices"])
 
 
 def invoice_object(ctx: ApiContext, row: dict[str, Any]) -> dict[str, Any]:
-    lines = fetch_all(ctx.pool, "select * from invoice_lines where invoice_id = %s order by position", row["id"])
-    credits = fetch_all(ctx.pool, "select * from invoice_line_credits where invoice_id = %s"
-                                  " order by invoice_line_id, position", row["id"])
-    order = {line["id"]: index for index, line in enumerate(lines)}
-    credits.sort(key=lambda credit: (order.get(credit["invoice_line_id"], 0), credit["position"]))
-    customer = fetch_one(ctx.pool, "select test_clock_id from customers where id = %s", row["customer_id"])
-    return objects.invoice(row, lines, credits, customer["test_clock_id"] if customer else None)
+    return objects.load_invoice(lambda statement, *params: fetch_all(ctx.pool, statement, *params), row)
 
 
 def list_invoices(ctx: ApiContext, params: Params) -> dict[str, Any]:

@@ -13,34 +13,18 @@ from api.errors import conflict, invalid
 from api.ids import new_id
 from api.params import Params
 from api.store import customer_now_ms, fetch_all, fetch_one, paginate, require
-from billing.facts import RecurringInterval, SubscriptionCanceled, SubscriptionCancelScheduled, SubscriptionCreated, \
+from billing.facts import SubscriptionCanceled, SubscriptionCancelScheduled, SubscriptionCreated, \
     SubscriptionItem
 from billing.money import MAX_LICENSED_QUANTITY, MAX_TIMESTAMP_S
-from billing.periods import subscription_period_containing
 
 router = APIRouter(tags=["subscriptions"])
 MAX_ITEMS = 20
 
 
-def current_period(subscription: dict[str, Any], price: dict[str, Any], at_ms: int) -> tuple[int, int]:
-    """The subscription's billing period containing `at_ms` (its first period before it starts)."""
-    period = subscription_period_containing(
-        subscription["created_ms"], subscription["billing_cycle_anchor_ms"],
-        RecurringInterval(price["recurring_interval"]), price["recurring_interval_count"],
-        max(at_ms, subscription["created_ms"]))
-    return period.start_ms, period.end_ms
-
-
 def subscription_object(ctx: ApiContext, row: dict[str, Any]) -> dict[str, Any]:
-    items = fetch_all(ctx.pool, "select * from subscription_items where subscription_id = %s order by position",
-                      row["id"])
-    prices = {price["id"]: price for price in fetch_all(ctx.pool, "select * from prices where id = any(%s)",
-                                                          [item["price_id"] for item in items])}
-    period = None
-    if items and items[0]["price_id"] in prices:
-        customer = fetch_one(ctx.pool, "select * from customers where id = %s", row["customer_id"]) or {}
-        period = current_period(row, prices[items[0]["price_id"]], customer_now_ms(ctx.pool, customer))
-    return objects.subscription(row, items, prices, period)
+    customer = fetch_one(ctx.pool, "select * from customers where id = %s", row["customer_id"]) or {}
+    return objects.load_subscription(lambda statement, *params: fetch_all(ctx.pool, statement, *params), row,
+                                     customer_now_ms(ctx.pool, customer))
 
 
 def create_subscription(ctx: ApiContext, params: Params) -> dict[str, Any]:
