@@ -6,8 +6,8 @@ from fastapi import APIRouter
 
 
 def all_routers() -> list[APIRouter]:
-    from api.routes import (balances, catalog, credit_grants, customers, dead_letters, invoices, meter_events,
+    from api.routes import (balances, catalog, credit_grants, customers, dead_letters, invoice_items, invoices, meter_events,
                             meters, subscriptions, test_clocks)
 
     return [module.router for module in (meters, meter_events, catalog, customers, subscriptions, credit_grants,
-                                         balances, invoices, test_clocks, dead_letters)]
+                                         balances, invoice_items, invoices, test_clocks, dead_letters)]
