@@ -105,9 +105,20 @@ def test_an_uncollectible_invoice_can_be_paid_and_another_voided(stripe_sdk, wor
     assert without_band.param == "paid_out_of_band"
 
 
-def test_invoice_items_refuse_hostile_input(stripe_sdk):
+def test_invoice_items_take_a_licensed_price_and_refuse_hostile_input(stripe_sdk):
     stripe = stripe_sdk
     customer = stripe.Customer.create(name="Hostile")
+    product = stripe.Product.create(name="Seats")
+    seat = stripe.Price.create(product=product.id, currency="usd", unit_amount_decimal="1250.5",
+                               recurring={"interval": "month", "usage_type": "licensed"})
+    seats = stripe.InvoiceItem.create(customer=customer.id, price=seat.id, quantity=3)
+    assert (seats.amount, seats.price, seats.quantity, seats.currency) == (3752, seat.id, 3, "usd")  # 3751.5 -> 3752
+    stripe.InvoiceItem.delete(seats.id)
+    meter = stripe.billing.Meter.create(display_name="T", event_name=unique("tokens"),
+                                        default_aggregation={"formula": "sum"})
+    metered = stripe.Price.create(product=product.id, currency="usd", unit_amount_decimal="3",
+                                  recurring={"interval": "month", "usage_type": "metered", "meter": meter.id})
+    _refused(lambda: stripe.InvoiceItem.create(customer=customer.id, price=metered.id))
     for bad in ({"amount": -1, "currency": "usd"}, {"amount": 10**8, "currency": "usd"},
                 {"amount": 5, "currency": "US D"}, {"amount": 5},
                 {"unit_amount_decimal": "1e5000", "currency": "usd"},
