@@ -19,6 +19,7 @@ from billing import ids
 from billing.errors import BillingError
 from billing.facts import BillingReason, InvoiceCreated, InvoiceFinalized, InvoiceItemCreated, InvoiceLine
 from billing.invariants import check, check_amount_due
+from billing.money import line_amount_minor_half_up
 
 # Stripe: an invoice holds at most 250 line items. With each item's amount at most
 # MAX_INVOICE_ITEM_AMOUNT_MINOR, an invoice's total stays far within a 64-bit integer.
@@ -99,11 +100,14 @@ def finalized_status(invoice: InvoiceFinalized, settled: Mapping[str, str], void
 
 
 def finalize_one_off(draft: InvoiceCreated, items: Iterable[InvoiceItemCreated], finalized_at_ms: int) -> InvoiceFinalized:
-    """The finalized one-off invoice: one line per item in order, no credits (see the module doc).
+    """The finalized one-off invoice: one line per item in order, each quantity x unit amount rounded
+    half up, no credits (see the module doc).
     Its period is its creation instant (Stripe: period_start = period_end for a one-off invoice)."""
     lines = tuple(
         InvoiceLine(line_id=ids.invoice_line_id(draft.invoice_id, item.invoice_item_id), price_id=item.price_id,
-                    quantity=item.quantity, unit_amount_decimal=item.unit_amount_decimal, amount_minor=item.amount_minor,
+                    quantity=item.quantity, unit_amount_decimal=item.unit_amount_decimal,
+                    # the same rule as a subscription line (and as the item's amount the API showed)
+                    amount_minor=line_amount_minor_half_up(item.quantity, item.unit_amount_decimal),
                     invoice_item_id=item.invoice_item_id, description=item.description)
         for item in items)
     check(len(lines) <= MAX_INVOICE_ITEMS, f"invoice {draft.invoice_id}: {len(lines)} lines")
