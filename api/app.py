@@ -285,6 +285,9 @@ class Conventions:
             caller = await run_in_threadpool(ctx.keys.caller, key)
         if caller is None:
             raise unauthorized(f"Invalid API Key provided: {key[:8]}{'*' * 8}")
+        if caller.session_expires_ms is not None:
+            _check_session(caller, path)
+        scope["drawdown.caller"] = caller  # for handlers that act as the key (a meter event session)
         if caller.read_only and method != "GET":
             raise ApiError(f"The provided key '{key[:8]}{'*' * 8}' is a read-only restricted key: it can only GET.",
                            status=403, type="invalid_request_error", code="secret_key_required")
@@ -369,6 +372,20 @@ def _utf8(data: bytes) -> bool:
         return True
     except UnicodeDecodeError:  # left to the router, which answers it as it always has
         return False
+
+
+METER_EVENT_STREAM_PATH = "/v2/billing/meter_event_stream"
+
+
+def _check_session(caller: Any, path: str) -> None:
+    """A meter event session's token authenticates the v2 meter event stream only, until it expires."""
+    if path != METER_EVENT_STREAM_PATH:
+        raise ApiError(f"A meter event session token authenticates only POST {METER_EVENT_STREAM_PATH};"
+                       " use a secret key.", status=401, code="api_key_invalid")
+    if time.time() * 1000 >= caller.session_expires_ms:
+        raise ApiError("The meter event session has expired: create a new one with POST"
+                       " /v2/billing/meter_event_session.", status=401, type="temporary_session_expired",
+                       code="billing_meter_event_session_expired")
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:

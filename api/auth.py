@@ -18,6 +18,8 @@ import psycopg
 
 SECRET_PREFIX = "sk_test_"
 READ_ONLY_PREFIX = "rk_test_"
+SESSION_PREFIX = "ek_test_"  # a v2 meter event session's authentication token
+METER_EVENT_SESSION_MS = 15 * 60 * 1000  # Stripe: a session lasts 15 minutes
 _CACHE_SECONDS = 30.0
 SHOWN_CHARACTERS = 12  # "sk_test_" and 4 random characters: enough to recognise, far from enough to use
 REVOKED_CHANNEL = "drawdown_api_key_revoked"
@@ -110,6 +112,24 @@ def ensure_dev_key(database_url: str, path: Path) -> str:
 class Caller:
     key_sha256: str
     read_only: bool
+    # A meter event session's token (not a key): until when it authenticates the v2 stream.
+    session_expires_ms: int | None = None
+
+
+def create_meter_event_session(pool: Any, caller: Caller, now_ms: int) -> dict[str, Any]:
+    """A new v2 meter event session of the caller's secret key: its token is returned once and
+    stored as a hash, so any API process accepts it until it expires (or the key is revoked)."""
+    from api.ids import new_id
+
+    token = SESSION_PREFIX + secrets.token_urlsafe(32).replace("-", "x").replace("_", "y")
+    session = {"id": new_id("mes"), "authentication_token": token, "created_ms": now_ms,
+               "expires_ms": now_ms + METER_EVENT_SESSION_MS}
+    with pool.connection() as conn:
+        conn.execute("delete from meter_event_sessions where expires_ms < %s", (now_ms - 86_400_000,))
+        conn.execute("insert into meter_event_sessions (token_sha256, id, key_sha256, created_ms, expires_ms)"
+                     " values (%s, %s, %s, %s, %s)", (key_sha256(token), session["id"], caller.key_sha256, now_ms,
+                                                     session["expires_ms"]))
+    return session
 
 
 class KeyRing:
@@ -132,7 +152,22 @@ class KeyRing:
         return None
 
     def caller(self, key: str) -> Caller | None:
+        if key.startswith(SESSION_PREFIX):
+            return self._session_caller(key_sha256(key))
         return self.caller_by_sha256(key_sha256(key))
+
+    def _session_caller(self, digest: str) -> Caller | None:
+        """The caller of a meter event session's token (expired or not: the caller checks), while
+        the key that created it is not revoked."""
+        generation = self._generation
+        with self._pool.connection() as conn:
+            row = conn.execute("select s.expires_ms from meter_event_sessions s join api_keys k"
+                               " on k.key_sha256 = s.key_sha256 where s.token_sha256 = %s and k.revoked_ms is null",
+                               (digest,)).fetchone()
+        caller = None if row is None else Caller(digest, False, session_expires_ms=row["expires_ms"])
+        if generation == self._generation:
+            self._cache[digest] = (caller, time.monotonic() + (_CACHE_SECONDS if caller else 1.0))
+        return caller
 
     def caller_by_sha256(self, digest: str) -> Caller | None:
         """The caller of the key with this hash (the dashboard's session holds only the hash)."""

@@ -158,9 +158,14 @@ def credit_balance_transaction(row: dict[str, Any], test_clock_id: str | None = 
 def invoice_line(line: dict[str, Any], credits: list[dict[str, Any]], invoice_row: dict[str, Any],
                  subscription_id: str | None) -> dict[str, Any]:
     quantity = line["quantity"]
+    invoice_item_id = line.get("invoice_item_id")
+    parent = {"type": "invoice_item_details", "invoice_item_details": {"invoice_item": invoice_item_id}} \
+        if invoice_item_id else {"type": "subscription_item_details", "subscription_item_details": {
+            "subscription": subscription_id, "subscription_item": line["subscription_item_id"]}}
     return {
         "id": line["id"], "object": "line_item", "amount": line["amount_minor"], "currency": invoice_row["currency"],
-        "description": None, "invoice": invoice_row.get("id"), "livemode": False, "metadata": {},
+        "description": line.get("description"), "invoice": invoice_row.get("id"), "livemode": False, "metadata": {},
+        "parent": parent,
         "period": {"start": seconds(invoice_row["period_start_ms"]), "end": seconds(invoice_row["period_end_ms"])},
         "pretax_credit_amounts": [
             {"amount": credit["amount_minor"], "credit_balance_transaction": credit["credit_balance_transaction_id"],
@@ -176,34 +181,59 @@ def invoice_line(line: dict[str, Any], credits: list[dict[str, Any]], invoice_ro
 
 def invoice(row: dict[str, Any], lines: list[dict[str, Any]], credits: list[dict[str, Any]],
             test_clock_id: str | None = None) -> dict[str, Any]:
+    """An invoice: a subscription period's (finalized by the workers), a one-off (draft or finalized),
+    or a preview (no id). A draft's amounts are its lines' so far."""
     by_line: dict[str, list[dict[str, Any]]] = {}
     for credit in credits:
         by_line.setdefault(credit["invoice_line_id"], []).append(credit)
     invoice_id = row.get("id")
+    status = row["status"]
     line_objects = [invoice_line(line, by_line.get(line["id"], []), row, row["subscription_id"]) for line in lines]
-    paid = row["status"] == "paid"
+    amount_paid = row.get("amount_paid_minor", 0)
+    settled = status in ("paid", "void")
+    subscription_id = row["subscription_id"]
     return {
         "id": invoice_id, "object": "invoice", "amount_due": row["amount_due_minor"],
-        "amount_paid": row["amount_due_minor"] if paid else 0,
-        "amount_remaining": 0 if paid or row["status"] == "void" else row["amount_due_minor"],
-        "billing_reason": row["billing_reason"], "created": seconds(row["finalized_ms"]),
-        "currency": row["currency"], "customer": row["customer_id"],
+        "amount_paid": amount_paid,
+        "amount_remaining": 0 if settled else row["amount_due_minor"] - amount_paid,
+        "auto_advance": row.get("auto_advance", False),
+        "billing_reason": row["billing_reason"], "collection_method": "charge_automatically",
+        "created": seconds(row.get("created_ms") or row["finalized_ms"]),
+        "currency": row["currency"], "customer": row["customer_id"], "description": row.get("description"),
         "lines": {"object": "list", "data": line_objects, "has_more": False,
                   "url": f"/v1/invoices/{invoice_id}/lines" if invoice_id else "/v1/invoices/create_preview/lines"},
-        "livemode": False, "metadata": {},
+        "livemode": False, "metadata": row.get("metadata") or {},
         "parent": {"type": "subscription_details",
-                   "subscription_details": {"subscription": row["subscription_id"], "metadata": {}}},
+                   "subscription_details": {"subscription": subscription_id, "metadata": {}}} if subscription_id else None,
         "period_start": seconds(row["period_start_ms"]), "period_end": seconds(row["period_end_ms"]),
-        "status": row["status"],
+        "status": status,
         "status_transitions": {"finalized_at": seconds(row["finalized_ms"]) if invoice_id else None,
+                               "marked_uncollectible_at": seconds(row.get("marked_uncollectible_ms")),
+                               # an invoice with nothing due is paid when finalized (Stripe)
+                               "paid_at": seconds(row.get("paid_ms") or (row["finalized_ms"] if status == "paid"
+                                                                          else None)),
                                "voided_at": seconds(row.get("voided_ms"))},
-        "subscription": row["subscription_id"], "subtotal": row["subtotal_minor"],
+        "subscription": subscription_id, "subtotal": row["subtotal_minor"],
         "subtotal_excluding_tax": row["subtotal_minor"], "test_clock": test_clock_id,
         "total": row["amount_due_minor"], "total_excluding_tax": row["amount_due_minor"],
         "total_pretax_credit_amounts": [
             {"amount": credit["amount_minor"], "credit_balance_transaction": credit["credit_balance_transaction_id"],
              "type": "credit_balance_transaction"} for credit in credits],
     }
+
+
+def invoice_item(row: dict[str, Any]) -> dict[str, Any]:
+    quantity = row["quantity"]
+    return {"id": row["id"], "object": "invoiceitem", "amount": row["amount_minor"], "currency": row["currency"],
+            "customer": row["customer_id"], "date": seconds(row["created_ms"]), "description": row["description"],
+            "discountable": True, "invoice": row["invoice_id"], "livemode": False, "metadata": row["metadata"],
+            "period": {"start": seconds(row["created_ms"]), "end": seconds(row["created_ms"])},
+            "price": row["price_id"],
+            "pricing": {"type": "price_details", "price_details": {"price": row["price_id"], "product": None},
+                        "unit_amount_decimal": decimal_text(row["unit_amount_decimal"])},
+            "proration": False,
+            "quantity": int(quantity) if quantity == quantity.to_integral_value() else None,
+            "test_clock": None, "unit_amount_decimal": decimal_text(row["unit_amount_decimal"])}
 
 
 def test_clock(row: dict[str, Any], status: str = "ready") -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Shared by `make demo` (against the running engine) and the end-to-end test. Hypernian sells input
 tokens at 3 cents and output tokens at 5 cents; Jenny Rosen gets a 10 USD grant, uses 3000 input
 tokens, and at period end (a test clock moves there) her invoice applies the credits: 9000 - 1000
-= 8000 cents due.
+= 8000 cents due. The guide's optional funding step comes first: Jenny pays a 10 USD one-off invoice
+(out of band here), and on its `invoice.paid` the integrator creates the grant.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def run(stripe: Any, say: Callable[[str], None] = print, invoice_timeout_s: floa
     clock = stripe.test_helpers.TestClock.create(frozen_time=START_S, name=f"walkthrough {suffix}")
     customer = stripe.Customer.create(name="Jenny Rosen", email="jenny.rosen@example.com", test_clock=clock.id)
     say(f"3. customer {customer.id} on test clock {clock.id} (frozen at 2026-01-01T00:00:00Z)")
+    funding = fund(stripe, customer.id)
+    say(f"   funding invoice {funding.id}: {funding.amount_paid} cents {funding.status} (no credits apply to it)")
     grant = stripe.billing.CreditGrant.create(
         customer=customer.id, name="Welcome credits", category="paid",
         amount={"type": "monetary", "monetary": {"value": 1000, "currency": "usd"}},
@@ -67,9 +70,9 @@ def run(stripe: Any, say: Callable[[str], None] = print, invoice_timeout_s: floa
     say(f"   test clock advancing past period end + grace period (status {advancing.status})")
     ready = _until(lambda: _ready(stripe, clock.id), invoice_timeout_s, "the test clock to be ready")
     say(f"   test clock {ready.status} at {ready.frozen_time}")
-    visible_when_ready = bool(stripe.Invoice.list(customer=customer.id, limit=1).data)
-    invoice = _until(lambda: _first(stripe.Invoice.list(customer=customer.id, limit=1).data), invoice_timeout_s,
-                     "the finalized invoice")
+    visible_when_ready = bool(stripe.Invoice.list(subscription=subscription.id, limit=1).data)
+    invoice = _until(lambda: _first(stripe.Invoice.list(subscription=subscription.id, limit=1).data),
+                     invoice_timeout_s, "the finalized invoice")
     say(f"8. invoice {invoice.id} ({invoice.status}), period {invoice.period_start}..{invoice.period_end}")
     for line in invoice.lines.data:
         credits = sum(credit.amount for credit in line.pretax_credit_amounts)
@@ -92,7 +95,18 @@ def run(stripe: Any, say: Callable[[str], None] = print, invoice_timeout_s: floa
         f"{[(s.start_time, s.aggregated_value) for s in summaries if s.aggregated_value]}")
     return {"preview": preview, "invoice": invoice, "clock_statuses": (advancing.status, ready.status),
             "invoice_visible_when_ready": visible_when_ready, "summary": summary, "transactions": transactions,
-            "summaries": summaries, "grant": grant, "customer": customer}
+            "summaries": summaries, "grant": grant, "customer": customer, "funding": funding}
+
+
+def fund(stripe: Any, customer_id: str, amount_cents: int = 1000) -> Any:
+    """The guide's funding step: a one-off invoice for the credits, finalized and paid (out of band:
+    drawdown takes no payments). Its `invoice.paid` is the integrator's cue to create the grant."""
+    stripe.InvoiceItem.create(customer=customer_id, amount=amount_cents, currency="usd",
+                              description="Hypernian prepaid credits")
+    draft = stripe.Invoice.create(customer=customer_id, pending_invoice_items_behavior="include",
+                                  auto_advance=False, description="Prepaid credits")
+    stripe.Invoice.finalize_invoice(draft.id)
+    return stripe.Invoice.pay(draft.id, paid_out_of_band=True)
 
 
 def _ready(stripe: Any, clock_id: str) -> Any:

@@ -28,7 +28,15 @@ from billing.facts import (
     CreditGrantUpdated,
     CreditGrantVoided,
     CustomerCreated,
+    InvoiceCreated,
     InvoiceFinalized,
+    InvoiceFinalizeRequested,
+    InvoiceItemCreated,
+    InvoiceItemDeleted,
+    InvoiceMarkedUncollectible,
+    InvoiceMarkUncollectibleRequested,
+    InvoicePaid,
+    InvoicePayRequested,
     InvoiceVoidRequested,
     SubscriptionCancelScheduled,
     SubscriptionCanceled,
@@ -39,6 +47,18 @@ from billing.facts import (
 )
 from billing.grants import GrantState, create_grant, expire_grant, update_grant, void_grant
 from billing.invoices import compute_invoice, rate_lines, void_invoice
+from billing.lifecycle import (
+    MAX_INVOICE_ITEMS,
+    MAX_PENDING_INVOICE_ITEMS,
+    InvoiceAction,
+    InvoiceItemNotPending,
+    InvoiceNotFound,
+    InvoiceStatus,
+    TooManyInvoiceItems,
+    check_action,
+    finalize_one_off,
+    finalized_status,
+)
 from billing.meters import MeterAggregator, MeterReading, MeterUsage
 from billing.periods import (
     BillingPeriod,
@@ -98,6 +118,11 @@ class CustomerState:
     # effective_at (the live balance counts it from then on). A record written before this field
     # reads 0: each of its grants is due once more, and the live balance is republished once.
     time_reached_ms: int = 0
+    # One-off invoices (billing/lifecycle.py): items not on a finalized invoice yet (pending, or on
+    # the draft their invoice_id names), drafts, and the finalized invoices paid or uncollectible.
+    invoice_items: dict[str, InvoiceItemCreated] = field(default_factory=dict)
+    drafts: dict[str, InvoiceCreated] = field(default_factory=dict)
+    settled_invoices: dict[str, str] = field(default_factory=dict)  # invoice id -> paid | uncollectible
 
     @property
     def test_clock_id(self) -> str | None:
@@ -114,7 +139,9 @@ def copy_state(state: CustomerState) -> CustomerState:
                    subscriptions={key: replace(sub) for key, sub in state.subscriptions.items()},
                    period_usage=dict(state.period_usage), invoices=dict(state.invoices),
                    voided_invoice_ids=set(state.voided_invoice_ids),
-                   low_balance_watches=dict(state.low_balance_watches))
+                   low_balance_watches=dict(state.low_balance_watches),
+                   invoice_items=dict(state.invoice_items), drafts=dict(state.drafts),
+                   settled_invoices=dict(state.settled_invoices))
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,11 +362,17 @@ def evolve(state: CustomerState, fact: object, catalog: Catalog, now_ms: int,
             state.grants[fact.grant_id] = grant
             emitted.extend(transactions)
             state.live_pending = True
+        elif isinstance(fact, INVOICE_LIFECYCLE_FACTS):
+            emitted.extend(_invoice_lifecycle(state, fact))
         elif isinstance(fact, InvoiceVoidRequested):
             invoice = state.invoices.get(fact.invoice_id)
             if invoice is None:
                 emitted.append(Rejected("resource_missing", f"no finalized invoice {fact.invoice_id}"))
             else:
+                status = finalized_status(invoice, state.settled_invoices, state.voided_invoice_ids)
+                if status != InvoiceStatus.VOID:  # (a second void is refused by void_invoice, as before)
+                    check_action(fact.invoice_id, status, InvoiceAction.VOID)
+                state.settled_invoices.pop(fact.invoice_id, None)
                 voiding = void_invoice(invoice, state.grants, fact.requested_at_ms,
                                        frozenset(state.voided_invoice_ids))
                 state.grants = dict(voiding.grants)
@@ -351,6 +384,73 @@ def evolve(state: CustomerState, fact: object, catalog: Catalog, now_ms: int,
         emitted.append(Rejected(error.code, str(error)))
     emitted.extend(advance_time(state, now_ms, catalog, config))
     return state, emitted
+
+
+# --- one-off invoices and invoice status (rules in billing/lifecycle.py) --------------------------
+
+INVOICE_LIFECYCLE_FACTS = (InvoiceItemCreated, InvoiceItemDeleted, InvoiceCreated, InvoiceFinalizeRequested,
+                           InvoicePayRequested, InvoiceMarkUncollectibleRequested)
+
+
+def _invoice_lifecycle(state: CustomerState, fact: object) -> list:
+    """Fold one invoice-item or invoice command; raises BillingError when the rules refuse it.
+    A create whose id exists already is a retried command and changes nothing."""
+    if isinstance(fact, InvoiceItemCreated):
+        if fact.invoice_item_id in state.invoice_items:
+            return []
+        on_invoice = [item for item in state.invoice_items.values() if item.invoice_id == fact.invoice_id]
+        if fact.invoice_id is not None and fact.invoice_id not in state.drafts:
+            raise InvoiceItemNotPending(f"invoice {fact.invoice_id} is not a draft: it takes no more items")
+        if len(on_invoice) >= (MAX_INVOICE_ITEMS if fact.invoice_id else MAX_PENDING_INVOICE_ITEMS):
+            raise TooManyInvoiceItems(f"customer {state.customer_id} has too many invoice items waiting")
+        state.invoice_items[fact.invoice_item_id] = fact
+        return []
+    if isinstance(fact, InvoiceItemDeleted):
+        if state.invoice_items.pop(fact.invoice_item_id, None) is None:
+            raise InvoiceItemNotPending(f"invoice item {fact.invoice_item_id} is not pending or on a draft")
+        return []
+    if isinstance(fact, InvoiceCreated):
+        if fact.invoice_id in state.drafts or fact.invoice_id in state.invoices:
+            return []
+        state.drafts[fact.invoice_id] = fact
+        # The items the API chose that are still pending in the invoice's currency (the projector
+        # applies the same condition in the same log order).
+        for item_id in fact.invoice_item_ids[:MAX_INVOICE_ITEMS]:
+            item = state.invoice_items.get(item_id)
+            if item is not None and item.invoice_id is None and item.currency == fact.currency:
+                state.invoice_items[item_id] = replace(item, invoice_id=fact.invoice_id)
+        return []
+    invoice = state.invoices.get(fact.invoice_id)  # type: ignore[attr-defined]
+    if isinstance(fact, InvoiceFinalizeRequested):
+        draft = state.drafts.get(fact.invoice_id)
+        if draft is None:
+            if invoice is None:
+                raise InvoiceNotFound(f"no invoice {fact.invoice_id}")
+            check_action(fact.invoice_id, _status(state, invoice), InvoiceAction.FINALIZE)
+        items = [item for item in state.invoice_items.values() if item.invoice_id == fact.invoice_id]
+        finalized = finalize_one_off(draft, items, fact.requested_at_ms)
+        del state.drafts[fact.invoice_id]
+        for item in items:
+            del state.invoice_items[item.invoice_item_id]
+        state.invoices[fact.invoice_id] = finalized
+        return [finalized]
+    if invoice is None:
+        raise InvoiceNotFound(f"no finalized invoice {fact.invoice_id}")  # type: ignore[attr-defined]
+    if isinstance(fact, InvoicePayRequested):
+        check_action(fact.invoice_id, _status(state, invoice), InvoiceAction.PAY)
+        state.settled_invoices[fact.invoice_id] = InvoiceStatus.PAID.value
+        return [InvoicePaid(invoice_id=fact.invoice_id, customer_id=state.customer_id,
+                            amount_paid_minor=invoice.amount_due_minor, paid_out_of_band=fact.paid_out_of_band,
+                            paid_at_ms=fact.requested_at_ms)]
+    assert isinstance(fact, InvoiceMarkUncollectibleRequested)
+    check_action(fact.invoice_id, _status(state, invoice), InvoiceAction.MARK_UNCOLLECTIBLE)
+    state.settled_invoices[fact.invoice_id] = InvoiceStatus.UNCOLLECTIBLE.value
+    return [InvoiceMarkedUncollectible(invoice_id=fact.invoice_id, customer_id=state.customer_id,
+                                       marked_uncollectible_at_ms=fact.requested_at_ms)]
+
+
+def _status(state: CustomerState, invoice: InvoiceFinalized) -> InvoiceStatus:
+    return finalized_status(invoice, state.settled_invoices, state.voided_invoice_ids)
 
 
 def _grant(state: CustomerState, grant_id: str) -> GrantState:

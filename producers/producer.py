@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from billing.catalog import Catalog
+from billing.customer import INVOICE_LIFECYCLE_FACTS
 from billing.facts import (
     CreditGrantCreated,
     CreditGrantExpired,
@@ -106,7 +107,7 @@ _CATALOG_KEY_FIELD: dict[type, str] = {
 _CUSTOMER_FACTS = (
     CustomerCreated, SubscriptionCreated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
     SubscriptionCanceled, CreditGrantCreated, CreditGrantUpdated, CreditGrantExpired, CreditGrantVoided,
-    InvoiceVoidRequested, MeterEventRecorded, MeterEventCanceled,
+    InvoiceVoidRequested, MeterEventRecorded, MeterEventCanceled, *INVOICE_LIFECYCLE_FACTS,
 )
 # Passing time is a fact for every customer: written to every partition (FACTS.md).
 _TIME_FACTS = (TimeTicked, TestClockCreated, TestClockAdvanced, TestClockDeleted)

@@ -20,6 +20,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from billing import facts as f
+from billing.lifecycle import MAX_INVOICE_ITEMS, status_after_finalization
 from billing.usage import CANCEL_NOT_FOUND, CANCEL_NOT_IN_PARTITION
 from projections import events
 
@@ -35,7 +36,8 @@ TRANSACTION_TYPES = ("text", "text", "text", "text", "int8", "text", "text", "te
 
 # Facts the projector reads past: the hot meter events (the workers fold them into usage buckets)
 # and time facts other than test clocks.
-IGNORED_FACTS = (f.MeterEventRecorded, f.MeterEventCanceled, f.TimeTicked, f.InvoiceVoidRequested)
+IGNORED_FACTS = (f.MeterEventRecorded, f.MeterEventCanceled, f.TimeTicked, f.InvoiceVoidRequested,
+                 f.InvoiceFinalizeRequested, f.InvoicePayRequested, f.InvoiceMarkUncollectibleRequested)
 
 
 # fact class -> the Batch method that collects its rows (a dict lookup: singledispatch cost ~5 us a fact)
@@ -260,18 +262,62 @@ class Batch:
         self.statements.append(("update test_clocks set deleted_ms = coalesce(deleted_ms, %s) where id = %s",
                                 (fact.deleted_at_ms, fact.test_clock_id)))
 
+    # --- one-off invoices (the customer's log, in order: the same conditions as billing/customer.py)
+
+    @_rule(f.InvoiceItemCreated)
+    def _(self, fact: f.InvoiceItemCreated, partition: int, offset: int) -> None:
+        # An item for a draft exists only if the draft does (the worker refuses it otherwise).
+        self.statements.append((
+            "insert into invoice_items (id, customer_id, invoice_id, currency, quantity, unit_amount_decimal,"
+            " amount_minor, price_id, description, metadata, created_ms)"
+            " select %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+            " where %s::text is null or exists (select 1 from invoices where id = %s and status = 'draft')"
+            " on conflict do nothing",
+            (fact.invoice_item_id, fact.customer_id, fact.invoice_id, fact.currency, fact.quantity,
+             fact.unit_amount_decimal, fact.amount_minor, fact.price_id, fact.description,
+             Jsonb(dict(fact.metadata)), fact.created_at_ms, fact.invoice_id, fact.invoice_id)))
+
+    @_rule(f.InvoiceItemDeleted)
+    def _(self, fact: f.InvoiceItemDeleted, partition: int, offset: int) -> None:
+        self.statements.append((
+            "delete from invoice_items i where i.id = %s and (i.invoice_id is null or exists"
+            " (select 1 from invoices d where d.id = i.invoice_id and d.status = 'draft'))",
+            (fact.invoice_item_id,)))
+
+    @_rule(f.InvoiceCreated)
+    def _(self, fact: f.InvoiceCreated, partition: int, offset: int) -> None:
+        # The draft (or, when its finalization was projected first, the invoice's draft fields).
+        self.statements.append((
+            "insert into invoices (id, customer_id, subscription_id, currency, period_start_ms, period_end_ms,"
+            " billing_reason, finalized_ms, subtotal_minor, total_credits_minor, amount_due_minor, status, created_ms,"
+            " description, metadata, auto_advance) values (%s, %s, null, %s, %s, %s, 'manual', null, 0, 0, 0,"
+            " 'draft', %s, %s, %s, %s) on conflict (id) do update set description = excluded.description,"
+            " metadata = excluded.metadata, auto_advance = excluded.auto_advance",
+            (fact.invoice_id, fact.customer_id, fact.currency, fact.created_at_ms, fact.created_at_ms,
+             fact.created_at_ms, fact.description, Jsonb(dict(fact.metadata)), fact.auto_advance)))
+        self.statements.append((
+            "update invoice_items set invoice_id = %s where id = any(%s) and customer_id = %s and invoice_id is null"
+            " and currency = %s",
+            (fact.invoice_id, list(fact.invoice_item_ids[:MAX_INVOICE_ITEMS]), fact.customer_id, fact.currency)))
+
     # --- derived facts ----------------------------------------------------------------------
 
     @_rule(f.InvoiceFinalized)
     def _(self, fact: f.InvoiceFinalized, partition: int, offset: int) -> None:
-        status = "paid" if fact.amount_due_minor == 0 else "open"
+        status = str(status_after_finalization(fact.amount_due_minor))
+        # A one-off invoice's draft row becomes the finalized invoice; a finalized row is left as it
+        # is (a replayed fact must not turn a paid or void invoice back to open).
         self.statements.append((
             "insert into invoices (id, customer_id, subscription_id, currency, period_start_ms, period_end_ms,"
-            " billing_reason, finalized_ms, subtotal_minor, total_credits_minor, amount_due_minor, status)"
-            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+            " billing_reason, finalized_ms, subtotal_minor, total_credits_minor, amount_due_minor, status, created_ms)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) on conflict (id) do update set"
+            " finalized_ms = excluded.finalized_ms, subtotal_minor = excluded.subtotal_minor,"
+            " total_credits_minor = excluded.total_credits_minor, amount_due_minor = excluded.amount_due_minor,"
+            " status = excluded.status where invoices.status = 'draft'",
             (fact.invoice_id, fact.customer_id, fact.subscription_id, fact.currency, fact.period_start_ms,
              fact.period_end_ms, str(fact.billing_reason), fact.finalized_at_ms, fact.subtotal_minor,
-             fact.total_credits_minor, fact.amount_due_minor, status)))
+             fact.total_credits_minor, fact.amount_due_minor, status,
+             fact.period_start_ms if fact.subscription_id is None else fact.finalized_at_ms)))
         if fact.billing_reason == f.BillingReason.SUBSCRIPTION_CANCEL:
             # The final invoice: a subscription canceled at period end ends with the period it bills
             # (one canceled now has ended already: its own time stays).
@@ -281,9 +327,10 @@ class Batch:
         for position, line in enumerate(fact.lines):
             self.statements.append((
                 "insert into invoice_lines (id, invoice_id, position, subscription_item_id, price_id, meter_id, quantity,"
-                " unit_amount_decimal, amount_minor) values (%s, %s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+                " unit_amount_decimal, amount_minor, invoice_item_id, description)"
+                " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
                 (line.line_id, fact.invoice_id, position, line.subscription_item_id, line.price_id, line.meter_id,
-                 line.quantity, line.unit_amount_decimal, line.amount_minor)))
+                 line.quantity, line.unit_amount_decimal, line.amount_minor, line.invoice_item_id, line.description)))
             for credit_position, credit in enumerate(line.credits):
                 self.statements.append((
                     "insert into invoice_line_credits (credit_balance_transaction_id, invoice_id, invoice_line_id,"
@@ -305,6 +352,20 @@ class Batch:
         self._changed("invoice.voided", events.invoice(fact.invoice_id), [(
             "update invoices set status = 'void', voided_ms = coalesce(voided_ms, %s) where id = %s",
             (fact.voided_at_ms, fact.invoice_id))], fact.invoice_id)
+
+    @_rule(f.InvoicePaid)
+    def _(self, fact: f.InvoicePaid, partition: int, offset: int) -> None:
+        self.statements.append((
+            "update invoices set status = 'paid', amount_paid_minor = %s, paid_out_of_band = %s,"
+            " paid_ms = coalesce(paid_ms, %s) where id = %s",
+            (fact.amount_paid_minor, fact.paid_out_of_band, fact.paid_at_ms, fact.invoice_id)))
+
+    @_rule(f.InvoiceMarkedUncollectible)
+    def _(self, fact: f.InvoiceMarkedUncollectible, partition: int, offset: int) -> None:
+        self.statements.append((
+            "update invoices set status = 'uncollectible',"
+            " marked_uncollectible_ms = coalesce(marked_uncollectible_ms, %s) where id = %s",
+            (fact.marked_uncollectible_at_ms, fact.invoice_id)))
 
     @_rule(f.CreditBalanceTransaction)
     def _(self, fact: f.CreditBalanceTransaction, partition: int, offset: int) -> None:

@@ -21,6 +21,7 @@ from typing import NamedTuple
 from billing.bounds import AMOUNT_OUT_OF_RANGE, safe_quantity
 from billing.catalog import Catalog
 from billing.customer import (
+    INVOICE_LIFECYCLE_FACTS,
     CustomerState,
     FoldConfig,
     Rejected,
@@ -44,6 +45,8 @@ from billing.facts import (
     CustomerCreated,
     DeadLetter,
     InvoiceFinalized,
+    InvoiceMarkedUncollectible,
+    InvoicePaid,
     InvoiceVoided,
     InvoiceVoidRequested,
     LiveBalanceChanged,
@@ -77,7 +80,7 @@ from billing.usage import (CANCEL_NOT_IN_PARTITION, BucketKey, SeenEvent, UsageB
 
 CUSTOMER_FACTS = (CustomerCreated, SubscriptionCreated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
                   SubscriptionCanceled, CreditGrantCreated, CreditGrantUpdated, CreditGrantExpired,
-                  CreditGrantVoided, InvoiceVoidRequested)
+                  CreditGrantVoided, InvoiceVoidRequested, *INVOICE_LIFECYCLE_FACTS)
 
 _new_tuple = tuple.__new__
 CACHED_USAGE_KEYS = 10_000  # customers whose period-usage keys the fast path keeps (see _usage_keys)
@@ -90,6 +93,8 @@ UNENCODABLE_OUTPUT = "unencodable_output"  # a fact it derives does not fit its 
 OUTPUT_TOPIC = {
     InvoiceFinalized: "invoices",
     InvoiceVoided: "invoices",
+    InvoicePaid: "invoices",
+    InvoiceMarkedUncollectible: "invoices",
     CreditBalanceTransaction: "credit-balance-transactions",
     UsageBucketUpdated: "usage-buckets",
     LiveBalanceChanged: "live-balances",

@@ -17,8 +17,23 @@ from api.objects import current_period
 from api.params import Params
 from api.routes.balances import grant_states
 from api.store import customer_now_ms, fetch_all, fetch_one, paginate, projected_usage, require
-from billing.facts import BillingReason, InvoiceVoidRequested, PriceCreated, RecurringInterval, SubscriptionItem, \
-    UsageType
+from api.ids import new_id
+from billing import ids
+from billing.errors import BillingError
+from billing.facts import (
+    BillingReason,
+    InvoiceCreated,
+    InvoiceFinalizeRequested,
+    InvoiceMarkUncollectibleRequested,
+    InvoicePayRequested,
+    InvoiceVoidRequested,
+    PriceCreated,
+    RecurringInterval,
+    SubscriptionItem,
+    UsageType,
+)
+from billing.lifecycle import MAX_INVOICE_ITEMS, InvoiceAction, InvoiceStatus, InvoiceStatusForbids, check_action
+from billing.money import minor_unit_exponent
 from billing.grants import GrantState
 from billing.invoices import InvoiceComputation, compute_invoice
 from billing.periods import BillingPeriod
@@ -29,6 +44,18 @@ router = APIRouter(tags=["invoices"])
 
 
 def invoice_object(ctx: ApiContext, row: dict[str, Any]) -> dict[str, Any]:
+    if row["status"] == "draft":  # a one-off draft: its items so far, as finalizing would bill them
+        lines = [{"id": ids.invoice_line_id(row["id"], item["id"]), "invoice_item_id": item["id"],
+                  "subscription_item_id": None, "price_id": item["price_id"], "quantity": item["quantity"],
+                  "unit_amount_decimal": item["unit_amount_decimal"], "amount_minor": item["amount_minor"],
+                  "description": item["description"]}
+                 for item in fetch_all(ctx.pool, "select * from invoice_items where invoice_id = %s"
+                                                  " order by created_ms, id", row["id"])]
+        subtotal_minor = sum(line["amount_minor"] for line in lines)
+        row = {**row, "subtotal_minor": subtotal_minor, "amount_due_minor": subtotal_minor}
+        credits: list[dict[str, Any]] = []
+        customer = fetch_one(ctx.pool, "select test_clock_id from customers where id = %s", row["customer_id"])
+        return objects.invoice(row, lines, credits, customer["test_clock_id"] if customer else None)
     return objects.load_invoice(lambda statement, *params: fetch_all(ctx.pool, statement, *params), row)
 
 
@@ -39,12 +66,12 @@ def list_invoices(ctx: ApiContext, params: Params) -> dict[str, Any]:
         if value is not None:
             conditions.append(f"{column} = %s")
             arguments.append(value)
-    status = params.str("status", choices=["draft", "open", "paid", "uncollectible", "void"])
+    status = params.str("status", choices=[status.value for status in InvoiceStatus])
     if status is not None:
         conditions.append("status = %s")
         arguments.append(status)
     return paginate(ctx.pool, params, "/v1/invoices", "invoices", conditions, arguments,
-                    lambda row: invoice_object(ctx, row), order_column="finalized_ms")
+                    lambda row: invoice_object(ctx, row))
 
 
 def retrieve_invoice(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
@@ -52,23 +79,84 @@ def retrieve_invoice(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]
     return invoice_object(ctx, require(ctx.pool, "invoices", "invoice", id))
 
 
-def void_invoice(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
-    """Request the void; the workers reinstate the credits. Waits (bounded) until the projection shows it."""
+def create_invoice(ctx: ApiContext, params: Params) -> dict[str, Any]:
+    """A draft one-off invoice. pending_invoice_items_behavior `include` takes the customer's pending
+    items in the invoice's currency, oldest first (at most 250); Stripe's default is `exclude`."""
+    customer_id = params.str("customer", required=True, max_length=200)
+    auto_advance = params.bool("auto_advance", default=False)
+    behavior = params.str("pending_invoice_items_behavior", choices=["include", "exclude"]) or "exclude"
+    currency = params.str("currency", max_length=3)
+    description = params.str("description", max_length=1500)
+    metadata = params.metadata() or {}
     params.done()
+    customer = require(ctx.pool, "customers", "customer", customer_id, param="customer")
+    pending = fetch_all(ctx.pool, "select id, currency from invoice_items where customer_id = %s and invoice_id is null"
+                                  " order by created_ms, id", customer_id) if behavior == "include" else []
+    if currency is None:
+        currency = pending[0]["currency"] if pending else "usd"
+    else:
+        try:
+            minor_unit_exponent(currency)
+        except BillingError as exc:
+            raise invalid("currency", f"Invalid currency: {currency}") from exc
+    item_ids = tuple(item["id"] for item in pending if item["currency"] == currency)[:MAX_INVOICE_ITEMS]
+    invoice_id = new_id("in")
+    fact = InvoiceCreated(invoice_id=invoice_id, customer_id=customer_id, currency=currency,
+                          auto_advance=bool(auto_advance), invoice_item_ids=item_ids, description=description,
+                          metadata=metadata, created_at_ms=customer_now_ms(ctx.pool, customer))
+    ctx.wait([ctx.publisher.publish("customer-facts", customer_id, fact)])
+    return invoice_object(ctx, require(ctx.pool, "invoices", "invoice", invoice_id))
+
+
+def _transition(ctx: ApiContext, id: str, action: InvoiceAction, fact_class: type, **fields: Any) -> dict[str, Any]:
+    """Check `action` against the invoice's status as projected (billing/lifecycle.py: Stripe's rules),
+    publish the request, and wait (bounded) until the workers' answer shows in the projection."""
     row = require(ctx.pool, "invoices", "invoice", id)
-    if row["status"] == "void":
+    status = InvoiceStatus(row["status"])
+    if action == InvoiceAction.VOID and status == InvoiceStatus.VOID:
         raise conflict(f"Invoice '{id}' is already void.", "invoice_already_voided")
+    try:
+        check_action(id, status, action)
+    except InvoiceStatusForbids as refused:
+        raise conflict(str(refused), refused.code) from refused
     customer = require(ctx.pool, "customers", "customer", row["customer_id"])
-    fact = InvoiceVoidRequested(invoice_id=id, customer_id=row["customer_id"],
-                                requested_at_ms=customer_now_ms(ctx.pool, customer))
+    fact = fact_class(invoice_id=id, customer_id=row["customer_id"],
+                      requested_at_ms=customer_now_ms(ctx.pool, customer), **fields)
     ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], fact)])
     deadline = time.monotonic() + ctx.settings.read_your_writes_timeout_ms / 1000
     while time.monotonic() < deadline:
         row = require(ctx.pool, "invoices", "invoice", id)
-        if row["status"] == "void":
+        if row["status"] != status:
             break
         time.sleep(0.02)
     return invoice_object(ctx, row)
+
+
+def finalize_invoice(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    params.bool("auto_advance")  # accepted; drafts are finalized only by this call (see DESIGN)
+    params.done()
+    return _transition(ctx, id, InvoiceAction.FINALIZE, InvoiceFinalizeRequested)
+
+
+def pay_invoice(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    """drawdown charges nothing itself: an invoice is paid outside it (paid_out_of_band=true)."""
+    paid_out_of_band = params.bool("paid_out_of_band", default=False)
+    params.done()
+    if not paid_out_of_band:
+        raise invalid("paid_out_of_band", "drawdown takes no payments: pay the invoice elsewhere and pass "
+                                          "paid_out_of_band=true.")
+    return _transition(ctx, id, InvoiceAction.PAY, InvoicePayRequested, paid_out_of_band=True)
+
+
+def mark_uncollectible(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    params.done()
+    return _transition(ctx, id, InvoiceAction.MARK_UNCOLLECTIBLE, InvoiceMarkUncollectibleRequested)
+
+
+def void_invoice(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    """Void an open or uncollectible invoice; the workers reinstate its credits."""
+    params.done()
+    return _transition(ctx, id, InvoiceAction.VOID, InvoiceVoidRequested)
 
 
 def _price_fact(row: dict[str, Any]) -> PriceCreated:
@@ -172,5 +260,16 @@ route(router, "GET", "/v1/invoices", list_invoices, summary="List invoices",
              "starting_after": "string", "ending_before": "string"})
 route(router, "POST", "/v1/invoices/create_preview", create_preview, summary="Preview the current period's invoice",
       form={"subscription": "string", "customer": "string"})
+route(router, "POST", "/v1/invoices", create_invoice, answers_with=retrieve_invoice, creates="in",
+      summary="Create a draft one-off invoice",
+      form={"customer": "string", "auto_advance": "boolean", "pending_invoice_items_behavior": "string",
+            "currency": "string", "description": "string"})
 route(router, "GET", "/v1/invoices/{id}", retrieve_invoice, summary="Retrieve an invoice")
-route(router, "POST", "/v1/invoices/{id}/void", void_invoice, answers_with=retrieve_invoice, summary="Void an invoice (credits are reinstated)")
+route(router, "POST", "/v1/invoices/{id}/finalize", finalize_invoice, answers_with=retrieve_invoice,
+      summary="Finalize a draft invoice", form={"auto_advance": "boolean"})
+route(router, "POST", "/v1/invoices/{id}/pay", pay_invoice, answers_with=retrieve_invoice,
+      summary="Mark an invoice paid out of band", form={"paid_out_of_band": "boolean"})
+route(router, "POST", "/v1/invoices/{id}/mark_uncollectible", mark_uncollectible, answers_with=retrieve_invoice,
+      summary="Mark an open invoice uncollectible")
+route(router, "POST", "/v1/invoices/{id}/void", void_invoice, answers_with=retrieve_invoice,
+      summary="Void an open or uncollectible invoice (credits are reinstated)")

@@ -1,6 +1,8 @@
-"""Meter events: one at a time (/v1/billing/meter_events), in batches of up to 100
-(/v2/billing/meter_event_stream, like Stripe's v2 stream), and cancellations
-(/v1/billing/meter_event_adjustments).
+"""Meter events: one at a time (/v1/billing/meter_events, /v2/billing/meter_events), in batches of
+up to 100 (/v2/billing/meter_event_stream, Stripe's v2 stream, authenticated with a secret key or a
+/v2/billing/meter_event_session token), and cancellations (/v1 and /v2 meter_event_adjustments).
+Every path validates with `_validated` and publishes MeterEventRecorded / MeterEventCanceled the
+same way; v2 takes JSON and RFC 3339 times.
 
 Events are validated synchronously with billing.meter_events (meter exists and is active, the
 customer key and value are present and valid, the customer exists, the timestamp is within 35 days
@@ -13,7 +15,7 @@ each identifier once within the dedupe window.
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -21,6 +23,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from api.app import json_response, route
+from api.auth import create_meter_event_session
 from api.context import ApiContext
 from api.errors import ApiError, invalid
 from api.ids import new_id
@@ -169,32 +172,39 @@ def _timestamp_ms(value: Any, name: str) -> int | None:
     raise invalid(name, f"Invalid timestamp: {str(value)[:50]} (an ISO 8601 time with a zone, or unix seconds)")
 
 
-def _batch(ctx: ApiContext, body: bytes) -> dict[str, Any]:
+def _raw_event(event: Any, prefix: str) -> dict[str, Any]:
+    """One v2 meter event (a JSON object) checked for shape; params are named `prefix` + field."""
+    if not isinstance(event, dict):
+        raise invalid(prefix.rstrip(".") or "body", "Each event must be an object.")
+    unknown = set(event) - {"event_name", "payload", "identifier", "timestamp"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise invalid(f"{prefix}{name}", f"Received unknown parameter: {name}", code="parameter_unknown")
+    event_name, identifier = event.get("event_name"), event.get("identifier")
+    if not isinstance(event_name, str) or not event_name:
+        raise invalid(f"{prefix}event_name", "event_name is required (a string).", code="parameter_missing")
+    if identifier is not None and (not isinstance(identifier, str) or len(identifier) > 100):
+        raise invalid(f"{prefix}identifier", "identifier must be a string of at most 100 characters.")
+    return {"event_name": event_name, "identifier": identifier,
+            "payload": _payload(event.get("payload"), f"{prefix}payload"),
+            "timestamp_ms": _timestamp_ms(event.get("timestamp"), f"{prefix}timestamp")}
+
+
+def _json_document(body: bytes, param: str = "body") -> dict[str, Any]:
     if b"\\u0000" in body:  # JSON can only carry NUL escaped; PostgreSQL text cannot hold it
-        raise invalid("events", "Invalid value: NUL characters are not allowed")
-    document = parse_json(body)  # an object, within the API's depth and size limits
+        raise invalid(param, "Invalid value: NUL characters are not allowed")
+    return parse_json(body) if body.strip() else {}  # an object, within the API's depth and size limits
+
+
+def _batch(ctx: ApiContext, body: bytes) -> dict[str, Any]:
+    document = _json_document(body, "events")
     if set(document) - {"events"}:
         extra = sorted(set(document) - {"events"})
         raise invalid(extra[0], f"Received unknown parameter: {extra[0]}", code="parameter_unknown")
     events = document.get("events")
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_BATCH_EVENTS:
         raise invalid("events", f"events must be an array of 1..{MAX_BATCH_EVENTS} meter events.")
-    raw_events = []
-    for index, event in enumerate(events):
-        if not isinstance(event, dict):
-            raise invalid(f"events[{index}]", "Each event must be an object.")
-        unknown = set(event) - {"event_name", "payload", "identifier", "timestamp"}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise invalid(f"events[{index}].{name}", f"Received unknown parameter: {name}", code="parameter_unknown")
-        event_name, identifier = event.get("event_name"), event.get("identifier")
-        if not isinstance(event_name, str) or not event_name:
-            raise invalid(f"events[{index}].event_name", "event_name is required (a string).", code="parameter_missing")
-        if identifier is not None and (not isinstance(identifier, str) or len(identifier) > 100):
-            raise invalid(f"events[{index}].identifier", "identifier must be a string of at most 100 characters.")
-        raw_events.append({"event_name": event_name, "identifier": identifier,
-                           "payload": _payload(event.get("payload"), f"events[{index}].payload"),
-                           "timestamp_ms": _timestamp_ms(event.get("timestamp"), f"events[{index}].timestamp")})
+    raw_events = [_raw_event(event, f"events[{index}].") for index, event in enumerate(events)]
     facts = _validated(ctx, raw_events, lambda index, field: f"events[{index}]." + ".".join(field))
     ctx.publisher.publish_many("customer-facts", [(fact.customer_id, fact, None) for fact in facts])
     return {"object": "billing.meter_event_stream_result", "accepted": len(facts)}
@@ -207,21 +217,112 @@ async def meter_event_stream(request: Request) -> Response:
     return json_response(await run_in_threadpool(_batch, request.app.state.ctx, body))
 
 
+def _cancel(ctx: ApiContext, event_name: str, identifier: str) -> MeterEventCanceled:
+    if event_name not in ctx.meters_by_event_name(max_age_s=0.0):
+        raise invalid("event_name", f"No meter has event_name '{event_name}'.", code="no_meter")
+    # The customer is not known from an identifier alone: the cancellation goes to every partition.
+    fact = MeterEventCanceled(event_name=event_name, identifier=identifier, customer_id=None, received_at_ms=now_ms())
+    ctx.publisher.publish_to_every_partition("customer-facts", fact)
+    return fact
+
+
 def create_adjustment(ctx: ApiContext, params: Params) -> dict[str, Any]:
     event_name = params.str("event_name", required=True, max_length=100)
     kind = params.str("type", choices=["cancel"]) or "cancel"
     cancel = params.object("cancel", required=True)
     identifier = cancel.str("identifier", required=True, max_length=100)
     params.done()
-    if event_name not in ctx.meters_by_event_name(max_age_s=0.0):
-        raise invalid("event_name", f"No meter has event_name '{event_name}'.", code="no_meter")
-    # The customer is not known from an identifier alone: the cancellation goes to every partition.
-    fact = MeterEventCanceled(event_name=event_name, identifier=identifier, customer_id=None, received_at_ms=now_ms())
-    ctx.publisher.publish_to_every_partition("customer-facts", fact)
+    _cancel(ctx, event_name, identifier)
     return {"object": "billing.meter_event_adjustment", "cancel": {"identifier": identifier},
             "event_name": event_name, "livemode": False, "status": "pending", "type": kind}
 
 
+# --- v2 (JSON, RFC 3339 times) ----------------------------------------------------------------
+
+
+def _rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _create_session(ctx: ApiContext, caller: Any, body: bytes) -> dict[str, Any]:
+    document = _json_document(body)
+    if document:
+        name = sorted(document)[0]
+        raise invalid(name, f"Received unknown parameter: {name}", code="parameter_unknown")
+    session = create_meter_event_session(ctx.pool, caller, now_ms())
+    return {"id": session["id"], "object": "v2.billing.meter_event_session",
+            "authentication_token": session["authentication_token"], "created": _rfc3339(session["created_ms"]),
+            "expires_at": _rfc3339(session["expires_ms"]), "livemode": False}
+
+
+async def meter_event_session(request: Request) -> Response:
+    """A token that authenticates /v2/billing/meter_event_stream for 15 minutes, in any API process."""
+    body = await request.body()
+    caller = request.scope["drawdown.caller"]
+    return json_response(await run_in_threadpool(_create_session, request.app.state.ctx, caller, body))
+
+
+def _v2_meter_event(ctx: ApiContext, body: bytes) -> dict[str, Any]:
+    raw = _raw_event(_json_document(body), "")
+    (fact,) = _validated(ctx, [raw], lambda index, field: ".".join(field))
+    ctx.publisher.publish("customer-facts", fact.customer_id, fact)  # acked, not waited for (as v1)
+    return {"object": "v2.billing.meter_event", "created": _rfc3339(fact.received_at_ms),
+            "event_name": fact.event_name, "identifier": fact.identifier, "livemode": False,
+            "payload": dict(fact.payload), "timestamp": _rfc3339(fact.event_time_ms)}
+
+
+async def v2_meter_event(request: Request) -> Response:
+    body = await request.body()
+    return json_response(await run_in_threadpool(_v2_meter_event, request.app.state.ctx, body))
+
+
+def _v2_adjustment(ctx: ApiContext, body: bytes) -> dict[str, Any]:
+    document = _json_document(body)
+    unknown = set(document) - {"event_name", "type", "cancel"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise invalid(name, f"Received unknown parameter: {name}", code="parameter_unknown")
+    event_name, kind, cancel = document.get("event_name"), document.get("type", "cancel"), document.get("cancel")
+    if not isinstance(event_name, str) or not event_name or len(event_name) > 100:
+        raise invalid("event_name", "event_name is required (a string of at most 100 characters).",
+                      code="parameter_missing")
+    if kind != "cancel":
+        raise invalid("type", "type must be cancel.")
+    identifier = cancel.get("identifier") if isinstance(cancel, dict) else None
+    if not isinstance(cancel, dict) or set(cancel) - {"identifier"} or not isinstance(identifier, str) \
+            or not identifier or len(identifier) > 100:
+        raise invalid("cancel.identifier", "cancel.identifier is required (a string of at most 100 characters).",
+                      code="parameter_missing")
+    fact = _cancel(ctx, event_name, identifier)
+    return {"id": new_id("mea"), "object": "v2.billing.meter_event_adjustment", "cancel": {"identifier": identifier},
+            "created": _rfc3339(fact.received_at_ms), "event_name": event_name, "livemode": False,
+            "status": "pending", "type": "cancel"}
+
+
+async def v2_adjustment(request: Request) -> Response:
+    body = await request.body()
+    return json_response(await run_in_threadpool(_v2_adjustment, request.app.state.ctx, body))
+
+
+_V2_EVENT_SCHEMA = {"type": "object", "properties": {
+    "event_name": {"type": "string"}, "identifier": {"type": "string"}, "timestamp": {"type": "string"},
+    "payload": {"type": "object", "additionalProperties": {"type": "string"}}}}
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"content": {"application/json": {"schema": schema}}}}
+
+
+router.add_api_route("/v2/billing/meter_event_session", meter_event_session, methods=["POST"],
+                     summary="Create a meter event session (a 15-minute token for the v2 stream)",
+                     openapi_extra=_json_body({"type": "object"}))
+router.add_api_route("/v2/billing/meter_events", v2_meter_event, methods=["POST"],
+                     summary="Record a meter event (v2)", openapi_extra=_json_body(_V2_EVENT_SCHEMA))
+router.add_api_route("/v2/billing/meter_event_adjustments", v2_adjustment, methods=["POST"],
+                     summary="Cancel a meter event (v2)", openapi_extra=_json_body({
+                         "type": "object", "required": ["event_name", "cancel"], "properties": {
+                             "event_name": {"type": "string"}, "type": {"type": "string", "enum": ["cancel"]},
+                             "cancel": {"type": "object", "properties": {"identifier": {"type": "string"}}}}}))
 route(router, "POST", "/v1/billing/meter_events", create_meter_event, summary="Record a meter event",
       form={"event_name": "string", "payload[stripe_customer_id]": "string", "payload[value]": "string",
             "identifier": "string", "timestamp": "integer"})

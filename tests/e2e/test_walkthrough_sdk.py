@@ -16,6 +16,11 @@ def test_the_hypernian_walkthrough_bills_3000_input_tokens_as_9000_minus_1000_cr
     lines: list[str] = []
     result = walkthrough.run(stripe, say=lines.append, invoice_timeout_s=90)
 
+    funding = result["funding"]  # the guide's funding step: a $10 one-off invoice paid out of band
+    assert (funding.status, funding.billing_reason, funding.amount_due, funding.amount_paid,
+            funding.amount_remaining) == ("paid", "manual", 1000, 1000, 0)
+    assert funding.status_transitions.paid_at is not None and funding.total_pretax_credit_amounts == []
+    assert [(line.amount, line.description) for line in funding.lines.data] == [(1000, "Hypernian prepaid credits")]
     assert result["clock_statuses"] == ("advancing", "ready")
     assert result["invoice_visible_when_ready"], "a ready clock's invoices are readable at once"
     preview = result["preview"]

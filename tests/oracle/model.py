@@ -32,6 +32,15 @@ Where the documents leave a choice open, the choice is written down here, next t
   those periods; with no such period, the grants effective now) minus the amounts of those periods'
   lines whose price such a grant covers. A not-yet-invoiced period is every period of a live
   subscription that has begun and is not finalized yet, with or without usage.
+- INVOICE LIFECYCLE (STRIPE.md "Invoice lifecycle"): draft -> open (finalize) -> paid (pay) |
+  uncollectible (mark_uncollectible) | void (only from open or uncollectible); an uncollectible
+  invoice can still be paid or voided. A finalized invoice with nothing due is paid at once, as
+  Stripe does, so it cannot be voided. One-off invoices: invoice items wait (pending) until an
+  invoice takes them: a draft takes the pending items it names that are in its currency (at most
+  250, Stripe's line limit); an item given for a draft joins it if it is still a draft. Finalizing
+  bills one line per item, amount = quantity x unit amount rounded half up, and NO credits
+  (STRIPE.md "Invoices": credits never apply to one-off items); its period is its creation time.
+  Paying records the amount due as paid. At most 1000 pending items per customer (OURS).
 """
 
 from __future__ import annotations
@@ -229,6 +238,14 @@ class Customer:
     by_identifier: dict[tuple[str, str], Event] = field(default_factory=dict)  # (meter, identifier) -> latest
     invoices: dict[str, dict] = field(default_factory=dict)
     voided_invoices: dict[str, int] = field(default_factory=dict)
+    items: dict[str, dict] = field(default_factory=dict)  # invoice items not billed yet (pending or on a draft)
+    drafts: dict[str, dict] = field(default_factory=dict)
+    settled: dict[str, str] = field(default_factory=dict)  # invoice id -> "paid" | "uncollectible"
+
+    def status(self, invoice: dict) -> str:
+        if invoice["invoice_id"] in self.voided_invoices:
+            return "void"
+        return self.settled.get(invoice["invoice_id"], "paid" if invoice["amount_due_minor"] == 0 else "open")
 
 
 # --- the fold -------------------------------------------------------------------------------------
@@ -240,6 +257,8 @@ class Results:
 
     invoices: dict[str, dict] = field(default_factory=dict)
     voided_invoices: dict[str, dict] = field(default_factory=dict)
+    paid_invoices: dict[str, dict] = field(default_factory=dict)
+    uncollectible_invoices: dict[str, dict] = field(default_factory=dict)
     transactions: dict[str, dict] = field(default_factory=dict)
     buckets: dict[tuple[str, str, int], tuple[Decimal, int]] = field(default_factory=dict)
     live_balances: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)
@@ -453,13 +472,19 @@ class Oracle:
                 self._write(customer, grant, "credits_voided", grant.ledger, fact["voided_at_ms"])
             grant.voided = True
             return None
+        if name in ("InvoiceItemCreated", "InvoiceItemDeleted", "InvoiceCreated", "InvoiceFinalizeRequested",
+                    "InvoicePayRequested", "InvoiceMarkUncollectibleRequested"):
+            return self._invoice_lifecycle(name, fact, customer)
         if name == "InvoiceVoidRequested":
             invoice = customer.invoices.get(fact["invoice_id"])
             if invoice is None:
                 return "resource_missing"
             if fact["invoice_id"] in customer.voided_invoices:
                 return "invoice_already_voided"
+            if customer.status(invoice) not in ("open", "uncollectible"):
+                return "invoice_unexpected_status"
             at = fact["requested_at_ms"]
+            customer.settled.pop(fact["invoice_id"], None)
             customer.voided_invoices[fact["invoice_id"]] = at
             self.results.voided_invoices[fact["invoice_id"]] = {
                 "invoice_id": fact["invoice_id"], "customer_id": customer.customer_id, "voided_at_ms": at}
@@ -474,6 +499,70 @@ class Oracle:
                         grant.expired = True
             return None
         return "unexpected_fact"
+
+    def _invoice_lifecycle(self, name: str, fact: dict, customer: Customer) -> str | None:
+        if name == "InvoiceItemCreated":
+            if fact["invoice_item_id"] in customer.items:
+                return None  # a retried create
+            if fact["invoice_id"] is not None and fact["invoice_id"] not in customer.drafts:
+                return "invoice_item_not_pending"
+            waiting = sum(1 for item in customer.items.values() if item["invoice_id"] == fact["invoice_id"])
+            if waiting >= (250 if fact["invoice_id"] else 1000):
+                return "too_many_invoice_items"
+            customer.items[fact["invoice_item_id"]] = dict(fact)
+            return None
+        if name == "InvoiceItemDeleted":
+            return None if customer.items.pop(fact["invoice_item_id"], None) else "invoice_item_not_pending"
+        if name == "InvoiceCreated":
+            if fact["invoice_id"] in customer.drafts or fact["invoice_id"] in customer.invoices:
+                return None
+            customer.drafts[fact["invoice_id"]] = fact
+            for item_id in fact["invoice_item_ids"][:250]:
+                item = customer.items.get(item_id)
+                if item is not None and item["invoice_id"] is None and item["currency"] == fact["currency"]:
+                    item["invoice_id"] = fact["invoice_id"]
+            return None
+        invoice_id_ = fact["invoice_id"]
+        invoice = customer.invoices.get(invoice_id_)
+        at = fact["requested_at_ms"]
+        if name == "InvoiceFinalizeRequested":
+            draft = customer.drafts.pop(invoice_id_, None)
+            if draft is None:
+                return "resource_missing" if invoice is None else "invoice_unexpected_status"
+            items = [item for item in customer.items.values() if item["invoice_id"] == invoice_id_]
+            lines = []
+            for item in items:
+                quantity, unit = Decimal(item["quantity"]), Decimal(item["unit_amount_decimal"])
+                lines.append({"line_id": line_id(invoice_id_, item["invoice_item_id"]), "subscription_item_id": None,
+                              "price_id": item["price_id"], "meter_id": None, "quantity": quantity,
+                              "unit_amount_decimal": unit, "amount_minor": line_amount(quantity, unit), "credits": [],
+                              "invoice_item_id": item["invoice_item_id"], "description": item["description"]})
+                del customer.items[item["invoice_item_id"]]
+            subtotal = sum(line["amount_minor"] for line in lines)
+            record = {"invoice_id": invoice_id_, "customer_id": customer.customer_id, "subscription_id": None,
+                      "currency": draft["currency"], "period_start_ms": draft["created_at_ms"],
+                      "period_end_ms": draft["created_at_ms"], "billing_reason": "manual", "finalized_at_ms": at,
+                      "lines": lines, "subtotal_minor": subtotal, "total_credits_minor": 0, "amount_due_minor": subtotal}
+            customer.invoices[invoice_id_] = self.results.invoices[invoice_id_] = record
+            return None
+        if invoice is None:
+            return "resource_missing"
+        status = customer.status(invoice)
+        if name == "InvoicePayRequested":
+            if status not in ("open", "uncollectible"):
+                return "invoice_unexpected_status"
+            customer.settled[invoice_id_] = "paid"
+            self.results.paid_invoices[invoice_id_] = {
+                "invoice_id": invoice_id_, "customer_id": customer.customer_id,
+                "amount_paid_minor": invoice["amount_due_minor"], "paid_out_of_band": fact["paid_out_of_band"],
+                "paid_at_ms": at}
+            return None
+        if status != "open":  # mark uncollectible
+            return "invoice_unexpected_status"
+        customer.settled[invoice_id_] = "uncollectible"
+        self.results.uncollectible_invoices[invoice_id_] = {
+            "invoice_id": invoice_id_, "customer_id": customer.customer_id, "marked_uncollectible_at_ms": at}
+        return None
 
     def _write(self, customer: Customer, grant: Grant, reason: str, amount: int, effective_at_ms: int,
                invoice: str | None = None, line: str | None = None) -> dict:
@@ -534,7 +623,8 @@ class Oracle:
                           "price_id": price["price_id"],
                           "meter_id": price["meter_id"] if price["usage_type"] == "metered" else None,
                           "quantity": quantity, "unit_amount_decimal": unit,
-                          "amount_minor": line_amount(quantity, unit), "credits": []})
+                          "amount_minor": line_amount(quantity, unit), "credits": [], "invoice_item_id": None,
+                          "description": None})
         return lines
 
     def _finalize(self, customer: Customer, sub: Subscription, due_ms: int) -> None:

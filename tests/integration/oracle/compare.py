@@ -75,7 +75,7 @@ def differences(kind: str, expected: dict, actual: dict, limit: int = 4) -> list
 
 
 def compare(settings, customers: set[str] | None = None, what: tuple[str, ...] = (
-        "invoices", "voided", "transactions", "ledgers", "buckets", "live", "dead_letters")) -> list[str]:
+        "invoices", "voided", "paid", "transactions", "ledgers", "buckets", "live", "dead_letters")) -> list[str]:
     """Every difference between the engine's outputs and the oracle (of `customers`, or all)."""
     oracle = oracle_results(settings)
     outputs = engine_outputs(settings)
@@ -92,6 +92,12 @@ def compare(settings, customers: set[str] | None = None, what: tuple[str, ...] =
     if "voided" in what:
         found += differences("voided invoice", pick(oracle.voided_invoices, lambda k, v: v["customer_id"]),
                              pick(_unique(outputs.get("InvoiceVoided", []), "invoice_id"), lambda k, v: v["customer_id"]))
+    if "paid" in what:
+        for kind, expected, name in (("paid invoice", oracle.paid_invoices, "InvoicePaid"),
+                                     ("uncollectible invoice", oracle.uncollectible_invoices,
+                                      "InvoiceMarkedUncollectible")):
+            found += differences(kind, pick(expected, lambda k, v: v["customer_id"]),
+                                 pick(_unique(outputs.get(name, []), "invoice_id"), lambda k, v: v["customer_id"]))
     transactions = _unique(outputs.get("CreditBalanceTransaction", []), "transaction_id")
     if "transactions" in what:
         found += differences("transaction", pick(oracle.transactions, lambda k, v: v["customer_id"]),

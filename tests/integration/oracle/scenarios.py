@@ -8,7 +8,10 @@ licensed seat; an anchor now or later; a cancel now with or without invoice_now,
 end, sometimes taken back), meter events
 (corrections, decimals, retries of the same identifier, late events inside and outside the grace
 period, events too old or in the future, cancellations inside and outside 24 hours, with and without
-customer) and an invoice void. Time moves by ticks (wall clock) and by test clock advances, both
+customer) and an invoice void; one-off invoices of invoice items (pending, deleted, added to a draft,
+in another currency) finalized, paid, marked uncollectible or voided, and period invoices paid or
+marked uncollectible (a second, independent random stream per customer, so the stories above stay
+as they were). Time moves by ticks (wall clock) and by test clock advances, both
 to the moment of each action.
 
 Besides (drawn from a second generator, so the stories above stay as they were): the output-token
@@ -21,7 +24,7 @@ hours after its event, a cancel at a period's end, an event received at the deac
 from __future__ import annotations
 
 import random
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from billing.facts import (
     CreditGrantCreated,
@@ -33,6 +36,12 @@ from billing.facts import (
     GrantCategory,
     GrantPriceType,
     GrantScope,
+    InvoiceCreated,
+    InvoiceFinalizeRequested,
+    InvoiceItemCreated,
+    InvoiceItemDeleted,
+    InvoiceMarkUncollectibleRequested,
+    InvoicePayRequested,
     InvoiceVoidRequested,
     MeterAggregation,
     MeterDeactivated,
@@ -130,6 +139,10 @@ def _customer(rng: random.Random, timeline: Timeline, customer_id: str, clock_id
             timeline.at(when_ms, CreditGrantUpdated(grant_id=grant_id, customer_id=customer_id,
                                                     expires_at_ms=new_expiry, updated_at_ms=when_ms))
 
+    lifecycle = random.Random(f"{customer_id}-lifecycle")
+    if lifecycle.random() < 0.5:
+        _one_off_invoice(lifecycle, timeline, customer_id, created_ms + 30 * MINUTE_MS)
+
     if not subscribes:
         return  # a customer with grants and no subscription
     sub_id = f"sub_{customer_id}"
@@ -160,6 +173,13 @@ def _customer(rng: random.Random, timeline: Timeline, customer_id: str, clock_id
         when_ms = _minute(rng, first_end_ms + GRACE_MS + HOUR_MS, first_end_ms + 10 * DAY_MS)
         timeline.at(when_ms, InvoiceVoidRequested(invoice_id=invoice_id(sub_id, sub_ms), customer_id=customer_id,
                                                   requested_at_ms=when_ms))
+
+    settle_roll = lifecycle.random()
+    if settle_roll < 0.4:  # the first period's invoice paid or marked uncollectible (then maybe voided)
+        when_ms = _minute(lifecycle, first_end_ms + GRACE_MS + HOUR_MS, first_end_ms + 10 * DAY_MS)
+        kind = InvoicePayRequested if settle_roll < 0.25 else InvoiceMarkUncollectibleRequested
+        timeline.at(when_ms, kind(invoice_id=invoice_id(sub_id, sub_ms), customer_id=customer_id,
+                                  requested_at_ms=when_ms))
 
     names = [name for name, spec in METERS.items() if spec[1] in prices] or list(METERS)
     for n in range(rng.randrange(5, 30)):
@@ -236,6 +256,40 @@ def _tie_event(customer_id: str, name: str, identifier: str, value: str, event_m
 
 
 DEACTIVATED_METER = "mtr_out"
+
+
+def _one_off_invoice(rng: random.Random, timeline: Timeline, customer_id: str, start_ms: int) -> None:
+    """Invoice items and a one-off invoice through its lifecycle, with the refusals Stripe makes."""
+    def item(n: int, at_ms: int, currency: str = "usd", invoice: str | None = None) -> InvoiceItemCreated:
+        quantity, unit = Decimal(rng.randrange(1, 5)), Decimal(rng.choice(["1000", "250.5", "0.3", "7"]))
+        amount = int((quantity * unit).to_integral_value(rounding=ROUND_HALF_UP))
+        return InvoiceItemCreated(invoice_item_id=f"ii_{customer_id}_{n}", customer_id=customer_id, currency=currency,
+                                  quantity=quantity, unit_amount_decimal=unit, amount_minor=amount,
+                                  description=f"item {n}", invoice_id=invoice, created_at_ms=at_ms)
+
+    invoice = f"in_oneoff_{customer_id}"
+    at_ms = start_ms
+    items = [item(n, at_ms + n * MINUTE_MS, "eur" if rng.random() < 0.1 else "usd") for n in range(rng.randrange(0, 4))]
+    for fact in items:
+        timeline.at(fact.created_at_ms, fact)
+    if items and rng.random() < 0.3:
+        at_ms += 10 * MINUTE_MS
+        timeline.at(at_ms, InvoiceItemDeleted(invoice_item_id=items[0].invoice_item_id, customer_id=customer_id,
+                                              deleted_at_ms=at_ms))
+    if rng.random() < 0.2:  # an item for a draft that does not exist yet: refused
+        timeline.at(at_ms + 11 * MINUTE_MS, item(7, at_ms + 11 * MINUTE_MS, invoice=invoice))
+    at_ms += 20 * MINUTE_MS
+    timeline.at(at_ms, InvoiceCreated(invoice_id=invoice, customer_id=customer_id, currency="usd",
+                                      invoice_item_ids=tuple(f.invoice_item_id for f in items), created_at_ms=at_ms))
+    if rng.random() < 0.5:  # an item added to the draft
+        timeline.at(at_ms + MINUTE_MS, item(8, at_ms + MINUTE_MS, invoice=invoice))
+    steps = {"pay": InvoicePayRequested, "mark": InvoiceMarkUncollectibleRequested, "void": InvoiceVoidRequested,
+             "finalize": InvoiceFinalizeRequested}
+    story = rng.choice([["pay", "finalize", "pay", "void"], ["finalize", "mark", "pay", "mark"],
+                        ["finalize", "mark", "void", "pay"], ["finalize", "void", "finalize"], ["finalize"], []])
+    for step in story:
+        at_ms += HOUR_MS + rng.randrange(1, 59_000)
+        timeline.at(at_ms, steps[step](invoice_id=invoice, customer_id=customer_id, requested_at_ms=at_ms))
 
 
 def scenario(seed: int, customers: int) -> list:

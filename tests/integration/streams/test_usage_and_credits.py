@@ -180,7 +180,9 @@ def test_voiding_an_invoice_reinstates_its_credits_and_a_grant_expires_at_its_ti
     run = Run(producer)
     run.grant("short", 250, priority=0, expires_at_ms=w.START_MS + 2 * w.HOUR_MS)
     run.advance(w.START_MS + 3 * w.HOUR_MS)  # the short grant expires unused
-    run.tokens("100", "usage", w.START_MS + 3 * w.HOUR_MS)  # 300 minor
+    # 1200 minor: 1000 credited, 200 due, so the invoice is open (one with nothing due is paid, and a
+    # paid invoice cannot be voided, as in Stripe).
+    run.tokens("400", "usage", w.START_MS + 3 * w.HOUR_MS)
     run.advance(PERIOD_END_MS + GRACE_MS)
     invoice = invoice_of(outputs, run)
     producer.send(InvoiceVoidRequested(invoice_id=invoice.invoice_id, customer_id=run.customer_id,
@@ -196,9 +198,9 @@ def test_voiding_an_invoice_reinstates_its_credits_and_a_grant_expires_at_its_ti
         ("credgr", TransactionReason.CREDITS_GRANTED, 1000),
         ("short", TransactionReason.CREDITS_GRANTED, 250),
         ("short", TransactionReason.CREDITS_EXPIRED, 250),
-        ("credgr", TransactionReason.CREDITS_APPLIED, 300),
-        ("credgr", TransactionReason.CREDITS_APPLICATION_INVOICE_VOIDED, 300),
+        ("credgr", TransactionReason.CREDITS_APPLIED, 1000),
+        ("credgr", TransactionReason.CREDITS_APPLICATION_INVOICE_VOIDED, 1000),
     ]
-    assert invoice.total_credits_minor == 300
+    assert (invoice.total_credits_minor, invoice.amount_due_minor) == (1000, 200)
     outputs.wait_for(lambda facts: any(b.available_credits_minor == 1000 and b.accrued_usage_minor == 0
                                        for b in outputs.of(LiveBalanceChanged, run.customer_id)))

@@ -23,6 +23,8 @@ from billing.facts import (
     GrantCategory,
     GrantScope,
     InvoiceFinalized,
+    InvoiceCreated,
+    InvoiceItemCreated,
     InvoiceVoidRequested,
     RecurringInterval,
     SubscriptionCancelScheduled,
@@ -165,7 +167,10 @@ _CUSTOMERS = _all_fields(
     live_published_ms=st.none() | INT64,
     low_balance_watches=st.dictionaries(TEXT, st.lists(fact_strategy(LowBalanceWatch), max_size=2).map(tuple),
                                         max_size=2),
-    large_amounts=st.booleans(), time_reached_ms=INT64)
+    large_amounts=st.booleans(), time_reached_ms=INT64,
+    invoice_items=st.dictionaries(TEXT, fact_strategy(InvoiceItemCreated), max_size=2),
+    drafts=st.dictionaries(TEXT, fact_strategy(InvoiceCreated), max_size=2),
+    settled_invoices=st.dictionaries(TEXT, st.sampled_from(["paid", "uncollectible"]), max_size=2))
 
 
 @settings(max_examples=150, deadline=None)
