@@ -169,9 +169,11 @@ class KeyRing:
             self._cache[digest] = (caller, time.monotonic() + (_CACHE_SECONDS if caller else 1.0))
         return caller
 
-    def caller_by_sha256(self, digest: str) -> Caller | None:
-        """The caller of the key with this hash (the dashboard's session holds only the hash)."""
-        cached = self._cache.get(digest)
+    def caller_by_sha256(self, digest: str, fresh: bool = False) -> Caller | None:
+        """The caller of the key with this hash (the dashboard's session holds only the hash).
+        fresh skips the cache: the dashboard asks the database on every page, so a revocation ends
+        its sessions at once rather than when the NOTIFY reaches this process."""
+        cached = None if fresh else self._cache.get(digest)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
         generation = self._generation

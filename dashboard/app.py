@@ -94,7 +94,7 @@ async def authenticated(request: Request) -> sessions.Session:
     session = sessions.decode(request.cookies.get(sessions.COOKIE_NAME), state.secret, now_s())
     if session is None:
         raise LoginRequired()
-    caller = await run_in_threadpool(request.app.state.ctx.keys.caller_by_sha256, session.key_sha256)
+    caller = await run_in_threadpool(request.app.state.ctx.keys.caller_by_sha256, session.key_sha256, True)
     if caller is None:  # revoked since the login
         raise LoginRequired()
     request.state.session = session
