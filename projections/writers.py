@@ -299,6 +299,7 @@ class Batch:
             "update invoice_items set invoice_id = %s where id = any(%s) and customer_id = %s and invoice_id is null"
             " and currency = %s",
             (fact.invoice_id, list(fact.invoice_item_ids[:MAX_INVOICE_ITEMS]), fact.customer_id, fact.currency)))
+        self._event("invoice.created", events.invoice(fact.invoice_id), fact.invoice_id)
 
     # --- derived facts ----------------------------------------------------------------------
 
@@ -337,8 +338,8 @@ class Batch:
                     " grant_id, amount_minor, position) values (%s, %s, %s, %s, %s, %s) on conflict do nothing",
                     (credit.credit_balance_transaction_id, fact.invoice_id, line.line_id, credit.grant_id,
                      credit.amount_minor, credit_position)))
-        # drawdown has no draft invoices in the projection: one is created and finalized at once
-        # (and paid at once when nothing is due, as Stripe does).
+        # A period invoice is created and finalized at once (and paid at once when nothing is due, as
+        # Stripe does); a one-off invoice's invoice.created came with its draft (same id: written once).
         self._event("invoice.created", events.invoice(fact.invoice_id), fact.invoice_id)
         self._event("invoice.finalized", events.invoice(fact.invoice_id), fact.invoice_id)
         if fact.amount_due_minor == 0:
@@ -355,17 +356,17 @@ class Batch:
 
     @_rule(f.InvoicePaid)
     def _(self, fact: f.InvoicePaid, partition: int, offset: int) -> None:
-        self.statements.append((
+        self._changed("invoice.paid", events.invoice(fact.invoice_id), [(
             "update invoices set status = 'paid', amount_paid_minor = %s, paid_out_of_band = %s,"
             " paid_ms = coalesce(paid_ms, %s) where id = %s",
-            (fact.amount_paid_minor, fact.paid_out_of_band, fact.paid_at_ms, fact.invoice_id)))
+            (fact.amount_paid_minor, fact.paid_out_of_band, fact.paid_at_ms, fact.invoice_id))], fact.invoice_id)
 
     @_rule(f.InvoiceMarkedUncollectible)
     def _(self, fact: f.InvoiceMarkedUncollectible, partition: int, offset: int) -> None:
-        self.statements.append((
+        self._changed("invoice.marked_uncollectible", events.invoice(fact.invoice_id), [(
             "update invoices set status = 'uncollectible',"
             " marked_uncollectible_ms = coalesce(marked_uncollectible_ms, %s) where id = %s",
-            (fact.marked_uncollectible_at_ms, fact.invoice_id)))
+            (fact.marked_uncollectible_at_ms, fact.invoice_id))], fact.invoice_id)
 
     @_rule(f.CreditBalanceTransaction)
     def _(self, fact: f.CreditBalanceTransaction, partition: int, offset: int) -> None:

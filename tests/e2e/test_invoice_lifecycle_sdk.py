@@ -104,6 +104,17 @@ def test_an_uncollectible_invoice_can_be_paid_and_another_voided(stripe_sdk, wor
     without_band = _refused(lambda: stripe.Invoice.pay(first.id))
     assert without_band.param == "paid_out_of_band"
 
+    # Each step is an event, in the projection's transaction, so listed as soon as the call answers.
+    def events(event_type: str) -> list[tuple[str, str]]:
+        return sorted((event.data.object.id, event.data.object.status) for event in
+                      stripe.Event.list(type=event_type, limit=100).auto_paging_iter()
+                      if event.data.object.id in (first.id, second.id))
+
+    assert events("invoice.created") == sorted([(first.id, "draft"), (second.id, "draft")])
+    assert events("invoice.marked_uncollectible") == sorted([(first.id, "uncollectible"), (second.id, "uncollectible")])
+    assert events("invoice.paid") == [(first.id, "paid")]
+    assert events("invoice.voided") == [(second.id, "void")]
+
 
 def test_invoice_items_take_a_licensed_price_and_refuse_hostile_input(stripe_sdk):
     stripe = stripe_sdk
