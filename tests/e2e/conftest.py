@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from drawdown.settings import PROJECT_ROOT, Settings
+from tests.processes import wait_until_serving
 
 
 @pytest.fixture(scope="session")
@@ -138,17 +138,7 @@ def worker(engine_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Pop
     with open(log_path, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "drawdown", "worker", "--loglevel", "info"],
                                    cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, f"worker exited:\n{log_path.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/drawdown/ready/", timeout=1) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, f"worker not ready:\n{log_path.read_text()[-3000:]}"
-        time.sleep(0.3)
+    wait_until_serving(process, f"http://127.0.0.1:{web_port}/drawdown/ready/", log_path, 120, "worker", poll_s=0.3)
     yield process
     process.send_signal(signal.SIGTERM)
     try:

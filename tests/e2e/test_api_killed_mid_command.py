@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 from drawdown.settings import PROJECT_ROOT, Settings
 from tests.e2e.conftest import free_port
 from tests.e2e.test_idempotent_retries import facts_on
+from tests.processes import wait_until_serving
 
 KILLS = 5
 LEASE_MS = 2000
@@ -69,17 +69,7 @@ class ApiProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "drawdown", "api"], cwd=PROJECT_ROOT, env=self.env,
                                             stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.process.poll() is None, f"api exited:\n{self.log_path.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"{self.base}/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"api not ready:\n{self.log_path.read_text()[-3000:]}"
-            time.sleep(0.2)
+        wait_until_serving(self.process, f"{self.base}/healthz", self.log_path, 60, "api")
 
     def kill(self) -> None:
         assert self.process is not None
