@@ -6,7 +6,7 @@ as the codec needs too), interleaved in short batches (alternating the order, so
 meet the same noise) and summarised by the median batch of each.
 Target: >= 200,000 records/s each way on one core, and >= 0.8 of the ceiling.
 
-    python -m benchmarks.codec_bench
+    python -m benchmarks --only codec
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from benchmarks.harness import measurement, quick, verdict
+from benchmarks.harness import measurement, quick
 from billing.facts import MeterEventRecorded
 from schemas.catalogue import load_catalogue
 from schemas.codec import FactCodec, to_avro
@@ -100,11 +100,3 @@ def run() -> list[dict[str, Any]]:
     return [
         _measurement(name, rates[name], rates["encode" if " encode " in name else "decode"]) for name in candidates
     ]
-
-
-if __name__ == "__main__":
-    for result in run():
-        print(
-            f"{result['name']:<52} {result['measured']:>9,.0f} {result['unit']}  ceiling {result['ceiling']:>9,.0f}"
-            f"  ratio {result['ratio']:.3f}  {verdict(result)} ({result['target']})"
-        )

@@ -524,10 +524,3 @@ def run(settings: Any) -> list[dict[str, Any]]:
             rig.close()
             shutil.rmtree(work_dir, ignore_errors=True)
     return rows
-
-
-if __name__ == "__main__":
-    from drawdown.settings import get_settings
-
-    for row in run(get_settings()):
-        print(row)

@@ -204,10 +204,3 @@ def run(settings: Settings) -> list[dict]:
                     [events / seconds for seconds in sdk_enqueue_s], [events / seconds for seconds in raw_enqueue_s],
                     info="the end-to-end row above carries the targets"),
     ]
-
-
-if __name__ == "__main__":
-    from drawdown.settings import get_settings
-
-    for row in run(get_settings().model_copy(update={"topic_prefix": "bench-producer-manual"})):
-        print(row)

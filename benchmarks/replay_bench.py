@@ -179,10 +179,3 @@ def run(settings: Settings) -> list[dict]:
         measurement("replay in one process (ceiling: one bare consume+decode loop)", "events/s",
                     rates[("replay", 1)], rates[("ceiling", 1)], min_ratio=TARGET_RATIO),
     ]
-
-
-if __name__ == "__main__":
-    from drawdown.settings import get_settings
-
-    for row in run(get_settings().model_copy(update={"topic_prefix": f"bench-replay-manual-{uuid.uuid4().hex[:6]}"})):
-        print(row)

@@ -375,10 +375,3 @@ def run(settings: Settings) -> list[dict[str, Any]]:
         worker.stop()
         shutil.rmtree(work_dir, ignore_errors=True)
     return rows
-
-
-if __name__ == "__main__":
-    from drawdown.settings import get_settings
-
-    for result in run(get_settings()):
-        print(result)

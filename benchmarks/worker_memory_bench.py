@@ -105,10 +105,3 @@ def _produce_tick(settings: Settings) -> None:
 
     with FactProducer(settings, validate=False) as producer:
         producer.send(TimeTicked(now_ms=time.time_ns() // 1_000_000))  # time facts go to every partition
-
-
-if __name__ == "__main__":
-    from drawdown.settings import get_settings
-
-    for result in run(get_settings()):
-        print(result)
