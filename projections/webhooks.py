@@ -226,14 +226,17 @@ class Dispatcher:
                     " status_code, outcome, error) values (%s, %s, %s, %s, %s, %s, %s, %s)",
                     [(a.delivery_id, a.endpoint_id, a.event_id, a.attempted_ms, a.duration_ms, a.status_code,
                       "succeeded" if a.succeeded else "failed", a.error) for a in attempts])
+            succeeded = [attempt for attempt in attempts if attempt.succeeded]
+            if succeeded:  # one statement each for the whole batch: the common case costs no round trip per POST
+                self.delivered += len(succeeded)
+                conn.execute("update webhook_deliveries d set status = 'succeeded', attempts = d.attempts + 1,"
+                             " first_attempt_ms = coalesce(d.first_attempt_ms, a.attempted_ms), next_attempt_ms = null"
+                             " from unnest(%s::text[], %s::bigint[]) as a(id, attempted_ms) where d.id = a.id",
+                             ([a.delivery_id for a in succeeded], [a.attempted_ms for a in succeeded]))
+                conn.execute("update webhook_endpoints set failing_since_ms = null where id = any(%s)"
+                             " and failing_since_ms is not null", (list({a.endpoint_id for a in succeeded}),))
             for attempt in attempts:
                 if attempt.succeeded:
-                    self.delivered += 1
-                    conn.execute("update webhook_deliveries set status = 'succeeded', attempts = attempts + 1,"
-                                 " first_attempt_ms = coalesce(first_attempt_ms, %s), next_attempt_ms = null"
-                                 " where id = %s", (attempt.attempted_ms, attempt.delivery_id))
-                    conn.execute("update webhook_endpoints set failing_since_ms = null where id = %s"
-                                 " and failing_since_ms is not null", (attempt.endpoint_id,))
                     continue
                 row = conn.execute(
                     "update webhook_deliveries set attempts = attempts + 1, first_attempt_ms ="

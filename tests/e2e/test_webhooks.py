@@ -36,7 +36,10 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
+                length = int(self.headers["Content-Length"])
+                body = self.rfile.read(length)
+                if len(body) < length:  # the sender died mid-request (a kill -9): nothing was delivered
+                    return
                 with receiver.lock:
                     receiver.requests.append((dict(self.headers), body))
                 self.send_response(500 if receiver.failing.is_set() else 200)
@@ -175,6 +178,45 @@ def test_the_walkthrough_reaches_a_webhook_receiver_signed_as_stripe_signs(strip
         (delivery,) = json.load(response)["data"]
     assert (delivery["status"], delivery["attempt_count"]) == ("succeeded", 1)
     assert delivery["attempts"][0]["response_status_code"] == 200
+
+
+def test_the_guides_funding_step_an_invoice_paid_webhook_funds_the_credit_grant(stripe_sdk, worker, dispatcher,
+                                                                                  receiver, endpoints):
+    """The seed guide's optional step: bill $10 as a one-off invoice; when the integrator's receiver
+    gets `invoice.paid`, it grants the amount paid as credits (deduped by event id, as Stripe asks)."""
+    stripe = stripe_sdk
+    endpoint = stripe.WebhookEndpoint.create(url=receiver.url, enabled_events=["invoice.paid", "invoice.finalized"])
+    endpoints.append(endpoint)
+    customer = stripe.Customer.create(name="Funded by invoice")
+    stripe.InvoiceItem.create(customer=customer.id, amount=1000, currency="usd", description="Prepaid credits")
+    draft = stripe.Invoice.create(customer=customer.id, pending_invoice_items_behavior="include")
+    invoice = stripe.Invoice.finalize_invoice(draft.id)
+    stripe.Invoice.pay(invoice.id, paid_out_of_band=True)
+
+    def paid_events() -> list[Any]:
+        return [event for event in receiver.events(endpoint.secret).values()
+                if event.type == "invoice.paid" and event.data.object.id == invoice.id]
+
+    (paid,) = wait_for(paid_events, 60, "invoice.paid")
+    assert (paid.data.object.amount_paid, paid.data.object.status) == (1000, "paid")
+    assert paid.data.previous_attributes.status == "open"
+    # The integrator's handler; a redelivery of the same event creates nothing more (idempotency key).
+    for _ in range(2):
+        stripe.billing.CreditGrant.create(
+            customer=paid.data.object.customer, category="paid", name=f"Paid by {paid.data.object.id}",
+            amount={"type": "monetary", "monetary": {"value": paid.data.object.amount_paid,
+                                                     "currency": paid.data.object.currency}},
+            applicability_config={"scope": {"price_type": "metered"}}, idempotency_key=f"grant-for-{paid.id}")
+    grants = stripe.billing.CreditGrant.list(customer=customer.id).data
+    assert [(grant.amount.monetary.value, grant.name) for grant in grants] == [(1000, f"Paid by {invoice.id}")]
+
+    def available() -> int:
+        summary = stripe.billing.CreditBalanceSummary.retrieve(customer=customer.id,
+                                                               filter={"type": "applicability_scope",
+                                                                       "applicability_scope": {"price_type": "metered"}})
+        return summary.balances[0].available_balance.monetary.value if summary.balances else 0
+
+    assert wait_for(lambda: available() == 1000, 60, "the funded grant in the balance summary")
 
 
 def test_webhook_endpoints_create_list_update_delete(stripe_sdk, endpoints):

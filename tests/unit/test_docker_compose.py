@@ -17,6 +17,7 @@ import pytest
 import yaml
 from pydantic import AliasChoices, AliasPath, TypeAdapter
 
+from deploy.local import engine_processes
 from drawdown.settings import PROJECT_ROOT, Settings
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
@@ -24,12 +25,8 @@ DOCKERFILE = PROJECT_ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = PROJECT_ROOT / ".dockerignore"
 PYPROJECT = PROJECT_ROOT / "pyproject.toml"
 
-ENGINE_COMMANDS = {
-    "worker": ["drawdown", "worker"],
-    "ticker": ["drawdown", "ticker"],
-    "projector": ["drawdown", "projector"],
-    "api": ["drawdown", "api"],
-}
+# Every process `make up` runs (the one registry of them) is a compose service running the same command.
+ENGINE_COMMANDS = {process.name: ["drawdown", *process.command] for process in engine_processes()}
 INFRASTRUCTURE = {"kafka", "schema-registry", "postgres"}
 
 
@@ -146,7 +143,7 @@ def image_is_pinned(image: str) -> bool:
 # --- the services -----------------------------------------------------------------------------
 
 
-def test_compose_defines_kafka_schema_registry_postgres_and_the_four_engine_processes():
+def test_compose_defines_kafka_schema_registry_postgres_and_every_engine_process():
     assert INFRASTRUCTURE | set(ENGINE_COMMANDS) <= set(services())
 
 
