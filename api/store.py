@@ -12,6 +12,7 @@ from psycopg_pool import ConnectionPool
 from api.errors import invalid, not_found
 from api.params import Params
 from billing.facts import EventTimeWindow, MeterAggregation
+from billing.meter_events import customer_now_ms
 from billing.meters import MeterAggregator
 from billing.usage_windows import ProjectedBucket, projected_bucket
 
@@ -96,13 +97,12 @@ def projected_usage(pool: ConnectionPool, customer_id: str, start_ms: int, end_m
     return usage
 
 
-def customer_now_ms(pool: ConnectionPool, customer: dict[str, Any]) -> int:
-    """A customer's now: its test clock's frozen time when it has one, else the wall clock."""
-    if customer.get("test_clock_id"):
-        clock = fetch_one(pool, "select frozen_time_ms from test_clocks where id = %s", customer["test_clock_id"])
-        if clock is not None:
-            return clock["frozen_time_ms"]
-    return now_ms()
+def read_customer_now_ms(pool: ConnectionPool, customer: dict[str, Any]) -> int:
+    """billing's customer_now_ms for a projected customer: its test clock as the projection has it
+    (a clock deleted meanwhile: the wall clock)."""
+    clock = fetch_one(pool, "select frozen_time_ms from test_clocks where id = %s", customer["test_clock_id"]) \
+        if customer.get("test_clock_id") else None
+    return customer_now_ms(now_ms(), None if clock is None else clock["frozen_time_ms"])
 
 
 def paginate(pool: ConnectionPool, params: Params, url: str, table: str, conditions: list[str],

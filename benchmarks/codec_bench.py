@@ -19,7 +19,7 @@ from fastavro import schemaless_reader, schemaless_writer
 
 from benchmarks.harness import measurement, quick
 from billing.facts import MeterEventRecorded
-from schemas.catalogue import load_catalogue
+from schemas.schema_files import load_catalogue
 from schemas.codec import FactCodec, to_avro
 
 TARGET_RECORDS_PER_SECOND = 200_000

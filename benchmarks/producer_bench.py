@@ -31,7 +31,7 @@ from typing import Any
 from benchmarks.harness import measurement, quick
 from billing.facts import MeterAggregation, MeterDefined, MeterEventRecorded
 from drawdown.settings import Settings
-from producers.catalog import fold_catalog
+from producers.catalog_reader import fold_catalog
 from producers.producer import POLL_EVERY_RECORDS, PRODUCER_CONFIG, FactProducer, wall_clock_ms
 from streams.topics import ensure_topics
 

@@ -134,6 +134,7 @@ def run(settings: Settings) -> list[dict]:
 def _rows(facts: list[Any], topic: str) -> list[tuple]:
     if topic == "usage-buckets":
         return [(fact.customer_id, fact.meter_id, fact.bucket_start_ms, fact.value, fact.event_count,
-                 fact.updated_at_ms, 0, index) for index, fact in enumerate(facts)]
+                 fact.updated_at_ms, fact.counted_event_time_ms, fact.counted_received_at_ms, fact.counted_identifier,
+                 0, index) for index, fact in enumerate(facts)]
     return [(fact.transaction_id, fact.customer_id, fact.grant_id, fact.currency, fact.amount_minor, str(fact.type),
              str(fact.reason), fact.invoice_id, fact.invoice_line_id, fact.effective_at_ms) for fact in facts]

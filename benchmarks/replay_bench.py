@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from benchmarks.harness import measurement, quick
 from billing.facts import CustomerCreated
 from drawdown.settings import Settings
-from producers.catalog import fold_catalog
+from producers.catalog_reader import fold_catalog
 from producers.producer import FactProducer
 from producers.replay import (
     CONSUME_BATCH_RECORDS,

@@ -7,7 +7,7 @@ value present, value valid, timestamp not too old, timestamp not in the future.
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -85,11 +85,14 @@ def is_surely_valid_value(value_text: object) -> bool:
 def validate_meter_event(
     event: MeterEventRecorded,
     meters_by_event_name: Mapping[str, MeterDefined],
-    inactive_meter_ids: Container[str],
+    meter_inactive_at: Callable[[str, int], bool],
     known_customer_ids: Container[str],
     now_ms: int,
 ) -> MeterEventAccepted | MeterEventRejected:
     """Accept or reject one meter event against the catalog, the known customers and `now_ms`.
+
+    `meter_inactive_at(meter_id, received_at_ms)` says whether the meter was inactive when the
+    event was received (Catalog.meter_inactive_at).
 
     The customer comes from the payload under the meter's customer_payload_key, the value from its
     value_payload_key (a decimal string; negative values are corrections). Count meters need no value
@@ -105,7 +108,7 @@ def validate_meter_event(
     meter = meters_by_event_name.get(event.event_name)
     if meter is None:
         return reject(MeterEventRejectionCode.NO_METER, f"no meter has event_name {event.event_name!r}")
-    if meter.meter_id in inactive_meter_ids:
+    if meter_inactive_at(meter.meter_id, event.received_at_ms):
         return reject(MeterEventRejectionCode.ARCHIVED_METER, f"meter {meter.meter_id} is inactive")
     customer_id = event.payload.get(meter.customer_payload_key, "")
     if not customer_id:

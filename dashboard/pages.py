@@ -13,9 +13,10 @@ from fastapi.responses import JSONResponse, Response
 from api import objects
 from api.errors import ApiError
 from api.params import Params
-from api.routes import catalog, credit_grants, customers, dead_letters, invoices, meters, subscriptions, test_clocks
+from api.routes import (catalog, clocks, credit_grants, customers, dead_letters, invoices, meters, subscriptions,
+                        webhook_endpoints)
 from api.routes.balances import credit_balance_summary_, grant_states, list_transactions, live_balance
-from api.store import customer_now_ms, fetch_all, fetch_one, require
+from api.store import fetch_all, fetch_one, read_customer_now_ms, require
 from billing.grants import available_balance_minor
 from billing.money import minor_unit_exponent
 from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_MINUTE
@@ -139,7 +140,7 @@ def _prices_with_products(ctx: Any) -> list[dict[str, Any]]:
 
 def customer_view(ctx: Any, customer_id: str) -> dict[str, Any]:
     row = require(ctx.pool, "customers", "customer", customer_id)
-    now_ms = customer_now_ms(ctx.pool, row)
+    now_ms = read_customer_now_ms(ctx.pool, row)
     clock = fetch_one(ctx.pool, "select * from test_clocks where id = %s", row["test_clock_id"]) \
         if row["test_clock_id"] else None
     return {
@@ -281,7 +282,7 @@ def void_invoice(request: Request, invoice_id: str) -> Response:
 def grant_view(ctx: Any, grant_id: str) -> dict[str, Any]:
     grant = credit_grants.retrieve_credit_grant(ctx, Params({}), id=grant_id)
     customer = require(ctx.pool, "customers", "customer", grant["customer"])
-    now_ms = customer_now_ms(ctx.pool, customer)
+    now_ms = read_customer_now_ms(ctx.pool, customer)
     with ctx.pool.connection() as conn:
         state = grant_states(conn, grant["customer"], grant_id)[grant_id]
     transactions = list_transactions(ctx, _params(customer=grant["customer"], credit_grant=grant_id,
@@ -455,7 +456,7 @@ def clock_list(request: Request, form: FormResult | None = None, status: int = 2
 
 @router.post("/test_clocks")
 def create_clock(request: Request) -> Response:
-    result = run_form(_form(request), test_clocks.create_test_clock, _ctx(request), datetime_fields=("frozen_time",))
+    result = run_form(_form(request), clocks.create_test_clock, _ctx(request), datetime_fields=("frozen_time",))
     return _after(request, result, lambda clock: f"{PREFIX}/test_clocks/{clock['id']}",
                   lambda failed: clock_list(request, failed, 400))
 
@@ -469,7 +470,7 @@ def clock_page(request: Request, clock_id: str, form: FormResult | None = None, 
     ctx = _ctx(request)
 
     def build() -> dict[str, Any]:
-        clock = test_clocks.retrieve_test_clock(ctx, Params({}), id=clock_id)
+        clock = clocks.retrieve_test_clock(ctx, Params({}), id=clock_id)
         on_clock = [objects.customer(row) for row in fetch_all(
             ctx.pool, "select * from customers where test_clock_id = %s order by created_ms desc limit %s",
             clock_id, LIST_LIMIT)]
@@ -481,12 +482,12 @@ def clock_page(request: Request, clock_id: str, form: FormResult | None = None, 
 @router.get("/test_clocks/{clock_id}/status")
 def clock_status(request: Request, clock_id: str) -> Response:
     return _page(request, "_clock_status.html",
-                 lambda: {"clock": test_clocks.retrieve_test_clock(_ctx(request), Params({}), id=clock_id)})
+                 lambda: {"clock": clocks.retrieve_test_clock(_ctx(request), Params({}), id=clock_id)})
 
 
 @router.post("/test_clocks/{clock_id}/advance")
 def advance_clock(request: Request, clock_id: str) -> Response:
-    result = run_form(_form(request), test_clocks.advance_test_clock, _ctx(request), id=clock_id,
+    result = run_form(_form(request), clocks.advance_test_clock, _ctx(request), id=clock_id,
                       datetime_fields=("frozen_time",))
     return _after(request, result, lambda _: f"{PREFIX}/test_clocks/{clock_id}",
                   lambda failed: clock_page(request, clock_id, failed, 400))
@@ -500,3 +501,52 @@ def dead_letter_list(request: Request, reason_code: str = "", customer: str = ""
                                                               customer=customer.strip() or None, limit=LIST_LIMIT))
     return render(request, "dead_letters.html", letters=answer["data"], has_more=answer["has_more"],
                   reason_code=reason_code, customer=customer)
+
+
+# Webhooks ----------------------------------------------------------------------------------------
+
+@router.get("/webhooks")
+def webhook_list_route(request: Request) -> Response:
+    return webhook_list(request)
+
+
+def webhook_list(request: Request, form: FormResult | None = None, created: dict[str, Any] | None = None,
+                 status: int = 200) -> Response:
+    endpoints = webhook_endpoints.list_endpoints(_ctx(request), _params(limit=LIST_LIMIT))["data"]
+    return render(request, "webhooks.html", status=status, endpoints=endpoints, form=form or FormResult(),
+                  created=created)
+
+
+@router.post("/webhooks")
+def create_webhook(request: Request) -> Response:
+    result = run_form(_form(request), webhook_endpoints.create_endpoint, _ctx(request))
+    if not result.ok:
+        return webhook_list(request, result, status=400)
+    # The secret is shown once, as the API shows it once: on this answer, not behind a redirect.
+    return webhook_list(request, created=result.answer)
+
+
+@router.get("/webhooks/{endpoint_id}")
+def webhook_page_route(request: Request, endpoint_id: str, status: str = "") -> Response:
+    return webhook_page(request, endpoint_id, status)
+
+
+def webhook_page(request: Request, endpoint_id: str, delivery_status: str = "", form: FormResult | None = None,
+                 status: int = 200) -> Response:
+    ctx = _ctx(request)
+
+    def build() -> dict[str, Any]:
+        endpoint = webhook_endpoints.retrieve_endpoint(ctx, Params({}), id=endpoint_id)
+        wanted = delivery_status if delivery_status in ("pending", "succeeded", "failed") else None
+        deliveries = webhook_endpoints.list_deliveries(ctx, _params(status=wanted, limit=LIST_LIMIT), id=endpoint_id)
+        return {"endpoint": endpoint, "deliveries": deliveries["data"], "has_more": deliveries["has_more"],
+                "delivery_status": wanted or "", "form": form or FormResult()}
+
+    return _page(request, "webhook.html", build, status)
+
+
+@router.post("/webhooks/{endpoint_id}")
+def update_webhook(request: Request, endpoint_id: str) -> Response:
+    result = run_form(_form(request), webhook_endpoints.update_endpoint, _ctx(request), id=endpoint_id)
+    return _after(request, result, lambda endpoint: f"{PREFIX}/webhooks/{endpoint_id}",
+                  lambda failed: webhook_page(request, endpoint_id, form=failed, status=400))

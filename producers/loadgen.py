@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from billing.facts import CustomerCreated, MeterAggregation, MeterDefined, MeterEventRecorded
 from drawdown.settings import Settings
-from producers.catalog import fold_catalog
+from producers.catalog_reader import fold_catalog
 from producers.producer import FactProducer, wall_clock_ms
 
 RECENT_EVENTS_KEPT = 10_000  # duplicates are drawn from the most recent events

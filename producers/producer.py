@@ -60,7 +60,7 @@ from billing.meter_events import (
     validate_meter_event,
 )
 from drawdown.settings import Settings
-from producers.catalog import read_catalog
+from producers.catalog_reader import read_catalog
 from producers.errors import DeliveryFailed, MeterEventInvalid, NotAnInputFact, ProducerQueueFull, UnknownTopic
 from streams.topics import PRODUCER_PARTITIONER
 
@@ -407,7 +407,7 @@ class FactProducer:
     # --- internals -------------------------------------------------------------------------------
 
     def _check(self, event: MeterEventRecorded, now_ms: int, position: str = "") -> None:
-        verdict = validate_meter_event(event, self._meters_by_event_name, self._catalog.inactive_meter_ids,
+        verdict = validate_meter_event(event, self._meters_by_event_name, self._catalog.meter_inactive_at,
                                        self._known_customer_ids, now_ms)
         if type(verdict) is MeterEventRejected:
             raise MeterEventInvalid(str(verdict.code), position + verdict.message, event)
@@ -419,7 +419,7 @@ class FactProducer:
 
     def _meter_surely_accepts(self, meter: MeterDefined | None, event_name: str) -> bool:
         return (meter is not None and len(event_name) <= MAX_EVENT_NAME_LENGTH
-                and meter.meter_id not in self._catalog.inactive_meter_ids)
+                and meter.meter_id not in self._catalog.meter_status_changes)
 
     def _surely_valid(self, meter: MeterDefined, customer_id: str, payload: Mapping[str, str], event_time_ms: int,
                       now_ms: int) -> bool:

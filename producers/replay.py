@@ -331,7 +331,7 @@ class PartitionFold:
         # meters (by the meter id's rules, as catalog.aggregator reads them).
         self._plain_meters: dict[str, _PlainMeter] = {}
         for event_name, meter in catalog.meters_by_event_name.items():
-            if (meter.meter_id not in catalog.inactive_meter_ids
+            if (meter.meter_id not in catalog.meter_status_changes  # (never deactivated: see validate_meter_event)
                     and can_subtract(self.aggregators[meter.meter_id])
                     and len(event_name) <= MAX_EVENT_NAME_LENGTH):
                 seen = self.ledger.seen_of(event_name)
@@ -426,7 +426,7 @@ class PartitionFold:
             clock = self.customers.get(event.payload.get(meter.customer_payload_key, ""))
             if clock is not None:
                 frozen_ms = self.clocks.get(clock, 0)
-        verdict = validate_meter_event(event, catalog.meters_by_event_name, catalog.inactive_meter_ids,
+        verdict = validate_meter_event(event, catalog.meters_by_event_name, catalog.meter_inactive_at,
                                        self._known_customers, customer_now_ms(event.received_at_ms, frozen_ms))
         meter_id = getattr(verdict, "meter_id", None)
         if meter_id is None:
@@ -522,7 +522,7 @@ def plan_ranges(consumer, topic: str, partitions: Iterable[int], start_ms: int, 
 
 def directory_fingerprints() -> frozenset[bytes]:
     """Single-object headers (magic + fingerprint) of the facts read from before the seek point."""
-    from schemas.catalogue import load_catalogue
+    from schemas.schema_files import load_catalogue
     from schemas.codec import SINGLE_OBJECT_MAGIC
 
     return frozenset(SINGLE_OBJECT_MAGIC + fingerprint for fingerprint, schema in load_catalogue().by_fingerprint.items()
@@ -645,7 +645,7 @@ def replay_usage(
     """
     from confluent_kafka import Consumer
 
-    from producers.catalog import read_catalog
+    from producers.catalog_reader import read_catalog
     from schemas.codec import FactCodec
 
     check_window(start_ms, end_ms)

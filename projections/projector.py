@@ -23,7 +23,7 @@ from drawdown.settings import Settings
 from projections.events import lock_event_order
 from projections.migrate import migrate
 from projections.writers import IGNORED_FACTS, Batch
-from schemas.catalogue import load_catalogue
+from schemas.schema_files import load_catalogue
 from schemas.codec import SINGLE_OBJECT_MAGIC, FactCodec
 from schemas.errors import UndecodableFact
 

@@ -30,7 +30,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from billing.facts import Fact, MeterEventRecorded
-from schemas.catalogue import FactSchema, SchemaCatalogue, full_name, load_catalogue
+from schemas.schema_files import FactSchema, SchemaCatalogue, full_name, load_catalogue
 from schemas.errors import (
     CorruptFact,
     EmptyFact,

@@ -11,7 +11,7 @@
   undecodable bytes into DeadLetter facts. The fault test's reference runs the same code over
   dicts.
 - state.py: how records are stored (write-back caches per batch, compact encodings).
-- catalog.py: every worker reads the one-partition catalog topic to its end whenever a fact names
+- catalog_follower.py: every worker reads the one-partition catalog topic to its end whenever a fact names
   something unknown (not a GlobalTable: see its docstring).
 - ticker.py: `drawdown ticker` writes TimeTicked to every partition each tick interval.
 - commands.py: the commands and ENGINE_PROCESSES for `make up`.

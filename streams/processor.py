@@ -217,11 +217,10 @@ class PartitionProcessor:
         if state.live_pending:
             self.live_pending.add(state.customer_id)
 
-    def customer_now_ms(self, state: CustomerState) -> int:
+    def now_of(self, state: CustomerState) -> int:
+        """billing's customer_now_ms for a customer of this partition (its clock's time, 0 until known)."""
         clock = state.test_clock_id
-        if clock is None:
-            return self.state.now_ms
-        return self.state.clocks.get(clock, 0)
+        return customer_now_ms(self.state.now_ms, None if clock is None else self.state.clocks.get(clock, 0))
 
     # --- one fact ------------------------------------------------------------------------------
 
@@ -322,7 +321,7 @@ class PartitionProcessor:
         out: list = []
         for customer_id in sorted(customer_ids):
             state = self.customers[customer_id]
-            now_ms = self.customer_now_ms(state)
+            now_ms = self.now_of(state)
             if self.due_ms.get(customer_id, now_ms + 1) > now_ms or state.already_applied(offset):
                 continue
             trial = copy_state(state)
@@ -347,7 +346,7 @@ class PartitionProcessor:
         """live_balance_facts of `state`; one that fails is skipped until the next change (amounts
         were checked as facts came in: a failure here is a bug, and it must not stop the partition)."""
         try:
-            return live_balance_facts(state, self.catalog, self.customer_now_ms(state), self.config,
+            return live_balance_facts(state, self.catalog, self.now_of(state), self.config,
                                       self._arrival_ms(state))
         except Exception as failure:  # noqa: BLE001
             state.live_pending = False
@@ -378,7 +377,7 @@ class PartitionProcessor:
             return None
         trial = copy_state(state)
         add_usage(trial, meter_id, reading, aggregator, self.catalog)
-        check = check_customer_amounts(trial, self.catalog, self.customer_now_ms(state))
+        check = check_customer_amounts(trial, self.catalog, self.now_of(state))
         if check.out_of_range is None:
             state.large_amounts = check.large
         return check.out_of_range
@@ -478,7 +477,7 @@ class PartitionProcessor:
             state = self.customers.get(event.payload.get(meter.customer_payload_key, ""))
             if state is not None and state.created is not None and state.created.test_clock_id is not None:
                 now_ms = customer_now_ms(now_ms, self.state.clocks.get(state.created.test_clock_id, 0))
-        verdict = validate_meter_event(event, catalog.meters_by_event_name, catalog.inactive_meter_ids,
+        verdict = validate_meter_event(event, catalog.meters_by_event_name, catalog.meter_inactive_at,
                                        self._known_customers, now_ms)
         if type(verdict) is MeterEventRejected:
             if not fresh:
@@ -524,7 +523,8 @@ class PartitionProcessor:
         self._safe_quantities = {meter_id: safe_quantity(amounts) for meter_id, amounts in unit_amounts.items()}
         for event_name, meter in catalog.meters_by_event_name.items():
             aggregator = self._aggregator(meter.meter_id)
-            if (meter.meter_id not in catalog.inactive_meter_ids and can_subtract(aggregator)
+            # (a meter ever deactivated takes the general path: its status depends on each event's receipt)
+            if (meter.meter_id not in catalog.meter_status_changes and can_subtract(aggregator)
                     and len(event_name) <= MAX_EVENT_NAME_LENGTH):
                 self._plain_meters[event_name] = _PlainMeter(meter.meter_id, meter.customer_payload_key,
                                                              meter.value_payload_key, aggregator,
@@ -558,7 +558,7 @@ class PartitionProcessor:
         state = self.customers.get(customer_id) or CustomerState(customer_id=customer_id)
         if state.already_applied(offset):
             return []
-        now_ms = self.customer_now_ms(state) if state.created or not isinstance(fact, CustomerCreated) else (
+        now_ms = self.now_of(state) if state.created or not isinstance(fact, CustomerCreated) else (
             self.state.clocks.get(fact.test_clock_id, 0) if fact.test_clock_id else self.state.now_ms)
         # Folded on a copy: a fact refused here leaves the customer as it was (and raises to process()).
         state, emitted = evolve(copy_state(state), fact, self.catalog, now_ms, self.config)

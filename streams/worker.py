@@ -48,7 +48,7 @@ from billing.facts import MeterEventRecorded
 from billing.usage import UsageLedger
 from drawdown.settings import Settings
 from streams import state as records
-from streams.catalog import CatalogBehind, CatalogFollower
+from streams.catalog_follower import CatalogBehind, CatalogFollower
 from streams.processor import UNENCODABLE_OUTPUT, PartitionProcessor, PartitionState, output_key, output_topic
 from streams.source import SourceReader
 

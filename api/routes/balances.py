@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from api import objects
-from api.app import route
+from api.routing import route
 from api.context import ApiContext
 from api.errors import invalid, not_found
 from api.params import Params

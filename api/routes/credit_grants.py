@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 
 from api import objects
-from api.app import route
+from api.routing import route
 from api.context import ApiContext
 from api.errors import conflict, invalid
 from api.ids import new_id
 from api.params import Params
-from api.store import customer_now_ms, fetch_one, paginate, require
+from api.store import fetch_one, paginate, read_customer_now_ms, require
 from billing.facts import CreditGrantCreated, CreditGrantExpired, CreditGrantUpdated, CreditGrantVoided, \
     GrantCategory, GrantPriceType, GrantScope
 from api.routes.balances import grant_states
@@ -54,7 +54,7 @@ def create_credit_grant(ctx: ApiContext, params: Params) -> dict[str, Any]:
     for index, price_id in enumerate(price_ids):
         require(ctx.pool, "prices", "price", price_id, param=f"applicability_config[scope][prices][{index}][id]")
     customer = require(ctx.pool, "customers", "customer", customer_id, param="customer")
-    created_at_ms = customer_now_ms(ctx.pool, customer)
+    created_at_ms = read_customer_now_ms(ctx.pool, customer)
     effective_at_ms = created_at_ms if effective_at_s is None else effective_at_s * 1000
     expires_at_ms = None if expires_at_s is None else expires_at_s * 1000
     if expires_at_ms is not None and expires_at_ms <= effective_at_ms:
@@ -111,7 +111,7 @@ def update_credit_grant(ctx: ApiContext, params: Params, id: str) -> dict[str, A
         raise invalid("expires_at", "expires_at must be after effective_at.")
     customer = require(ctx.pool, "customers", "customer", row["customer_id"])
     fact = CreditGrantUpdated(grant_id=id, customer_id=row["customer_id"], expires_at_ms=expires_at_ms,
-                              metadata=new_metadata, updated_at_ms=customer_now_ms(ctx.pool, customer))
+                              metadata=new_metadata, updated_at_ms=read_customer_now_ms(ctx.pool, customer))
     ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], fact)])
     return objects.credit_grant(_grant(ctx, id))
 
@@ -125,7 +125,7 @@ def expire_credit_grant(ctx: ApiContext, params: Params, id: str) -> dict[str, A
         raise conflict(f"Credit grant '{id}' has already expired.", "credit_grant_already_expired")
     customer = require(ctx.pool, "customers", "customer", row["customer_id"])
     fact = CreditGrantExpired(grant_id=id, customer_id=row["customer_id"],
-                              expired_at_ms=customer_now_ms(ctx.pool, customer))
+                              expired_at_ms=read_customer_now_ms(ctx.pool, customer))
     ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], fact)])
     return objects.credit_grant(_grant(ctx, id))
 
@@ -144,7 +144,7 @@ def void_credit_grant(ctx: ApiContext, params: Params, id: str) -> dict[str, Any
                        "credit_grant_already_applied")
     customer = require(ctx.pool, "customers", "customer", row["customer_id"])
     fact = CreditGrantVoided(grant_id=id, customer_id=row["customer_id"],
-                             voided_at_ms=customer_now_ms(ctx.pool, customer))
+                             voided_at_ms=read_customer_now_ms(ctx.pool, customer))
     ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], fact)])
     return objects.credit_grant(_grant(ctx, id))
 

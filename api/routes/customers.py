@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 
 from api import objects
-from api.app import route
+from api.routing import route
 from api.context import ApiContext
 from api.errors import invalid
 from api.ids import new_id
 from api.params import Params
-from api.store import customer_now_ms, paginate, require
+from api.store import paginate, read_customer_now_ms, require
 from billing.facts import CustomerCreated
 
 router = APIRouter(tags=["customers"])
@@ -30,7 +30,7 @@ def create_customer(ctx: ApiContext, params: Params) -> dict[str, Any]:
         if clock["deleted_ms"] is not None:
             raise invalid("test_clock", f"Test clock '{test_clock_id}' has been deleted.")
     customer_id = new_id("cus")
-    created_at_ms = customer_now_ms(ctx.pool, {"test_clock_id": test_clock_id})
+    created_at_ms = read_customer_now_ms(ctx.pool, {"test_clock_id": test_clock_id})
     fact = CustomerCreated(customer_id=customer_id, name=name, email=email, test_clock_id=test_clock_id,
                            created_at_ms=created_at_ms, metadata=metadata)
     ctx.wait([ctx.publisher.publish("customer-facts", customer_id, fact)])

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.app import route
+from api.routing import route
 from api.context import ApiContext
 from api.errors import invalid
 from api.params import Params

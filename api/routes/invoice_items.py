@@ -15,12 +15,12 @@ from typing import Any
 from fastapi import APIRouter
 
 from api import objects
-from api.app import route
+from api.routing import route
 from api.context import ApiContext
 from api.errors import conflict, invalid
 from api.ids import new_id
 from api.params import Params
-from api.store import customer_now_ms, fetch_one, paginate, require
+from api.store import fetch_one, paginate, read_customer_now_ms, require
 from billing.errors import BillingError
 from billing.facts import InvoiceItemCreated, InvoiceItemDeleted
 from billing.lifecycle import MAX_INVOICE_ITEM_AMOUNT_MINOR, MAX_INVOICE_ITEMS, MAX_PENDING_INVOICE_ITEMS
@@ -97,7 +97,7 @@ def create_invoice_item(ctx: ApiContext, params: Params) -> dict[str, Any]:
     fact = InvoiceItemCreated(invoice_item_id=item_id, customer_id=customer_id, currency=currency,
                               quantity=Decimal(quantity), unit_amount_decimal=unit_amount, amount_minor=amount_minor,
                               price_id=price_id, description=description, invoice_id=invoice_id, metadata=metadata,
-                              created_at_ms=customer_now_ms(ctx.pool, customer))
+                              created_at_ms=read_customer_now_ms(ctx.pool, customer))
     ctx.wait([ctx.publisher.publish("customer-facts", customer_id, fact)])
     return objects.invoice_item(require(ctx.pool, "invoice_items", "invoiceitem", item_id))
 
@@ -132,7 +132,7 @@ def delete_invoice_item(ctx: ApiContext, params: Params, id: str) -> dict[str, A
                            "invoice_not_editable")
     customer = require(ctx.pool, "customers", "customer", item["customer_id"])
     fact = InvoiceItemDeleted(invoice_item_id=id, customer_id=item["customer_id"],
-                              deleted_at_ms=customer_now_ms(ctx.pool, customer))
+                              deleted_at_ms=read_customer_now_ms(ctx.pool, customer))
     ctx.wait([ctx.publisher.publish("customer-facts", item["customer_id"], fact)])
     return {"id": id, "object": "invoiceitem", "deleted": True}
 

@@ -10,13 +10,13 @@ from typing import Any
 from fastapi import APIRouter
 
 from api import objects
-from api.app import route
+from api.routing import route
 from api.context import ApiContext
 from api.errors import conflict, invalid
 from api.objects import current_period
 from api.params import Params
 from api.routes.balances import grant_states
-from api.store import customer_now_ms, fetch_all, fetch_one, paginate, projected_usage, require
+from api.store import fetch_all, fetch_one, paginate, projected_usage, read_customer_now_ms, require
 from api.ids import new_id
 from billing import ids
 from billing.errors import BillingError
@@ -103,7 +103,7 @@ def create_invoice(ctx: ApiContext, params: Params) -> dict[str, Any]:
     invoice_id = new_id("in")
     fact = InvoiceCreated(invoice_id=invoice_id, customer_id=customer_id, currency=currency,
                           auto_advance=bool(auto_advance), invoice_item_ids=item_ids, description=description,
-                          metadata=metadata, created_at_ms=customer_now_ms(ctx.pool, customer))
+                          metadata=metadata, created_at_ms=read_customer_now_ms(ctx.pool, customer))
     ctx.wait([ctx.publisher.publish("customer-facts", customer_id, fact)])
     return invoice_object(ctx, require(ctx.pool, "invoices", "invoice", invoice_id))
 
@@ -121,7 +121,7 @@ def _transition(ctx: ApiContext, id: str, action: InvoiceAction, fact_class: typ
         raise conflict(str(refused), refused.code) from refused
     customer = require(ctx.pool, "customers", "customer", row["customer_id"])
     fact = fact_class(invoice_id=id, customer_id=row["customer_id"],
-                      requested_at_ms=customer_now_ms(ctx.pool, customer), **fields)
+                      requested_at_ms=read_customer_now_ms(ctx.pool, customer), **fields)
     ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], fact)])
     deadline = time.monotonic() + ctx.settings.read_your_writes_timeout_ms / 1000
     while time.monotonic() < deadline:
@@ -186,7 +186,7 @@ def preview_inputs(ctx: ApiContext, subscription: dict[str, Any]) -> PreviewInpu
                       subscription["id"])
     price_rows = {row["id"]: row for row in fetch_all(ctx.pool, "select * from prices where id = any(%s)",
                                                       [item["price_id"] for item in items])}
-    as_of_ms = customer_now_ms(ctx.pool, customer)
+    as_of_ms = read_customer_now_ms(ctx.pool, customer)
     period_start_ms, period_end_ms = current_period(subscription, price_rows[items[0]["price_id"]], as_of_ms)
     usage = projected_usage(ctx.pool, subscription["customer_id"], period_start_ms, period_end_ms)
     with ctx.pool.connection() as conn:

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from api.app import json_response, route
+from api.routing import json_response, route
 from api.auth import create_meter_event_session
 from api.context import ApiContext
 from api.errors import ApiError, invalid
@@ -49,6 +49,10 @@ class _Meters:
             event_time_window=EventTimeWindow(row["event_time_window"]) if row["event_time_window"] else None,
             created_at_ms=row["created_ms"]) for name, row in rows.items()}
         self.inactive_ids = {row["id"] for row in rows.values() if row["status"] != "active"}
+
+    def inactive_now(self, meter_id: str, received_at_ms: int) -> bool:
+        """The API receives the event now: the meter's status now (as the cache has it) is its status then."""
+        return meter_id in self.inactive_ids
 
 
 _WALL_CLOCK_CUSTOMERS: dict[str, float] = {}  # customer id -> until when (monotonic) it is known to exist
@@ -115,7 +119,7 @@ def _validated(ctx: ApiContext, raw_events: list[dict[str, Any]], param: Any) ->
         fact = MeterEventRecorded(customer_id=customer_id, event_name=raw["event_name"],
                                   identifier=raw["identifier"] or new_id("mev"), payload=raw["payload"],
                                   event_time_ms=timestamp_ms, received_at_ms=received_at_ms)
-        verdict = validate_meter_event(fact, meters.by_event_name, meters.inactive_ids, customers, customer_now)
+        verdict = validate_meter_event(fact, meters.by_event_name, meters.inactive_now, customers, customer_now)
         if isinstance(verdict, MeterEventRejected):
             field: tuple[str, ...] = {
                 "timestamp_too_far_in_past": ("timestamp",), "timestamp_in_future": ("timestamp",),

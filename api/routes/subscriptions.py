@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 
 from api import objects
-from api.app import route
+from api.routing import route
 from api.context import ApiContext
 from api.errors import conflict, invalid
 from api.ids import new_id
 from api.params import Params
-from api.store import customer_now_ms, fetch_all, fetch_one, paginate, require
+from api.store import fetch_all, fetch_one, paginate, read_customer_now_ms, require
 from billing.facts import SubscriptionCanceled, SubscriptionCancelScheduled, SubscriptionCreated, \
     SubscriptionItem
 from billing.money import MAX_LICENSED_QUANTITY, MAX_TIMESTAMP_S
@@ -24,7 +24,7 @@ MAX_ITEMS = 20
 def subscription_object(ctx: ApiContext, row: dict[str, Any]) -> dict[str, Any]:
     customer = fetch_one(ctx.pool, "select * from customers where id = %s", row["customer_id"]) or {}
     return objects.load_subscription(lambda statement, *params: fetch_all(ctx.pool, statement, *params), row,
-                                     customer_now_ms(ctx.pool, customer))
+                                     read_customer_now_ms(ctx.pool, customer))
 
 
 def create_subscription(ctx: ApiContext, params: Params) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def create_subscription(ctx: ApiContext, params: Params) -> dict[str, Any]:
         raise invalid("items", "All prices of a subscription must have the same recurring interval.")
     if len({price_id for _, price_id, _ in requested}) != len(requested):
         raise invalid("items", "A price can appear only once in a subscription's items.")
-    created_at_ms = customer_now_ms(ctx.pool, customer)
+    created_at_ms = read_customer_now_ms(ctx.pool, customer)
     anchor_ms = created_at_ms if anchor_s is None else anchor_s * 1000
     if anchor_ms < created_at_ms - 1000:
         raise invalid("billing_cycle_anchor", "billing_cycle_anchor cannot be before the subscription starts.")
@@ -94,7 +94,7 @@ def update_subscription(ctx: ApiContext, params: Params, id: str) -> dict[str, A
         customer = require(ctx.pool, "customers", "customer", row["customer_id"])
         fact = SubscriptionCancelScheduled(subscription_id=id, customer_id=row["customer_id"],
                                            cancel_at_period_end=cancel_at_period_end,
-                                           scheduled_at_ms=customer_now_ms(ctx.pool, customer))
+                                           scheduled_at_ms=read_customer_now_ms(ctx.pool, customer))
         ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], fact)])
     return subscription_object(ctx, require(ctx.pool, "subscriptions", "subscription", id))
 
@@ -108,7 +108,7 @@ def cancel_subscription(ctx: ApiContext, params: Params, id: str) -> dict[str, A
         raise conflict(f"Subscription '{id}' is already canceled.", "subscription_canceled")
     customer = require(ctx.pool, "customers", "customer", row["customer_id"])
     fact = SubscriptionCanceled(subscription_id=id, customer_id=row["customer_id"], invoice_now=bool(invoice_now),
-                                canceled_at_ms=customer_now_ms(ctx.pool, customer))
+                                canceled_at_ms=read_customer_now_ms(ctx.pool, customer))
     ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], fact)])
     return subscription_object(ctx, require(ctx.pool, "subscriptions", "subscription", id))
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter
 from psycopg.types.json import Jsonb
 
-from api.app import route
+from api.routing import route
 from api.context import ApiContext
 from api.errors import invalid
 from api.ids import new_id

@@ -106,6 +106,33 @@ def test_an_idempotency_key_reused_with_other_parameters_is_an_idempotency_error
     assert response.json()["error"]["type"] == "idempotency_error"
 
 
+def test_every_response_carries_its_own_request_id_as_stripe_does(app, client, api_base, secret_key):
+    import re
+
+    import stripe
+
+    key = uuid.uuid4().hex
+    responses = [client.get("/v1/customers"), client.post("/v1/customers", data={"name": "x", "nickname": "y"}),
+                 client.get("/v1/customers/cus_missing"), TestClient(app).get("/v1/customers"),
+                 client.post("/v1/customers", data={"name": "Once"}, headers={"Idempotency-Key": key}),
+                 client.post("/v1/customers", data={"name": "Once"}, headers={"Idempotency-Key": key}),
+                 client.get("/v1/nowhere")]
+    assert [r.status_code for r in responses] == [200, 400, 404, 401, 200, 200, 404]
+    request_ids = [r.headers.get("Request-Id") for r in responses]
+    assert all(re.fullmatch(r"req_[A-Za-z0-9]{14,}", str(request_id)) for request_id in request_ids), request_ids
+    assert len(set(request_ids)) == len(request_ids)  # a replayed response is a new request too
+    # The official SDK reads it as Stripe's: on objects (last_response) and on errors.
+    sdk = stripe.StripeClient(secret_key, base_addresses={"api": api_base})
+    created = sdk.customers.create(params={"name": "Has a request id"})
+    assert created.last_response.request_id.startswith("req_")
+    try:
+        sdk.customers.retrieve("cus_missing")
+    except stripe.InvalidRequestError as error:
+        assert error.request_id.startswith("req_")
+    else:
+        raise AssertionError("a missing customer was found")
+
+
 def test_healthz_and_prometheus_metrics_answer_without_a_key(app, client):
     anonymous = TestClient(app)
     assert anonymous.get("/healthz").json() == {"status": "ok"}

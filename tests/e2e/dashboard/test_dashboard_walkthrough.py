@@ -12,6 +12,7 @@ import base64
 import datetime
 import json
 import re
+import time
 import uuid
 
 from playwright.sync_api import expect
@@ -207,7 +208,7 @@ def test_a_read_only_key_sees_the_dashboard_but_cannot_change_anything(page, api
     expect(page.get_by_role("heading", level=1)).to_have_text(f"Read Only Rita {suffix}")
     expect(page.get_by_text("New credit grant")).to_have_count(0)
     expect(page.get_by_text("New subscription")).to_have_count(0)
-    for path in ("/meters", "/products", "/test_clocks", "/dead_letters"):
+    for path in ("/meters", "/products", "/test_clocks", "/dead_letters", "/webhooks"):
         page.goto(f"{api_base}/dashboard{path}")
         expect(page.locator("main form[method=post]")).to_have_count(0)
 
@@ -219,7 +220,8 @@ def test_a_read_only_key_sees_the_dashboard_but_cannot_change_anything(page, api
                                                              "amount[monetary][currency]": "usd",
                                                              "applicability_config[scope][price_type]": "metered"},
                 "/meters": {"display_name": "m", "event_name": f"mallory_{suffix}",
-                            "default_aggregation[formula]": "sum"}}
+                            "default_aggregation[formula]": "sum"},
+                "/webhooks": {"url": "https://mallory.example/hooks", "enabled_events[0]": "*"}}
     for path, form in attempts.items():
         answer = page.request.post(f"{api_base}/dashboard{path}", form={"csrf_token": token, **form},
                                    max_redirects=0)
@@ -259,3 +261,53 @@ def test_revoking_the_key_ends_its_dashboard_sessions_at_once(page, api_base, en
     revoke_key(engine_settings.effective_database_url, key)
     page.goto(f"{api_base}/dashboard/meters")
     page.wait_for_url("**/dashboard/login?next=/dashboard/meters")
+
+
+def test_the_webhook_pages_create_an_endpoint_show_its_secret_once_and_its_deliveries(
+        page, api_base, secret_key, client, engine_settings, artifacts):
+    import threading
+
+    from projections.webhooks import Dispatcher
+    from tests.e2e.test_webhooks import FAST_RETRIES, Receiver
+
+    receiver = Receiver()
+    dispatcher = Dispatcher(engine_settings.model_copy(update=FAST_RETRIES))
+    stop = threading.Event()
+    thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
+    thread.start()
+    endpoint_id = None
+    try:
+        log_in(page, api_base, secret_key)
+        page.get_by_role("link", name="Webhooks").click()
+        page.get_by_label("URL").fill(receiver.url)
+        page.get_by_label("Events").fill("customer.created")
+        page.get_by_role("button", name="Create endpoint").click()
+        secret = page.locator("#webhook-secret").inner_text()
+        assert secret.startswith("whsec_")
+        page.get_by_role("link", name=receiver.url).first.click()
+        endpoint_id = page.url.rsplit("/", 1)[-1]
+        expect(page.get_by_text(secret)).to_have_count(0)  # shown once, on create
+        expect(page.get_by_text("No deliveries")).to_be_visible()
+
+        suffix = uuid.uuid4().hex[:8]
+        customer_id = client.post("/v1/customers", data={"name": f"Hooked {suffix}"}).json()["id"]
+        deadline = time.monotonic() + 60
+        while not page.get_by_role("cell", name="succeeded").count():
+            assert time.monotonic() < deadline, "no succeeded delivery shown in 60 s"
+            time.sleep(0.5)
+            page.reload()
+        expect(page.get_by_text("HTTP 200").first).to_be_visible()
+        delivered = receiver.events(secret)  # what the page lists is what the receiver verified
+        assert [event.data.object.id for event in delivered.values() if event.type == "customer.created"] \
+            == [customer_id]
+        page.screenshot(path=str(artifacts / "webhook.png"), full_page=True)
+
+        page.get_by_role("button", name="Disable").click()
+        expect(page.locator("dd .badge")).to_have_text("disabled")
+        assert client.get(f"/v1/webhook_endpoints/{endpoint_id}").json()["status"] == "disabled"
+    finally:
+        stop.set()
+        thread.join(30)
+        receiver.close()
+        if endpoint_id and endpoint_id.startswith("we_"):
+            client.delete(f"/v1/webhook_endpoints/{endpoint_id}")

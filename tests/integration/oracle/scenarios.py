@@ -324,10 +324,10 @@ CATALOG_PROBE = "catalog_probe"  # an event name no meter has
 
 def in_phases(log: list) -> list[list]:
     """`log` cut where the catalog changes, so that the worker has read each change before the
-    facts after it, and none before: the oracle judges a meter's status at each event's receipt,
-    the worker by the catalog it has read (a known disagreement, test_known_disagreements.py). A
-    change is produced alone; then an event naming no meter, which makes the worker read the
-    catalog to its end (streams/catalog.py; dead-lettered `no_meter`, by the oracle too)."""
+    facts after it: both judge a meter's status at each event's receipt, but the worker learns of a
+    change only when it reads the catalog (the gap the README's known limitations name). A change
+    is produced alone; then an event naming no meter, which makes the worker read the catalog to
+    its end (streams/catalog_follower.py; dead-lettered `no_meter`, by the oracle too)."""
     phases: list[list] = [[]]
     for fact in log:
         if isinstance(fact, (MeterDeactivated, MeterReactivated)):

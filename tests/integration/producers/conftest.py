@@ -9,7 +9,7 @@ import pytest
 from billing.catalog import Catalog
 from billing.facts import MeterAggregation, MeterDefined
 from drawdown.settings import Settings
-from producers.catalog import fold_catalog
+from producers.catalog_reader import fold_catalog
 from schemas.codec import FactCodec
 from tests.integration.producers.kafka_reading import own_topics, read_records
 

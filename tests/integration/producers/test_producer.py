@@ -19,7 +19,7 @@ from billing.facts import (
 )
 from billing.meter_events import MAX_EVENT_AGE_MS
 from producers import DeliveryFailed, FactProducer, MeterEventInvalid, NotAnInputFact, ProducerQueueFull
-from producers.catalog import read_catalog
+from producers.catalog_reader import read_catalog
 
 
 def unique(prefix: str) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from billing.facts import CustomerCreated, MeterAggregation, MeterDefined, MeterEventCanceled, MeterEventRecorded
 from drawdown.settings import Settings
-from producers.catalog import fold_catalog
+from producers.catalog_reader import fold_catalog
 from producers.producer import FactProducer
 from tests.integration.producers.kafka_reading import own_topics
 

@@ -11,7 +11,7 @@ import pytest
 
 from billing.facts import UsageBucketUpdated
 from drawdown.settings import Settings
-from producers.catalog import fold_catalog
+from producers.catalog_reader import fold_catalog
 from producers.producer import FactProducer
 from producers.replay import replay_usage
 from tests.integration.producers.kafka_reading import own_topics

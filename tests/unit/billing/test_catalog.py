@@ -39,6 +39,23 @@ def test_deactivating_a_meter_marks_it_inactive_until_reactivated():
     assert "mtr_input" not in reactivated.inactive_meter_ids
 
 
+def test_a_meters_status_is_judged_at_each_events_receipt():
+    # Worked by hand from STRIPE.md (a deactivated meter rejects NEW events): deactivated at 100,
+    # reactivated at 200, deactivated and reactivated again both at 300 (the later in the log wins).
+    catalog = fold([make_meter(), MeterDeactivated(meter_id="mtr_input", deactivated_at_ms=100),
+                    MeterReactivated(meter_id="mtr_input", reactivated_at_ms=200),
+                    MeterDeactivated(meter_id="mtr_input", deactivated_at_ms=300),
+                    MeterReactivated(meter_id="mtr_input", reactivated_at_ms=300)])
+    received_at = [0, 99, 100, 150, 199, 200, 299, 300, 10_000]
+    assert [catalog.meter_inactive_at("mtr_input", at) for at in received_at] == [
+        False, False, True, True, True, False, False, False, False]
+    assert not catalog.meter_inactive_at("mtr_never_changed", 150)
+    # read late, in another order (a reactivation logged before an older deactivation): still by time
+    late = fold([make_meter(), MeterReactivated(meter_id="mtr_input", reactivated_at_ms=200),
+                 MeterDeactivated(meter_id="mtr_input", deactivated_at_ms=100)])
+    assert [late.meter_inactive_at("mtr_input", at) for at in (50, 150, 250)] == [False, True, False]
+
+
 def test_prices_are_kept_by_id_and_products_change_nothing_billing_needs():
     catalog = fold([make_price(), ProductCreated(product_id="prod_input", name="Input", created_at_ms=0)])
     assert catalog.prices["price_input"] == make_price()

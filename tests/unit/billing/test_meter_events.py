@@ -23,7 +23,12 @@ METERS = {
         meter_id="mtr_custom", event_name="custom_keys", customer_payload_key="account", value_payload_key="tokens"
     ),
 }
-INACTIVE = {"mtr_archived"}
+INACTIVE_IDS = {"mtr_archived"}
+
+
+def inactive_at(meter_id: str, received_at_ms: int) -> bool:
+    """Stands for Catalog.meter_inactive_at: mtr_archived was deactivated before every event here."""
+    return meter_id in INACTIVE_IDS
 CUSTOMERS = {"cus_jenny"}
 
 
@@ -41,7 +46,7 @@ def event(**overrides) -> MeterEventRecorded:
 
 
 def validate(one: MeterEventRecorded, now_ms: int = NOW_MS):
-    return validate_meter_event(one, METERS, INACTIVE, CUSTOMERS, now_ms)
+    return validate_meter_event(one, METERS, inactive_at, CUSTOMERS, now_ms)
 
 
 def test_a_valid_event_is_accepted_with_its_meter_customer_and_value():
@@ -90,7 +95,7 @@ def test_a_bad_event_is_rejected_with_a_stable_code_instead_of_raising(overrides
 def test_events_at_the_limits_are_accepted(overrides):
     meters = dict(METERS)
     meters["x" * 100] = make_meter(event_name="x" * 100)
-    assert isinstance(validate_meter_event(event(**overrides), meters, INACTIVE, CUSTOMERS, NOW_MS), MeterEventAccepted)
+    assert isinstance(validate_meter_event(event(**overrides), meters, inactive_at, CUSTOMERS, NOW_MS), MeterEventAccepted)
 
 
 def test_the_window_of_accepted_timestamps_follows_the_customers_test_clock():

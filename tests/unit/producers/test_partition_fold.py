@@ -25,7 +25,7 @@ from billing.facts import (
 )
 from billing.meter_events import MAX_EVENT_AGE_MS, MAX_EVENT_LEAD_MS, customer_now_ms, validate_meter_event
 from billing.usage import UsageLedger
-from producers.catalog import fold_catalog
+from producers.catalog_reader import fold_catalog
 from producers.replay import PartitionFold, group_rows
 from tests.unit.meter_event_strategies import meter_events as shared_meter_events
 
@@ -180,7 +180,7 @@ class EngineFold:
             meter = self.catalog.meters_by_event_name.get(fact.event_name)
             clock = None if meter is None else self.customers.get(fact.payload.get(meter.customer_payload_key, ""))
             now_ms = customer_now_ms(fact.received_at_ms, None if clock is None else self.clocks.get(clock, 0))
-            verdict = validate_meter_event(fact, self.catalog.meters_by_event_name, self.catalog.inactive_meter_ids,
+            verdict = validate_meter_event(fact, self.catalog.meters_by_event_name, self.catalog.meter_inactive_at,
                                            self.known_customers, now_ms)
             if not hasattr(verdict, "meter_id"):
                 self.rejected[str(verdict.code)] += 1

@@ -54,7 +54,7 @@ def producer(knows_customers: bool) -> FactProducer:
 
 
 def expected_code(event: MeterEventRecorded, knows_customers: bool) -> str | None:
-    verdict = validate_meter_event(event, CATALOG.meters_by_event_name, CATALOG.inactive_meter_ids,
+    verdict = validate_meter_event(event, CATALOG.meters_by_event_name, CATALOG.meter_inactive_at,
                                    KNOWN if knows_customers else _Everyone(), NOW_MS)
     return str(verdict.code) if type(verdict) is MeterEventRejected else None
 

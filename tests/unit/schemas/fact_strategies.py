@@ -14,7 +14,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from schemas.catalogue import load_catalogue
+from schemas.schema_files import load_catalogue
 
 INT32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing.facts import ALL_FACTS, MeterDefined, MeterEventRecorded, UsageBucketUpdated
-from schemas.catalogue import load_catalogue
+from schemas.schema_files import load_catalogue
 from schemas.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, FactCodec, to_avro
 from schemas.errors import (
     CorruptFact,

@@ -17,7 +17,7 @@ from billing.facts import (
     MeterEventRecorded,
     UsageBucketUpdated,
 )
-from schemas.catalogue import load_catalogue
+from schemas.schema_files import load_catalogue
 from schemas.codec import (
     CONFLUENT_MAGIC,
     SINGLE_OBJECT_MAGIC,

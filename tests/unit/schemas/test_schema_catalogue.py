@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from billing.facts import ALL_FACTS
-from schemas.catalogue import NAMESPACE, SCHEMAS_DIR, load_catalogue, snake_case
+from schemas.schema_files import NAMESPACE, SCHEMAS_DIR, load_catalogue, snake_case
 
 FACT_NAMES = [fact_class.__name__ for fact_class in ALL_FACTS]
 

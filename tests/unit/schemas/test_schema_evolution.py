@@ -8,7 +8,7 @@ import pytest
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
 from billing.facts import ALL_FACTS, CustomerCreated
-from schemas.catalogue import load_catalogue
+from schemas.schema_files import load_catalogue
 
 VERSION_PAIRS = [
     pytest.param(older, newer, id=f"{newer.fact_class.__name__}-v{older.version}-to-v{newer.version}")

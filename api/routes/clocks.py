@@ -1,4 +1,5 @@
-"""/v1/test_helpers/test_clocks: time facts written to every partition of customer-facts."""
+"""Stripe's test clocks (/v1/test_helpers/test_clocks): time facts written to every partition of
+customer-facts. (Named clocks.py: a module named test_*.py reads as a test file.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from api import objects
-from api.app import route
+from api.routing import route
 from api.context import ApiContext
 from api.errors import invalid
 from api.ids import new_id

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from billing.facts import MeterAggregation, MeterDeactivated, MeterDefined, MeterDisplayNameChanged, TimeTicked
-from producers.catalog import fold_catalog
+from producers.catalog_reader import fold_catalog
 
 
 def meter(meter_id: str, event_name: str) -> MeterDefined:
