@@ -29,7 +29,7 @@ from billing.facts import CustomerCreated
 from drawdown.settings import Settings
 from producers.catalog_reader import fold_catalog
 from producers.producer import FactProducer
-from producers.replay import (
+from replay.usage import (
     CONSUME_BATCH_RECORDS,
     PartitionRange,
     _PartialResult,
@@ -129,7 +129,7 @@ def start_fork_server() -> None:
     import multiprocessing
     from multiprocessing import forkserver
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload(["producers.replay", "benchmarks.replay_bench"])
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["replay.usage", "benchmarks.replay_bench"])
     forkserver.ensure_running()
 
 

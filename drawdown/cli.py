@@ -14,7 +14,7 @@ Command = Callable[[argparse.Namespace], int]
 # Each package that adds commands has a `commands` module with `add_commands(subparsers)`
 # (and, for long-running processes, ENGINE_PROCESSES for `make up`). Commands import their heavy
 # modules (faust, fastapi) inside their run function so that `drawdown --help` stays fast.
-COMMAND_MODULES = ("streams.commands", "projections.commands", "api.commands", "producers.commands",
+COMMAND_MODULES = ("streams.commands", "projections.commands", "api.commands", "producers.commands", "replay.commands",
                    "benchmarks.commands")
 
 

@@ -13,7 +13,7 @@ from billing.facts import UsageBucketUpdated
 from drawdown.settings import Settings
 from producers.catalog_reader import fold_catalog
 from producers.producer import FactProducer
-from producers.replay import replay_usage
+from replay.usage import replay_usage
 from tests.integration.producers.kafka_reading import own_topics
 from tests.integration.replay.conftest import DAY_MS, METERS, MINUTE_MS, History, produce_history
 from tests.integration.streams.conftest import OutputReader, WorkerProcess

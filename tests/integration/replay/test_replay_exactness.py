@@ -8,7 +8,7 @@ import random
 import pytest
 
 from producers.catalog_reader import fold_catalog
-from producers.replay import ReplayTopicMissing, ReplayWindowError, replay_usage
+from replay.usage import ReplayTopicMissing, ReplayWindowError, replay_usage
 from tests.integration.replay.conftest import DAY_MS, HOUR_MS, MINUTE_MS, brute_force_usage
 
 

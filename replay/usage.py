@@ -766,7 +766,7 @@ def _run_in_processes(job: _ReplayJob, groups: list[list[PartitionRange]],
 
     copyreg.pickle(MappingProxyType, lambda proxy: (_read_only, (dict(proxy),)))  # the catalog's maps
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["producers.replay"])
+    context.set_forkserver_preload(["replay.usage"])
     counts = context.Array("q", len(groups), lock=False)
     results = context.Queue()
     total = sum(r.record_count for group in groups for r in group)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from producers.replay import ReplayResult, UsageRow
+from replay.usage import ReplayResult, UsageRow
 
 COLUMNS = ("customer_id", "meter_id", "period_start", "value", "event_count")
 

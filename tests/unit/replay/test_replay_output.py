@@ -9,9 +9,9 @@ from decimal import Decimal
 
 import pytest
 
-from producers.commands import parse_instant_ms
-from producers.replay import ReplayResult, ReplayWindowError, UsageRow, check_window
-from producers.replay_output import plot_usage, to_csv, to_json, to_table
+from replay.commands import parse_instant_ms
+from replay.usage import ReplayResult, ReplayWindowError, UsageRow, check_window
+from replay.output import plot_usage, to_csv, to_json, to_table
 
 T0_MS = 1_763_856_000_000  # 2025-11-23T00:00:00Z
 
