@@ -245,3 +245,24 @@ def test_clock(row: dict[str, Any], status: str = "ready") -> dict[str, Any]:
 
 
 test_clock.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+def billing_alert(row: dict[str, Any]) -> dict[str, Any]:
+    """Stripe's billing.alert: the configuration of its type, the other one null."""
+    filters = [{"type": "customer", "customer": row["customer_id"]}]
+    usage = credit = None
+    if row["alert_type"] == "usage_threshold":
+        usage = {"filters": filters, "gte": row["gte"], "meter": row["meter_id"], "recurrence": "one_time"}
+    else:
+        credit = {"filters": filters, "lte": {"balance_type": "monetary",
+                                              "monetary": {"currency": row["currency"], "value": row["lte_minor"]}}}
+    return {"id": row["id"], "object": "billing.alert", "alert_type": row["alert_type"], "livemode": False,
+            "status": row["status"], "title": row["title"], "usage_threshold": usage,
+            "credit_balance_threshold": credit}
+
+
+def billing_alert_crossing(row: dict[str, Any], alert: dict[str, Any]) -> dict[str, Any]:
+    """Stripe's billing.alert_triggered (and drawdown's billing.alert_recovered, the same shape)."""
+    return {"object": f"billing.alert_{row['crossing']}", "alert": billing_alert(alert),
+            "created": seconds(row["crossed_ms"]), "customer": row["customer_id"], "livemode": False,
+            "value": row["value"]}

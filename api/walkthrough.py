@@ -55,6 +55,11 @@ def run(stripe: Any, say: Callable[[str], None] = print, invoice_timeout_s: floa
         amount={"type": "monetary", "monetary": {"value": 1000, "currency": "usd"}},
         applicability_config={"scope": {"price_type": "metered"}})
     say(f"4. credit grant {grant.id}: {grant.amount.monetary.value} cents, metered prices")
+    alert = stripe.billing.Alert.create(
+        alert_type="credit_balance_threshold", title="Credits running low",
+        credit_balance_threshold={"filters": [{"type": "customer", "customer": customer.id}],
+                                  "lte": {"balance_type": "monetary", "monetary": {"currency": "usd", "value": 500}}})
+    say(f"   billing alert {alert.id}: billing.alert.triggered when the live balance falls to 500 cents or below")
     subscription = stripe.Subscription.create(customer=customer.id, items=[{"price": price.id} for price in prices])
     say(f"5. subscription {subscription.id}, period {subscription.current_period_start}.."
         f"{subscription.current_period_end}")
@@ -95,7 +100,7 @@ def run(stripe: Any, say: Callable[[str], None] = print, invoice_timeout_s: floa
         f"{[(s.start_time, s.aggregated_value) for s in summaries if s.aggregated_value]}")
     return {"preview": preview, "invoice": invoice, "clock_statuses": (advancing.status, ready.status),
             "invoice_visible_when_ready": visible_when_ready, "summary": summary, "transactions": transactions,
-            "summaries": summaries, "grant": grant, "customer": customer, "funding": funding}
+            "summaries": summaries, "grant": grant, "customer": customer, "funding": funding, "alert": alert}
 
 
 def fund(stripe: Any, customer_id: str, amount_cents: int = 1000) -> Any:

@@ -18,10 +18,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
+from billing.alerts import AlertWatch, change_status, count_reading, crossings, define_alert, uncount_reading
 from billing.balances import LowBalanceWatch, UninvoicedPeriod, detect_low_balances, live_balance
 from billing.bounds import AmountCheck, check_amounts
 from billing.errors import BillingError
 from billing.facts import (
+    BillingAlertCreated,
+    BillingAlertStatusChanged,
     BillingReason,
     CreditGrantCreated,
     CreditGrantExpired,
@@ -123,6 +126,8 @@ class CustomerState:
     invoice_items: dict[str, InvoiceItemCreated] = field(default_factory=dict)
     drafts: dict[str, InvoiceCreated] = field(default_factory=dict)
     settled_invoices: dict[str, str] = field(default_factory=dict)  # invoice id -> paid | uncollectible
+    # Billing alerts on this customer (billing/alerts.py), by alert id.
+    billing_alerts: dict[str, AlertWatch] = field(default_factory=dict)
 
     @property
     def test_clock_id(self) -> str | None:
@@ -141,7 +146,7 @@ def copy_state(state: CustomerState) -> CustomerState:
                    voided_invoice_ids=set(state.voided_invoice_ids),
                    low_balance_watches=dict(state.low_balance_watches),
                    invoice_items=dict(state.invoice_items), drafts=dict(state.drafts),
-                   settled_invoices=dict(state.settled_invoices))
+                   settled_invoices=dict(state.settled_invoices), billing_alerts=dict(state.billing_alerts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +253,8 @@ def add_usage(state: CustomerState, meter_id: str, reading: MeterReading, aggreg
     for key in keys:
         usage = period_usage.get(key)
         period_usage[key] = aggregator.add(aggregator.initialize() if usage is None else usage, reading)
+    if state.billing_alerts:
+        count_reading(state.billing_alerts, meter_id, reading, aggregator)
     state.live_pending = True
 
 
@@ -264,9 +271,12 @@ def usage_within(state: CustomerState, meter_id: str, reading: MeterReading, agg
 
 
 def remove_usage(state: CustomerState, meter_id: str, reading: MeterReading, aggregator: MeterAggregator,
-                 catalog: Catalog, readings_between: ReadingsBetween) -> None:
-    """Take a canceled reading back out of the open periods that counted it (`readings_between`:
-    the usage ledger's readings left of this customer and meter, for meters that fold again)."""
+                 catalog: Catalog, readings_between: ReadingsBetween, counted_at_offset: int) -> None:
+    """Take a canceled reading (counted at log offset `counted_at_offset`) back out of the open
+    periods and the usage alerts that counted it (`readings_between`: the usage ledger's readings
+    left of this customer and meter, for meters that fold again)."""
+    if state.billing_alerts:
+        uncount_reading(state.billing_alerts, meter_id, reading, counted_at_offset, aggregator)
     for key, period in _open_periods(state, meter_id, reading.event_time_ms, catalog):
         if key in state.period_usage:
             state.period_usage[key] = remove_reading(aggregator, state.period_usage[key], reading, period.start_ms,
@@ -361,6 +371,12 @@ def evolve(state: CustomerState, fact: object, catalog: Catalog, now_ms: int,
             grant, transactions = void_grant(_grant(state, fact.grant_id), fact.voided_at_ms)
             state.grants[fact.grant_id] = grant
             emitted.extend(transactions)
+            state.live_pending = True
+        elif isinstance(fact, BillingAlertCreated):
+            define_alert(state.billing_alerts, fact, state.applied_offset)
+            state.live_pending = True  # judged at the next live balance (a balance already low triggers then)
+        elif isinstance(fact, BillingAlertStatusChanged):
+            change_status(state.billing_alerts, fact)
             state.live_pending = True
         elif isinstance(fact, INVOICE_LIFECYCLE_FACTS):
             emitted.extend(_invoice_lifecycle(state, fact))
@@ -561,17 +577,23 @@ def live_balance_facts(state: CustomerState, catalog: Catalog, as_of_ms: int, co
             arrival_ms - state.live_published_ms < config.live_balance_interval_ms:
         return []
     emitted: list = []
+    balances: dict[str, int] = {}
     for currency in _currencies(state):
         # Open periods without usage too: the grants counted are those that will pay this period.
         periods = _uninvoiced_periods(state, catalog, currency, with_open_periods=True)
         balance = live_balance(state.customer_id, currency, state.grants.values(), periods, catalog.prices, as_of_ms)
         emitted.append(balance)
+        balances[currency] = balance.live_balance_minor
         watches = state.low_balance_watches.get(currency) or tuple(
             LowBalanceWatch(customer_id=state.customer_id, currency=currency, threshold_minor=threshold)
             for threshold in config.low_balance_thresholds_minor)
         watches, alerts = detect_low_balances(watches, balance.live_balance_minor, as_of_ms)
         state.low_balance_watches[currency] = watches
         emitted.extend(alerts)
+    if state.billing_alerts:
+        aggregators = {watch.meter_id: catalog.aggregator(watch.meter_id) for watch in state.billing_alerts.values()
+                       if watch.meter_id in catalog.meters}
+        emitted.extend(crossings(state.customer_id, state.billing_alerts, balances, aggregators, as_of_ms))
     state.live_pending = False
     state.live_published_ms = arrival_ms
     return emitted

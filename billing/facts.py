@@ -50,6 +50,22 @@ class RecurringInterval(enum.StrEnum):
     YEAR = "year"
 
 
+class AlertType(enum.StrEnum):
+    USAGE_THRESHOLD = "usage_threshold"
+    CREDIT_BALANCE_THRESHOLD = "credit_balance_threshold"
+
+
+class AlertStatus(enum.StrEnum):
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+    ARCHIVED = "archived"
+
+
+class AlertCrossing(enum.StrEnum):
+    TRIGGERED = "triggered"
+    RECOVERED = "recovered"  # drawdown's own: a credit balance back above its threshold (re-armed)
+
+
 class GrantPriceType(enum.StrEnum):
     METERED = "metered"
 
@@ -258,6 +274,29 @@ class CreditGrantVoided:
     grant_id: str
     customer_id: str
     voided_at_ms: int
+
+
+@_fact
+class BillingAlertCreated:
+    """A billing alert on one customer: usage_threshold (meter_id, gte) or credit_balance_threshold
+    (currency, lte_minor: the live balance at or below it triggers)."""
+    alert_id: str
+    customer_id: str
+    alert_type: AlertType
+    title: str
+    meter_id: str | None = None
+    gte: int | None = None
+    currency: str | None = None
+    lte_minor: int | None = None
+    created_at_ms: int
+
+
+@_fact
+class BillingAlertStatusChanged:
+    alert_id: str
+    customer_id: str
+    status: AlertStatus
+    changed_at_ms: int
 
 
 @_fact
@@ -479,6 +518,18 @@ class LowBalanceAlert:
 
 
 @_fact
+class BillingAlertCrossed:
+    """A billing alert's threshold crossed: `triggered` (Stripe's billing.alert.triggered), or, for
+    a credit-balance alert, `recovered` when the balance is back above it (the alert re-armed)."""
+    crossing_id: str
+    alert_id: str
+    customer_id: str
+    crossing: AlertCrossing
+    value: int  # the usage (usage_threshold) or the live balance in minor units (credit_balance_threshold)
+    crossed_at_ms: int
+
+
+@_fact
 class DeadLetter:
     original_bytes: bytes
     topic: str
@@ -506,6 +557,8 @@ ALL_FACTS: tuple[type, ...] = (
     CreditGrantUpdated,
     CreditGrantExpired,
     CreditGrantVoided,
+    BillingAlertCreated,
+    BillingAlertStatusChanged,
     InvoiceVoidRequested,
     InvoiceItemCreated,
     InvoiceItemDeleted,
@@ -527,6 +580,7 @@ ALL_FACTS: tuple[type, ...] = (
     UsageBucketUpdated,
     LiveBalanceChanged,
     LowBalanceAlert,
+    BillingAlertCrossed,
     DeadLetter,
 )
 """Every top-level fact class (nested types are not facts)."""
@@ -547,6 +601,8 @@ Fact = (
     | CreditGrantUpdated
     | CreditGrantExpired
     | CreditGrantVoided
+    | BillingAlertCreated
+    | BillingAlertStatusChanged
     | InvoiceVoidRequested
     | InvoiceItemCreated
     | InvoiceItemDeleted
@@ -568,6 +624,7 @@ Fact = (
     | UsageBucketUpdated
     | LiveBalanceChanged
     | LowBalanceAlert
+    | BillingAlertCrossed
     | DeadLetter
 )
 """Any top-level fact, for annotations (`def evolve(state, fact: Fact)`)."""

@@ -39,3 +39,8 @@ def credit_balance_transaction_id(
 def low_balance_alert_id(customer_id: str, currency: str, threshold_minor: int, crossing_sequence: int) -> str:
     """ "lbal_" + hash(customer_id, currency, threshold_minor, crossing sequence)."""
     return "lbal_" + _digest(customer_id, currency, threshold_minor, crossing_sequence)
+
+
+def billing_alert_crossing_id(alert_id: str, customer_id: str, crossing: str, crossing_sequence: int) -> str:
+    """ "altr_" + hash(alert_id, customer_id, crossing, crossing sequence)."""
+    return "altr_" + _digest(alert_id, customer_id, str(crossing), crossing_sequence)

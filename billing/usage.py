@@ -111,7 +111,8 @@ class CancelOutcome:
     not_here: bool = False  # a cancel without customer found no such event in this partition's log
 
 
-def _subtract(usage: MeterUsage, reading: MeterReading) -> MeterUsage:
+def subtract_reading(usage: MeterUsage, reading: MeterReading) -> MeterUsage:
+    """`usage` without one reading it counted, for aggregates that can subtract (can_subtract)."""
     return usage._replace(value_sum=EXACT_CONTEXT.subtract(usage.value_sum, reading.value),
                           event_count=usage.event_count - 1)
 
@@ -133,14 +134,14 @@ def remove_reading(aggregator: MeterAggregator, usage: MeterUsage, reading: Mete
     the part it decided folded again from the readings left (`readings_between`, the ledger's
     UsageLedger.readings of this customer and meter)."""
     if can_subtract(aggregator):
-        return _subtract(usage, reading)
+        return subtract_reading(usage, reading)
     initial = aggregator.initialize()
     if aggregator.event_time_window is not None:  # its window, folded again
         window_start_ms = aggregator.window_start_ms(reading.event_time_ms)
         window_end_ms = window_start_ms + aggregator.window_size_ms
         others = readings_between(max(start_ms, window_start_ms), min(end_ms, window_end_ms))
         return aggregator.merge(aggregator.without_window(usage, window_start_ms), aggregator.add_all(initial, others))
-    usage = _subtract(usage, reading)  # `last`: a new latest only if it was the latest, from those before it
+    usage = subtract_reading(usage, reading)  # `last`: a new latest only if it was the latest, from those before it
     if usage.latest != reading:
         return usage
     minute_end_ms = minute_bucket_start_ms(reading.event_time_ms) + MILLISECONDS_PER_MINUTE
@@ -289,7 +290,7 @@ class UsageLedger:
             aggregator = aggregators_by_meter_id[first.meter_id]
             if current is not None and current.applied_offset < offset:
                 if can_subtract(aggregator):
-                    bucket = UsageBucket(_subtract(current.usage, first.reading), offset)
+                    bucket = UsageBucket(subtract_reading(current.usage, first.reading), offset)
                 else:  # the minute's other readings, folded again
                     readings = list(current.readings)
                     readings.remove(first.reading)

@@ -29,7 +29,9 @@ from api import objects
 Render = Callable[[objects.Fetch], dict[str, Any] | None]  # None: no event after all
 
 METER_ERROR_REPORT = "v1.billing.meter.error_report_triggered"
-# Drawdown's own (Stripe has no event for it): an endpoint the dispatcher disabled after failing.
+# Drawdown's own (Stripe has no event for them): a credit-balance alert's balance back above its
+# threshold (the alert re-armed), and an endpoint the dispatcher disabled after failing.
+BILLING_ALERT_RECOVERED = "billing.alert.recovered"
 WEBHOOK_ENDPOINT_DISABLED = "webhook_endpoint.disabled"
 
 
@@ -138,6 +140,20 @@ def subscription(subscription_id: str, at_ms: int) -> Render:
 
 def invoice(invoice_id: str) -> Render:
     return lambda fetch: _render(_row(fetch, "invoices", invoice_id), lambda row: objects.load_invoice(fetch, row))
+
+
+def billing_alert_crossing(crossing_id: str) -> Render:
+    """billing.alert_triggered (or _recovered) with the alert as it stood then."""
+    def render(fetch: objects.Fetch) -> dict[str, Any] | None:
+        crossing = _row(fetch, "billing_alert_crossings", crossing_id)
+        alert = None if crossing is None else _row(fetch, "billing_alerts", crossing["alert_id"])
+        return None if alert is None else objects.billing_alert_crossing(crossing, alert)
+
+    return render
+
+
+def billing_alert(alert_id: str) -> Render:
+    return lambda fetch: _render(_row(fetch, "billing_alerts", alert_id), objects.billing_alert)
 
 
 def credit_balance_transaction(row: dict[str, Any]) -> Render:

@@ -244,6 +244,35 @@ class Batch:
             "update credit_grants set voided_ms = coalesce(voided_ms, %s), updated_ms = %s where id = %s",
             (fact.voided_at_ms, fact.voided_at_ms, fact.grant_id))], fact.grant_id, "voided")
 
+    # --- billing alerts ---------------------------------------------------------------------
+
+    @_rule(f.BillingAlertCreated)
+    def _(self, fact: f.BillingAlertCreated, partition: int, offset: int) -> None:
+        self.statements.append((
+            "insert into billing_alerts (id, customer_id, alert_type, title, status, meter_id, gte, currency,"
+            " lte_minor, created_ms, updated_ms) values (%s, %s, %s, %s, 'active', %s, %s, %s, %s, %s, %s)"
+            " on conflict do nothing",
+            (fact.alert_id, fact.customer_id, str(fact.alert_type), fact.title, fact.meter_id, fact.gte,
+             fact.currency, fact.lte_minor, fact.created_at_ms, fact.created_at_ms)))
+
+    @_rule(f.BillingAlertStatusChanged)
+    def _(self, fact: f.BillingAlertStatusChanged, partition: int, offset: int) -> None:
+        # (the workers refuse to bring an archived alert back; the projection follows the same rule)
+        self.statements.append((
+            "update billing_alerts set status = %s, updated_ms = %s where id = %s"
+            " and (status <> 'archived' or %s = 'archived')",
+            (str(fact.status), fact.changed_at_ms, fact.alert_id, str(fact.status))))
+
+    @_rule(f.BillingAlertCrossed)
+    def _(self, fact: f.BillingAlertCrossed, partition: int, offset: int) -> None:
+        self.statements.append((
+            "insert into billing_alert_crossings (id, alert_id, customer_id, crossing, value, crossed_ms)"
+            " values (%s, %s, %s, %s, %s, %s) on conflict do nothing",
+            (fact.crossing_id, fact.alert_id, fact.customer_id, str(fact.crossing), fact.value, fact.crossed_at_ms)))
+        event_type = "billing.alert.triggered" if fact.crossing == f.AlertCrossing.TRIGGERED \
+            else events.BILLING_ALERT_RECOVERED
+        self._event(event_type, events.billing_alert_crossing(fact.crossing_id), fact.crossing_id)
+
     # --- test clocks (one copy per partition: the upserts make the copies one row) ----------
 
     @_rule(f.TestClockCreated)

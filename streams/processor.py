@@ -37,6 +37,9 @@ from billing.customer import (
     usage_within,
 )
 from billing.facts import (
+    BillingAlertCreated,
+    BillingAlertCrossed,
+    BillingAlertStatusChanged,
     CreditBalanceTransaction,
     CreditGrantCreated,
     CreditGrantExpired,
@@ -80,7 +83,8 @@ from billing.usage import (CANCEL_NOT_IN_PARTITION, BucketKey, SeenEvent, UsageB
 
 CUSTOMER_FACTS = (CustomerCreated, SubscriptionCreated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
                   SubscriptionCanceled, CreditGrantCreated, CreditGrantUpdated, CreditGrantExpired,
-                  CreditGrantVoided, InvoiceVoidRequested, *INVOICE_LIFECYCLE_FACTS)
+                  CreditGrantVoided, InvoiceVoidRequested, BillingAlertCreated, BillingAlertStatusChanged,
+                  *INVOICE_LIFECYCLE_FACTS)
 
 _new_tuple = tuple.__new__
 CACHED_USAGE_KEYS = 10_000  # customers whose period-usage keys the fast path keeps (see _usage_keys)
@@ -99,6 +103,7 @@ OUTPUT_TOPIC = {
     UsageBucketUpdated: "usage-buckets",
     LiveBalanceChanged: "live-balances",
     LowBalanceAlert: "live-balances",
+    BillingAlertCrossed: "live-balances",
     DeadLetter: "dead-letters",
 }
 
@@ -398,7 +403,7 @@ class PartitionProcessor:
 
     def _meter_event(self, offset: int, event: MeterEventRecorded, original_bytes: bytes, fresh: bool) -> list:
         """The common event folded right here: one that validate_meter_event surely accepts (an
-        active raw meter, a known customer on the wall clock, a plain digit value, an event time in
+        active raw meter, a known customer on the wall clock without billing alerts, a plain digit value, an event time in
         [arrival - 35 days, arrival + 5 minutes]) with an identifier never seen, counted as
         UsageLedger.apply_event and add_usage would count it. Nearly every fact is one, and the
         general path's checks, calls and intermediate objects were half the worker's time per event
@@ -417,7 +422,7 @@ class PartitionProcessor:
         ledger = self.ledger
         seen_key = (event.event_name, identifier)
         if not (state is not None and state.created is not None and state.created.test_clock_id is None
-                and not state.large_amounts
+                and not state.large_amounts and not state.billing_alerts
                 # is_surely_valid_value, inlined
                 and type(value_text) is str and len(value_text) <= MAX_VALUE_INTEGER_DIGITS
                 and value_text.isascii() and value_text.isdigit()
@@ -548,7 +553,8 @@ class PartitionProcessor:
             state = self.customers.get(canceled.customer_id)
             if state is not None and not state.already_applied(offset):
                 remove_usage(state, canceled.seen.meter_id, canceled.seen.reading, aggregators[canceled.seen.meter_id],
-                             self.catalog, partial(self.ledger.readings, canceled.customer_id, canceled.seen.meter_id))
+                             self.catalog, partial(self.ledger.readings, canceled.customer_id, canceled.seen.meter_id),
+                             canceled.seen.offset)
                 state.applied_offset = offset
                 self._store(state)
         return []

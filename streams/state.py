@@ -18,9 +18,12 @@ from decimal import Decimal
 from types import MappingProxyType, MemberDescriptorType
 from typing import Any, NamedTuple
 
+from billing.alerts import AlertWatch
 from billing.balances import LowBalanceWatch
 from billing.customer import CustomerState, SubscriptionState
 from billing.facts import (
+    AlertStatus,
+    AlertType,
     AppliedCredit,
     BillingReason,
     CreditBalanceTransaction,
@@ -96,6 +99,7 @@ def _register_fast_pickle(cls: type) -> None:
 
 
 def _register_billing_records() -> None:
+    import billing.alerts
     import billing.balances
     import billing.customer
     import billing.facts
@@ -105,8 +109,8 @@ def _register_billing_records() -> None:
     import billing.usage
     import streams.processor
 
-    for module in (billing.facts, billing.meters, billing.usage, billing.grants, billing.balances, billing.periods,
-                   billing.customer, streams.processor):
+    for module in (billing.facts, billing.meters, billing.usage, billing.grants, billing.balances, billing.alerts,
+                   billing.periods, billing.customer, streams.processor):
         for value in vars(module).values():
             if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__module__ == module.__name__:
                 _register_fast_pickle(value)
@@ -468,4 +472,6 @@ _CUSTOMER = _FlatRecord(
                                     credits=_tuple_of(_FlatRecord(AppliedCredit).conversion())).conversion()),
     ).conversion()),
     low_balance_watches=_values_of(_tuple_of(_FlatRecord(LowBalanceWatch).conversion())),
+    billing_alerts=_values_of(_FlatRecord(AlertWatch, alert_type=_enum(AlertType), status=_enum(AlertStatus),
+                                          usage=_METER_USAGE).conversion()),
 )

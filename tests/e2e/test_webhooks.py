@@ -141,6 +141,15 @@ def test_the_walkthrough_reaches_a_webhook_receiver_signed_as_stripe_signs(strip
                                      and e.data.object.type == "debit"], 60, "the credits_applied transaction")
     assert transactions[0].data.object.debit.type == "credits_applied"
     assert transactions[0].data.object.debit.amount.monetary.value == 1000
+    # The walkthrough's credit-balance alert: 3000 tokens at 3 cents against 1000 cents of credits.
+    (triggered,) = wait_for(lambda: [e for e in received("billing.alert.triggered")
+                                     if e.data.object.alert.id == result["alert"].id], 60, "billing.alert.triggered")
+    assert triggered.data.object.object == "billing.alert_triggered"
+    assert triggered.data.object.customer == customer_id
+    # -8000 (1000 - 9000) when the live balance is published before the invoice, 0 if only after it
+    # (credits applied, nothing accrued): either way at or below the threshold of 500, and once.
+    assert triggered.data.object.value in (-8000, 0)
+    assert triggered.data.object.alert.credit_balance_threshold.lte.monetary.value == 500
     for event_type in ("customer.created", "customer.subscription.created", "billing.credit_grant.created",
                        "billing.meter.created", "invoice.created"):
         assert received(event_type), f"no {event_type}"

@@ -12,10 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from billing.alerts import AlertWatch
 from billing.balances import LowBalanceWatch
 from billing.catalog import Catalog, evolve_catalog
 from billing.customer import CustomerState, FoldConfig, SubscriptionState
 from billing.facts import (
+    AlertStatus,
+    AlertType,
     BillingReason,
     CreditGrantCreated,
     CreditGrantUpdated,
@@ -170,7 +173,11 @@ _CUSTOMERS = _all_fields(
     large_amounts=st.booleans(), time_reached_ms=INT64,
     invoice_items=st.dictionaries(TEXT, fact_strategy(InvoiceItemCreated), max_size=2),
     drafts=st.dictionaries(TEXT, fact_strategy(InvoiceCreated), max_size=2),
-    settled_invoices=st.dictionaries(TEXT, st.sampled_from(["paid", "uncollectible"]), max_size=2))
+    settled_invoices=st.dictionaries(TEXT, st.sampled_from(["paid", "uncollectible"]), max_size=2),
+    billing_alerts=st.dictionaries(TEXT, _all_fields(
+        AlertWatch, alert_id=TEXT, alert_type=st.sampled_from(AlertType), status=st.sampled_from(AlertStatus),
+        meter_id=st.none() | TEXT, gte=st.none() | INT64, currency=st.none() | TEXT, lte_minor=st.none() | INT64,
+        since_offset=INT64, usage=st.none() | _USAGES, crossed=st.booleans(), crossing_count=INT64), max_size=2))
 
 
 @settings(max_examples=150, deadline=None)
