@@ -15,7 +15,8 @@ Exactly once by construction (DESIGN.md), not Faust's transactional mode:
    batch had every output and state record acknowledged), and on every assignment, after table
    recovery, the source partitions are read from durable_offset + 1.
 
-Faust owns the group (assignment), the two rocksdict-backed changelogged tables and their recovery.
+Faust owns the group (assignment), the two rocksdict-backed changelogged tables and their recovery;
+every use of a Faust internal is in streams/faust_patches.py (pinned version, fingerprinted).
 The source facts are read by streams/source.py with confluent-kafka, not by a Faust stream: its
 per-message path cost more than the fold, and it committed (or dropped) messages we never folded
 around rebalances and flow control. The tables: `customers` (CustomerState per customer plus one
@@ -40,13 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from faust.types import TP
 from rocksdict import WriteBatch
 
 from billing.customer import CustomerState, FoldConfig
 from billing.facts import MeterEventRecorded
 from billing.usage import UsageLedger
 from drawdown.settings import Settings
+from streams import faust_patches
 from streams import state as records
 from streams.catalog_follower import CatalogBehind, CatalogFollower
 from streams.processor import UNENCODABLE_OUTPUT, PartitionProcessor, PartitionState, output_key, output_topic
@@ -203,30 +204,7 @@ class Engine:
         if self.hooks_installed:
             return
         self.hooks_installed = True
-        consumer, source_topic = self.app.consumer, self.source_topic
-        getmany, verify_event_path, original_seek = consumer._getmany, consumer.verify_event_path, consumer.perform_seek
-
-        async def getmany_without_source(active_partitions: Any, timeout: float) -> Any:
-            if active_partitions is None:
-                return await getmany(active_partitions, timeout)
-            wanted = {tp for tp in active_partitions if tp.topic != source_topic}
-            if not wanted:  # (aiokafka reads an empty set as "every partition")
-                await asyncio.sleep(timeout)
-                return {}
-            return await getmany(wanted, timeout)
-
-        def verify_event_path_without_source(now: float, tp: TP) -> Any:
-            if tp.topic != source_topic:  # Faust would warn that it never streams the source
-                return verify_event_path(now, tp)
-            return None
-
-        async def perform_seek() -> None:
-            await original_seek()  # Faust: its streams to the committed offsets (unused) ...
-            await self.assign_source()  # ... ours: from each partition's durable offset + 1
-
-        consumer._getmany = getmany_without_source
-        consumer.verify_event_path = verify_event_path_without_source
-        consumer.perform_seek = perform_seek
+        faust_patches.keep_consumer_off_topic(self.app.consumer, self.source_topic, after_seek=self.assign_source)
 
     async def release_source(self) -> None:
         """Before a rebalance: finish the batch in hand (folded, completed) and stop reading."""
@@ -291,7 +269,7 @@ class Engine:
         self.source.seek(partition, offset)
 
     def _db(self, table: Any, partition: int) -> Any:
-        return table.data._db_for_partition(partition)  # Faust's rocksdict for this partition
+        return faust_patches.partition_db(table, partition)
 
     def _processor(self, partition: int) -> PartitionProcessor:
         processor = self.processors.get(partition)
@@ -526,7 +504,7 @@ class Engine:
             for write in state_records:
                 offset = last_offsets.get((write.changelog_topic, write.partition))
                 if offset is not None:
-                    write.table.data.set_persisted_offset(TP(write.changelog_topic, write.partition), offset)
+                    faust_patches.set_persisted_offset(write.table, write.changelog_topic, write.partition, offset)
             # Everything this batch caused is durable: the partition's next state record says so.
             # Not applied_offset: a batch of re-read facts below it vouches only for what it re-read.
             for partition, offset in durable_offsets.items():
@@ -674,12 +652,6 @@ def unpacked_changelog(batch: Any) -> Iterator[Any]:
             yield event
 
 
-def _recover_packs(table: Any) -> None:
-    """Faust recovers the table from its changelog through table.apply_changelog_batch: unpack there."""
-    apply = table.apply_changelog_batch
-    table.apply_changelog_batch = lambda batch: apply(unpacked_changelog(batch))
-
-
 def create_app(settings: Settings) -> tuple[Any, Engine]:
     """The Faust app (consumer group = topic prefix) and its engine."""
     import faust
@@ -712,7 +684,7 @@ def create_app(settings: Settings) -> tuple[Any, Engine]:
                                 options=dict(ROCKSDB_OPTIONS))
     usage_table = app.Table("usage", partitions=settings.partitions, key_type=bytes, value_type=bytes,
                             options=dict(ROCKSDB_OPTIONS))
-    _recover_packs(usage_table)
+    faust_patches.transform_changelog_on_recovery(usage_table, unpacked_changelog)  # packs -> their records
     engine = Engine(app, settings, customers_table, usage_table)
 
     @app.agent(source)
