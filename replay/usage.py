@@ -7,7 +7,7 @@ How (DESIGN.md, Reads): an event's time is at most 5 minutes after its arrival, 
 timestamp is the arrival time, so every event of [start, end) arrived after start - 5 minutes:
 seek each partition of customer-facts there by arrival time (offsets_for_times) and read to
 end + the lateness limit (35 days) or the log end, whichever comes first. Each partition is folded
-on its own, in log order, exactly as the stream worker folds it (streams/processor.py): meter events
+on its own, in log order, exactly as the stream worker folds it (billing/partition.py): meter events
 validated with billing.meter_events (the customer's now is the arrival time, or its test clock's
 frozen time), then deduplicated, cancelled and bucketed by the rules of billing.usage.UsageLedger,
 the one definition of usage. Events of hour/day-windowed and `last` meters go through UsageLedger

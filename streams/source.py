@@ -4,7 +4,7 @@ Faust owns the group (which partitions this worker has) and the tables' recovery
 themselves are read here, in batches parsed in C. Faust's per-message path (aiokafka's fetcher in
 a thread of its own, an Event per message, the conductor, the stream's acks) cost more than our
 whole fold and fought it for the GIL. Where to resume is never Faust's committed offset but each
-partition record's durable offset (streams/worker.py): the worker assigns the partitions here at
+partition record's durable offset (streams/pipeline.py): the worker assigns the partitions here at
 that offset once Faust has recovered the tables.
 
 The reader commits durable offsets to a group of its own (`<prefix>.worker.source`), which never
@@ -50,7 +50,7 @@ class SourceReader:
             "enable.auto.offset.store": False,
             "enable.partition.eof": False,
             # An assigned offset below the log start (deleted by retention) is a gap the worker
-            # reports (streams/worker.py); start from the earliest fact there is.
+            # reports (streams/output.py); start from the earliest fact there is.
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 50,  # freshness: a quiet partition's fetch returns within 50 ms
             "queued.max.messages.kbytes": 32_768,

@@ -105,12 +105,12 @@ def _register_billing_records() -> None:
     import billing.facts
     import billing.grants
     import billing.meters
+    import billing.partition
     import billing.periods
     import billing.usage
-    import streams.processor
 
     for module in (billing.facts, billing.meters, billing.usage, billing.grants, billing.balances, billing.alerts,
-                   billing.periods, billing.customer, streams.processor):
+                   billing.periods, billing.customer, billing.partition):
         for value in vars(module).values():
             if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__module__ == module.__name__:
                 _register_fast_pickle(value)
@@ -203,7 +203,7 @@ class BatchCache(MutableMapping):
         self.dirty = {}
         if len(self.cache) > self.max_entries:
             # Keep what was just taken: it reaches the store only after the broker acks this
-            # batch's outputs, while the next batch is folded (streams/worker.py).
+            # batch's outputs, while the next batch is folded (streams/pipeline.py).
             self.cache = dirty
         return records
 
@@ -475,3 +475,35 @@ _CUSTOMER = _FlatRecord(
     billing_alerts=_values_of(_FlatRecord(AlertWatch, alert_type=_enum(AlertType), status=_enum(AlertStatus),
                                           usage=_METER_USAGE).conversion()),
 )
+
+
+# --- changelog recovery: packs back into their records ----------------------------------------
+
+
+class _UnpackedMessage:
+    """One record of a changelog pack, as Faust's store reads a changelog message."""
+
+    __slots__ = ("tp", "offset", "partition", "key", "value")
+
+    def __init__(self, packed_in: Any, key: bytes, value: bytes | None) -> None:
+        self.tp, self.offset, self.partition = packed_in.tp, packed_in.offset, packed_in.partition
+        self.key, self.value = key, value
+
+
+class _UnpackedEvent:
+    __slots__ = ("message",)
+
+    def __init__(self, message: _UnpackedMessage) -> None:
+        self.message = message
+
+
+def unpacked_changelog(batch: Any) -> Iterator[Any]:
+    """Changelog events with every pack (streams/state.py, "packed changelog records") replaced by
+    the records it holds, in order, at the pack's offset."""
+    for event in batch:
+        message = event.message
+        if message.value is not None and message.key is not None and message.key.startswith(PACK_PREFIX):
+            for key, value in unpacked(message.key, message.value):
+                yield _UnpackedEvent(_UnpackedMessage(message, key, value))
+        else:
+            yield event

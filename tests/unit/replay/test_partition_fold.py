@@ -162,7 +162,7 @@ class Everyone:
 
 class EngineFold:
     """The engine's fold of one partition, spelled out: every meter event through
-    validate_meter_event and the engine's own UsageLedger (as streams/processor.py folds it)."""
+    validate_meter_event and the engine's own UsageLedger (as billing/partition.py folds it)."""
 
     def __init__(self, catalog, dedupe_window_ms: int, every_customer_exists: bool) -> None:
         self.catalog = catalog

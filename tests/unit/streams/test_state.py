@@ -40,7 +40,7 @@ from billing.periods import BillingPeriod
 from billing.usage import UsageLedger
 from streams import state as records
 from streams import walkthrough as w
-from streams.processor import PartitionProcessor, PartitionState
+from billing.partition import PartitionProcessor, PartitionState
 from tests.unit.schemas.fact_strategies import DECIMALS, INT64, TEXT, fact_strategy
 
 
@@ -387,7 +387,7 @@ def test_a_record_that_is_not_a_pack_stands_for_itself_tombstones_too():
 
 
 def test_recovery_puts_each_record_of_a_pack_in_the_store_at_the_packs_offset():
-    from streams.worker import unpacked_changelog
+    from streams.state import unpacked_changelog
 
     def event(key, value, offset):
         return SimpleNamespace(message=SimpleNamespace(tp=("usage-changelog", 2), offset=offset, partition=2,

@@ -1,9 +1,9 @@
-"""One partition of drawdown.customer-facts, folded fact by fact: routing only, no Kafka I/O.
+"""The partition fold: one partition of drawdown.customer-facts, folded fact by fact, no I/O.
 
-The worker feeds it decoded facts in offset order (state in changelogged tables behind
-write-back caches); the fault test's brute-force reference feeds it the same log read back from
-Kafka (state in dicts). The money is computed by billing/ (usage.py, customer.py); this module
-decides which state a fact touches, what "now" is, and what is due when time passes.
+The stream worker (streams/worker.py) feeds it decoded facts in offset order, its state in
+changelogged tables behind write-back caches; tests feed it facts with state in dicts. The money is
+computed by the rules next to it (usage.py, customer.py); this module decides which state a fact
+touches, what "now" is, and what is due when time passes, and holds the exactly-once guards.
 
 Exactly once: every record (customer state, usage bucket, seen event, this partition's record)
 carries the last offset it applied and skips facts at or below it, so re-processing a batch after
@@ -407,7 +407,7 @@ class PartitionProcessor:
         [arrival - 35 days, arrival + 5 minutes]) with an identifier never seen, counted as
         UsageLedger.apply_event and add_usage would count it. Nearly every fact is one, and the
         general path's checks, calls and intermediate objects were half the worker's time per event
-        (tests/unit/streams/test_processor.py holds the two paths to the same results). Anything
+        (tests/unit/billing/test_partition.py holds the two paths to the same results). Anything
         else, and every re-read fact, takes _meter_event_general."""
         if self.catalog is not self._aggregators_of:
             self._follow_catalog()

@@ -8,7 +8,7 @@ from billing.facts import CreditBalanceTransaction, DeadLetter, InvoiceFinalized
 from billing.usage import UsageLedger
 from streams import state as records
 from streams import walkthrough as w
-from streams.processor import PartitionProcessor, PartitionState
+from billing.partition import PartitionProcessor, PartitionState
 
 CONFIG = FoldConfig(grace_period_ms=3_600_000, live_balance_interval_ms=0)
 
@@ -148,7 +148,7 @@ class _Message:
 
 
 def test_each_partition_folds_only_the_run_that_continues_from_its_next_offset():
-    from streams.worker import unbroken_runs
+    from streams.pipeline import unbroken_runs
 
     next_offsets = {0: 5}
     messages = [_Message(0, 3), _Message(0, 5), _Message(1, 10), _Message(0, 6), _Message(2, 7),
