@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from replay.usage import ReplayResult, UsageRow
+from billing.replay_fold import UsageRow
+from replay.usage import ReplayResult
 
 COLUMNS = ("customer_id", "meter_id", "period_start", "value", "event_count")
 

@@ -10,7 +10,8 @@ from decimal import Decimal
 import pytest
 
 from replay.commands import parse_instant_ms
-from replay.usage import ReplayResult, ReplayWindowError, UsageRow, check_window
+from billing.replay_fold import UsageRow
+from replay.usage import ReplayResult, ReplayWindowError, check_window
 from replay.output import plot_usage, to_csv, to_json, to_table
 
 T0_MS = 1_763_856_000_000  # 2025-11-23T00:00:00Z

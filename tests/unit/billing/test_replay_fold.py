@@ -26,7 +26,7 @@ from billing.facts import (
 from billing.meter_events import MAX_EVENT_AGE_MS, MAX_EVENT_LEAD_MS, customer_now_ms, validate_meter_event
 from billing.usage import UsageLedger
 from producers.catalog_reader import fold_catalog
-from replay.usage import PartitionFold, group_rows
+from billing.replay_fold import PartitionFold, group_rows
 from tests.unit.meter_event_strategies import meter_events as shared_meter_events
 
 DAY_MS = 86_400_000
@@ -288,7 +288,7 @@ def test_the_common_event_does_not_go_through_the_general_path(monkeypatch):
 
     partition = PartitionFold(CATALOG)
     partition.apply(0, CustomerCreated(customer_id="cus_a", created_at_ms=0))
-    monkeypatch.setattr("replay.usage.validate_meter_event", general_path)
+    monkeypatch.setattr("billing.replay_fold.validate_meter_event", general_path)
     partition.apply(1, event("cus_a", "e1", "10", NOW_MS + 2))
     partition.apply(2, event("cus_a", "e2", "5", NOW_MS + 1))  # earlier in the same minute: still the sum
     assert rows(partition) == [("cus_a", NOW_MS, Decimal(15), 2)]
