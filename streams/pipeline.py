@@ -24,7 +24,7 @@ from billing.partition import UNENCODABLE_OUTPUT, PartitionProcessor, PartitionS
 from billing.usage import UsageLedger
 from drawdown.settings import Settings
 from streams import faust_patches
-from streams import state as records
+from streams import records
 from streams.catalog_follower import CatalogBehind, CatalogFollower
 from streams.output import OutputProducer
 from streams.source import SourceReader

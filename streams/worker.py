@@ -8,7 +8,7 @@ Exactly once by construction (DESIGN.md), not Faust's transactional mode:
 2. the batch's output facts are sent and their acks AWAITED before any state record is written
    back, so a crash in between re-emits the same facts (deterministic ids) instead of losing them;
 3. each touched record is then written once (one changelog record: value and guard together;
-   a batch's dedupe records share a few packed changelog records, see streams/state.py),
+   a batch's dedupe records share a few packed changelog records, see streams/records.py),
    snapshotted as bytes when the fold ends; steps 2 and 3 move on while the next batch is folded
    (a pipeline of depth one: a batch waits for the previous batch to be complete before it
    snapshots its own records);
@@ -40,7 +40,7 @@ from typing import Any
 from drawdown.settings import Settings
 from streams import faust_patches
 from streams.pipeline import BatchPipeline
-from streams.state import unpacked_changelog
+from streams.records import unpacked_changelog
 
 log = logging.getLogger("drawdown.worker")
 

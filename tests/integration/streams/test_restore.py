@@ -2,7 +2,7 @@
 new machine does) and goes on exactly: every event seen before is still a duplicate, usage, credits
 and time (a grant taking effect, one expiring) carry on, for test-clock and wall-clock customers.
 Everything it emitted is compared with the independent oracle (tests/oracle), and a few totals are
-worked out by hand. The seen events travel in changelog packs (streams/state.py): this checks that
+worked out by hand. The seen events travel in changelog packs (streams/records.py): this checks that
 recovery unpacks them."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from billing.facts import (
 )
 from producers.producer import FactProducer
 from streams import walkthrough as w
-from streams.state import PACK_PREFIX
+from streams.records import PACK_PREFIX
 from streams.topics import ensure_topics
 from tests.integration.oracle.compare import compare, oracle_results
 

@@ -24,7 +24,7 @@ from billing.facts import (
     InvoiceVoidRequested,
 )
 from billing.meters import MeterReading
-from streams import state as stored
+from streams import records as stored
 from streams import walkthrough as w
 
 CONFIG = FoldConfig(grace_period_ms=w.HOUR_MS, live_balance_interval_ms=0, low_balance_thresholds_minor=())

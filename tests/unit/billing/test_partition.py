@@ -6,7 +6,7 @@ from billing.catalog import Catalog, evolve_catalog
 from billing.customer import FoldConfig
 from billing.facts import CreditBalanceTransaction, DeadLetter, InvoiceFinalized, UsageBucketUpdated
 from billing.usage import UsageLedger
-from streams import state as records
+from streams import records
 from streams import walkthrough as w
 from billing.partition import PartitionProcessor, PartitionState
 

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import operator
 import pickle
+import sys
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from decimal import Decimal
 from types import MappingProxyType, MemberDescriptorType
@@ -134,6 +135,12 @@ def dumps(value: Any) -> bytes:
     if type(value) is CustomerState:
         return _FLAT_CUSTOMER_PREFIX + pickle.dumps(_CUSTOMER.flatten(value), protocol=5)
     return pickle.dumps(value, protocol=5)
+
+
+# Records in the pickle format name this module by its old name, streams.state (its _rebuild): the
+# alias lets them load. Pickle looks a module up in sys.modules first, and loads() is only ever
+# called with this module imported.
+sys.modules.setdefault("streams.state", sys.modules[__name__])
 
 
 def loads(data: bytes) -> Any:
@@ -498,7 +505,7 @@ class _UnpackedEvent:
 
 
 def unpacked_changelog(batch: Any) -> Iterator[Any]:
-    """Changelog events with every pack (streams/state.py, "packed changelog records") replaced by
+    """Changelog events with every pack (streams/records.py, "packed changelog records") replaced by
     the records it holds, in order, at the pack's offset."""
     for event in batch:
         message = event.message

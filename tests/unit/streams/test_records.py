@@ -38,7 +38,7 @@ from billing.grants import GrantState
 from billing.meters import MeterReading, MeterUsage
 from billing.periods import BillingPeriod
 from billing.usage import UsageLedger
-from streams import state as records
+from streams import records
 from streams import walkthrough as w
 from billing.partition import PartitionProcessor, PartitionState
 from tests.unit.schemas.fact_strategies import DECIMALS, INT64, TEXT, fact_strategy
@@ -204,7 +204,7 @@ def test_any_customer_record_in_the_pickle_format_still_loads(state):
     assert records.loads(data) == state
 
 
-# What the pickle format (streams/state.py before the flat format) wrote for the walkthrough's cus_1,
+# What the pickle format (streams/records.py before the flat format) wrote for the walkthrough's cus_1,
 # zlib-compressed, base64: the same bytes as pickle.dumps(state, protocol=5) of that state today.
 _CUS_1_AS_PICKLED_BEFORE = (
     "eNp9VUFv3EQU3m2S3bTJJk0KDRUSQkJCoUKR7V2vdyUO0KCEsN1VlIIq0YM1nhnvWOzalu1NG0REe0hKYSQOHbikXBEcOdAD"
@@ -315,7 +315,7 @@ from decimal import Decimal  # noqa: E402
 
 from billing.meters import MeterReading, MeterUsage  # noqa: E402
 from billing.usage import SeenEvent, UsageBucket  # noqa: E402
-from streams.state import dump_bucket, dump_seen, load_bucket, load_seen  # noqa: E402
+from streams.records import dump_bucket, dump_seen, load_bucket, load_seen  # noqa: E402
 
 READINGS = st.builds(MeterReading, event_time_ms=st.integers(0, 2**53), received_at_ms=st.integers(0, 2**53),
                      identifier=st.text(max_size=5),
@@ -364,7 +364,7 @@ def test_bucket_records_written_before_buckets_kept_their_readings_still_load():
 
 from types import SimpleNamespace  # noqa: E402
 
-from streams.state import PACK_BYTES, PACK_PREFIX, packed, unpacked  # noqa: E402
+from streams.records import PACK_BYTES, PACK_PREFIX, packed, unpacked  # noqa: E402
 
 STORE_RECORDS = st.lists(st.tuples(st.binary(min_size=1, max_size=40), st.binary(max_size=3000)), max_size=600)
 
@@ -387,7 +387,7 @@ def test_a_record_that_is_not_a_pack_stands_for_itself_tombstones_too():
 
 
 def test_recovery_puts_each_record_of_a_pack_in_the_store_at_the_packs_offset():
-    from streams.state import unpacked_changelog
+    from streams.records import unpacked_changelog
 
     def event(key, value, offset):
         return SimpleNamespace(message=SimpleNamespace(tp=("usage-changelog", 2), offset=offset, partition=2,
