@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -13,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from api import objects
 from api.errors import ApiError
 from api.params import Params
-from api.routes import (catalog, clocks, credit_grants, customers, dead_letters, invoices, meters, subscriptions,
+from api.routes import (alerts, catalog, clocks, credit_grants, customers, dead_letters, invoices, meters, subscriptions,
                         webhook_endpoints)
 from api.routes.balances import credit_balance_summary_, grant_states, list_transactions, live_balance
 from api.store import fetch_all, fetch_one, read_customer_now_ms, require
@@ -152,7 +153,19 @@ def customer_view(ctx: Any, customer_id: str) -> dict[str, Any]:
         "balances": balances_view(ctx, customer_id),
         "invoices": invoices.list_invoices(ctx, _params(customer=customer_id, limit=LIST_LIMIT))["data"],
         "prices": _prices_with_products(ctx),
+        "alerts": alert_rows(ctx, customer_id),
     }
+
+
+def alert_rows(ctx: Any, customer_id: str) -> list[dict[str, Any]]:
+    """The customer's billing alerts as the API shows them (archived ones left out, as the API's
+    list does), each with its latest crossing."""
+    rows = fetch_all(ctx.pool, "select * from billing_alerts where customer_id = %s and status <> 'archived'"
+                               " order by created_ms desc, id desc limit %s", customer_id, LIST_LIMIT)
+    latest = {row["alert_id"]: row for row in fetch_all(
+        ctx.pool, "select distinct on (alert_id) * from billing_alert_crossings where customer_id = %s"
+                  " order by alert_id, crossed_ms desc, id desc", customer_id)}
+    return [{"alert": objects.billing_alert(row), "latest": latest.get(row["id"])} for row in rows]
 
 
 @router.get("/customers/{customer_id}")
@@ -186,6 +199,31 @@ def create_subscription(request: Request, customer_id: str) -> Response:
     result = run_form(_form(request), subscriptions.create_subscription, _ctx(request), fixed={"customer": customer_id})
     return _after(request, result, lambda subscription: f"{PREFIX}/customers/{customer_id}#subscriptions",
                   lambda failed: customer_page(request, customer_id, {"subscription": failed}, 400))
+
+
+@router.post("/customers/{customer_id}/alerts")
+def create_alert(request: Request, customer_id: str) -> Response:
+    # (nested parameters the page decides: added to the form's own, which fill the same objects)
+    fixed = urlencode({"alert_type": "credit_balance_threshold",
+                       "credit_balance_threshold[filters][0][type]": "customer",
+                       "credit_balance_threshold[filters][0][customer]": customer_id,
+                       "credit_balance_threshold[lte][balance_type]": "monetary"})
+    result = run_form(f"{_form(request)}&{fixed}", alerts.create_alert, _ctx(request))
+    return _after(request, result, lambda alert: f"{PREFIX}/customers/{customer_id}#alerts",
+                  lambda failed: customer_page(request, customer_id, {"alert": failed}, 400))
+
+
+@router.post("/alerts/{alert_id}/{action}")
+def change_alert(request: Request, alert_id: str, action: str) -> Response:
+    handler = {"activate": alerts.activate_alert, "deactivate": alerts.deactivate_alert,
+               "archive": alerts.archive_alert}.get(action)
+    ctx = _ctx(request)
+    row = fetch_one(ctx.pool, "select customer_id from billing_alerts where id = %s", alert_id)
+    if handler is None or row is None:
+        return render(request, "not_found.html", status=404, message=f"No such alert or action: {alert_id} {action}")
+    result = run_form(_form(request), handler, ctx, id=alert_id)
+    return _after(request, result, lambda _: f"{PREFIX}/customers/{row['customer_id']}#alerts",
+                  lambda failed: customer_page(request, row["customer_id"], {"alert": failed}, 400))
 
 
 @router.post("/subscriptions/{subscription_id}/cancel")

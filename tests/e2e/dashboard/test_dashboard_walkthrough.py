@@ -88,6 +88,14 @@ def test_an_operator_runs_the_whole_guide_in_the_browser_and_reads_9000_minus_10
     expect(page.locator("#grants tbody tr")).to_have_count(1)
     expect(page.locator("#balances [data-balance=available]")).to_have_text("$10.00")
 
+    # 4b. A billing alert for when the credits run low ($5.00 or less, usage not yet invoiced counted)
+    page.get_by_text("New credit balance alert").click()
+    page.get_by_label("At or below, in minor units").fill("500")
+    page.get_by_role("button", name="Create alert").click()
+    alert_row = page.locator("#alerts tbody tr")
+    expect(alert_row).to_have_count(1)
+    expect(alert_row.locator("td").nth(1)).to_have_text("live balance at or below $5.00")
+
     # 5. The subscription to both prices
     page.get_by_text("New subscription").click()
     page.get_by_label(f"Hypernian Input tokens {suffix}: $0.03 per unit").check()
@@ -105,6 +113,13 @@ def test_an_operator_runs_the_whole_guide_in_the_browser_and_reads_9000_minus_10
     expect(burn_down).to_have_text("Credits left $0.00, usage this period $90.00", timeout=60_000)
     expect(page.locator("#balances .live strong")).to_have_text("-$80.00", timeout=60_000)
     assert page.url.split("#")[0] == customer_url  # no navigation happened
+    # The alert triggered with the live balance of -$80.00 (1000 - 9000 cents): shown once projected
+    deadline = time.monotonic() + 60
+    while "triggered" not in (alert_row.locator("td").nth(3).text_content() or "") and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        page.reload()
+    expect(alert_row.locator("td").nth(3)).to_contain_text("triggered")
+    expect(alert_row.locator("td").nth(3)).to_contain_text("-$80.00")
     shot(page, artifacts, "customer-before-period-end")
 
     page.goto(f"{dashboard}/meters/{meters['Hypernian input tokens']}")
