@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
@@ -251,6 +251,22 @@ class Params:
                 raise invalid(f"{self.name(key)}[{item_key}]", "Invalid metadata value")
             result[item_key] = str(item_value)
         return result
+
+    def metadata_update(self, current: Mapping[str, str], key: str = "metadata") -> dict[str, str]:
+        """`current` metadata after an update, as Stripe merges it: given keys set, a key given ""
+        deleted, `metadata=""` clears all; at most 50 keys after the merge."""
+        given = self.metadata(key)
+        if given is None:
+            return dict(current)
+        merged = {} if self.raw(key) == "" else dict(current)
+        for item_key, value in given.items():
+            if value == "":
+                merged.pop(item_key, None)
+            else:
+                merged[item_key] = value
+        if len(merged) > 50:
+            raise invalid(self.name(key), "Invalid metadata: at most 50 keys")
+        return merged
 
     def done(self) -> None:
         """Raise for the first parameter that no reader asked for."""

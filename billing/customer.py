@@ -31,6 +31,7 @@ from billing.facts import (
     CreditGrantUpdated,
     CreditGrantVoided,
     CustomerCreated,
+    CustomerUpdated,
     InvoiceCreated,
     InvoiceFinalized,
     InvoiceFinalizeRequested,
@@ -309,6 +310,8 @@ def evolve(state: CustomerState, fact: object, catalog: Catalog, now_ms: int,
         if isinstance(fact, CustomerCreated):
             if state.created is None:
                 state.created = fact
+        elif isinstance(fact, CustomerUpdated):
+            pass  # name, email, metadata: nothing the money depends on (the projection keeps them)
         elif isinstance(fact, SubscriptionCreated) and fact.subscription_id in state.subscriptions:
             pass
         elif isinstance(fact, CreditGrantCreated) and fact.grant_id in state.grants:

@@ -202,6 +202,16 @@ class CustomerCreated:
 
 
 @_fact
+class CustomerUpdated:
+    """New name, email and metadata of a customer (each the full new value; null clears it)."""
+    customer_id: str
+    name: str | None = None
+    email: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=_empty_map)
+    updated_at_ms: int
+
+
+@_fact
 class SubscriptionCreated:
     subscription_id: str
     customer_id: str
@@ -549,6 +559,7 @@ ALL_FACTS: tuple[type, ...] = (
     ProductCreated,
     PriceCreated,
     CustomerCreated,
+    CustomerUpdated,
     SubscriptionCreated,
     SubscriptionItemsChanged,
     SubscriptionCancelScheduled,
@@ -593,6 +604,7 @@ Fact = (
     | ProductCreated
     | PriceCreated
     | CustomerCreated
+    | CustomerUpdated
     | SubscriptionCreated
     | SubscriptionItemsChanged
     | SubscriptionCancelScheduled

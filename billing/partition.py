@@ -46,6 +46,7 @@ from billing.facts import (
     CreditGrantUpdated,
     CreditGrantVoided,
     CustomerCreated,
+    CustomerUpdated,
     DeadLetter,
     InvoiceFinalized,
     InvoiceMarkedUncollectible,
@@ -81,7 +82,7 @@ from billing.periods import MILLISECONDS_PER_MINUTE
 from billing.usage import (CANCEL_NOT_IN_PARTITION, BucketKey, SeenEvent, UsageBucket, UsageLedger, bucket_fact,
                            can_subtract)
 
-CUSTOMER_FACTS = (CustomerCreated, SubscriptionCreated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
+CUSTOMER_FACTS = (CustomerCreated, CustomerUpdated, SubscriptionCreated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
                   SubscriptionCanceled, CreditGrantCreated, CreditGrantUpdated, CreditGrantExpired,
                   CreditGrantVoided, InvoiceVoidRequested, BillingAlertCreated, BillingAlertStatusChanged,
                   *INVOICE_LIFECYCLE_FACTS)

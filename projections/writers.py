@@ -165,6 +165,12 @@ class Batch:
             (fact.customer_id, fact.name, fact.email, fact.test_clock_id, Jsonb(dict(fact.metadata)), fact.created_at_ms)))
         self._event("customer.created", events.customer(fact.customer_id), fact.customer_id)
 
+    @_rule(f.CustomerUpdated)
+    def _(self, fact: f.CustomerUpdated, partition: int, offset: int) -> None:
+        self._changed("customer.updated", events.customer(fact.customer_id), [(
+            "update customers set name = %s, email = %s, metadata = %s where id = %s",
+            (fact.name, fact.email, Jsonb(dict(fact.metadata)), fact.customer_id))])
+
     @_rule(f.SubscriptionCreated)
     def _(self, fact: f.SubscriptionCreated, partition: int, offset: int) -> None:
         self.statements.append((

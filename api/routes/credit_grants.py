@@ -92,20 +92,11 @@ def list_credit_grants(ctx: ApiContext, params: Params) -> dict[str, Any]:
 def update_credit_grant(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
     has_expiry = params.has("expires_at")
     expires_at_s = params.int("expires_at", minimum=0, maximum=MAX_TIME_S, empty_is_none=True)
-    metadata = params.metadata()
-    params.done()
     row = _grant(ctx, id)
+    new_metadata = params.metadata_update(row["metadata"])
+    params.done()
     if row["voided_ms"] is not None or row["expired_ms"] is not None:
         raise conflict(f"Credit grant '{id}' is voided or expired and cannot change.", "credit_grant_closed")
-    new_metadata = dict(row["metadata"])
-    if metadata is not None:  # Stripe merges metadata; an empty value deletes a key
-        for key, value in metadata.items():
-            if value == "":
-                new_metadata.pop(key, None)
-            else:
-                new_metadata[key] = value
-        if params.raw("metadata") == "":
-            new_metadata = {}
     expires_at_ms = (expires_at_s * 1000 if expires_at_s is not None else None) if has_expiry else row["expires_at_ms"]
     if expires_at_ms is not None and expires_at_ms <= row["effective_at_ms"]:
         raise invalid("expires_at", "expires_at must be after effective_at.")

@@ -1,4 +1,4 @@
-"""/v1/customers (optionally on a test clock)."""
+"""/v1/customers: create (optionally on a test clock), retrieve, list, update."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from api.errors import invalid
 from api.ids import new_id
 from api.params import Params
 from api.store import paginate, read_customer_now_ms, require
-from billing.facts import CustomerCreated
+from billing.facts import CustomerCreated, CustomerUpdated
 
 router = APIRouter(tags=["customers"])
 STRING = "string"
@@ -42,6 +42,23 @@ def retrieve_customer(ctx: ApiContext, params: Params, id: str) -> dict[str, Any
     return objects.customer(require(ctx.pool, "customers", "customer", id))
 
 
+def update_customer(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    """name, email and metadata, as Stripe updates them (a parameter not given keeps its value; ""
+    clears it); the customer.updated event carries the changed fields as previous_attributes."""
+    row = require(ctx.pool, "customers", "customer", id)
+    name = params.str("name", max_length=256) if params.has("name") else row["name"]
+    email = params.str("email", max_length=512) if params.has("email") else row["email"]
+    metadata = params.metadata_update(row["metadata"])
+    params.done()
+    name, email = name or None, email or None
+    if (name, email, metadata) == (row["name"], row["email"], row["metadata"]):
+        return objects.customer(row)  # nothing changes: no fact, no event (as Stripe sends none)
+    fact = CustomerUpdated(customer_id=id, name=name, email=email, metadata=metadata,
+                           updated_at_ms=read_customer_now_ms(ctx.pool, row))
+    ctx.wait([ctx.publisher.publish("customer-facts", id, fact)])
+    return objects.customer(require(ctx.pool, "customers", "customer", id))
+
+
 def list_customers(ctx: ApiContext, params: Params) -> dict[str, Any]:
     conditions, arguments = [], []
     email = params.str("email", max_length=512)
@@ -61,3 +78,5 @@ route(router, "GET", "/v1/customers", list_customers, summary="List customers",
       query={"email": STRING, "test_clock": STRING, "limit": "integer", "starting_after": STRING,
              "ending_before": STRING})
 route(router, "GET", "/v1/customers/{id}", retrieve_customer, summary="Retrieve a customer")
+route(router, "POST", "/v1/customers/{id}", update_customer, answers_with=retrieve_customer,
+      summary="Update a customer's name, email or metadata", form={"name": STRING, "email": STRING})

@@ -1,0 +1,68 @@
+"""Customer updates through the official Stripe SDK, as Stripe documents them: a parameter not
+given keeps its value, "" clears it, metadata merges key by key; customer.updated carries the
+changed fields as data.previous_attributes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+
+def canonical(value: object) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+@pytest.fixture()
+def stripe(api_base, secret_key):
+    import stripe as sdk
+
+    from api import walkthrough
+
+    walkthrough.configure(sdk, api_base, secret_key)
+    return sdk
+
+
+def test_a_customer_update_merges_metadata_and_says_what_changed(stripe):
+    customer = stripe.Customer.create(name="Jenny Rosen", email="jenny@example.com",
+                                      metadata={"plan": "pro", "team": "ml"})
+    updated = stripe.Customer.modify(customer.id, name="Jenny R.", metadata={"plan": "scale", "region": "eu"})
+    assert (updated.name, updated.email) == ("Jenny R.", "jenny@example.com")  # email not given: kept
+    assert updated.metadata.to_dict() == {"plan": "scale", "team": "ml", "region": "eu"}
+    cleared = stripe.Customer.modify(customer.id, email="", metadata={"team": ""})
+    assert cleared.email is None and cleared.metadata.to_dict() == {"plan": "scale", "region": "eu"}
+    assert stripe.Customer.retrieve(customer.id).name == "Jenny R."
+    assert stripe.Customer.modify(customer.id, metadata="").metadata.to_dict() == {}
+
+    deadline = time.monotonic() + 30
+    while True:
+        events = [event for event in stripe.Event.list(type="customer.updated", limit=100).auto_paging_iter()
+                  if event.data.object.id == customer.id]
+        if len(events) == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(events) == 3
+    previous = sorted((event.data.previous_attributes.to_dict() for event in events), key=canonical)
+    assert previous == sorted([
+        {"name": "Jenny Rosen", "metadata": {"plan": "pro", "team": "ml"}},
+        {"email": "jenny@example.com", "metadata": {"plan": "scale", "team": "ml", "region": "eu"}},
+        {"metadata": {"plan": "scale", "region": "eu"}},
+    ], key=canonical)
+
+
+def test_an_update_that_changes_nothing_is_no_event_and_bad_input_is_a_400(stripe):
+    customer = stripe.Customer.create(name="Unchanged")
+    assert stripe.Customer.modify(customer.id, name="Unchanged").name == "Unchanged"
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        stripe.Customer.modify("cus_does_not_exist", name="x")
+    assert missing.value.http_status == 404
+    with pytest.raises(stripe.InvalidRequestError) as too_long:
+        stripe.Customer.modify(customer.id, name="x" * 257)
+    assert (too_long.value.http_status, too_long.value.param) == (400, "name")
+    with pytest.raises(stripe.InvalidRequestError) as unknown:
+        stripe.Customer.modify(customer.id, test_clock="clock_x")
+    assert unknown.value.http_status == 400
+    time.sleep(1)
+    assert not [event for event in stripe.Event.list(type="customer.updated", limit=100).auto_paging_iter()
+                if event.data.object.id == customer.id]
