@@ -48,17 +48,18 @@ def meter(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def product(row: dict[str, Any]) -> dict[str, Any]:
-    return {"id": row["id"], "object": "product", "active": True, "created": seconds(row["created_ms"]),
-            "description": None, "livemode": False, "metadata": row["metadata"], "name": row["name"],
-            "type": "service", "updated": seconds(row["created_ms"])}
+    return {"id": row["id"], "object": "product", "active": row["active"], "created": seconds(row["created_ms"]),
+            "description": row["description"], "livemode": False, "metadata": row["metadata"], "name": row["name"],
+            "type": "service", "updated": seconds(row["updated_ms"] or row["created_ms"])}
 
 
 def price(row: dict[str, Any]) -> dict[str, Any]:
     unit = row["unit_amount_decimal"]
     return {
-        "id": row["id"], "object": "price", "active": True, "billing_scheme": "per_unit",
-        "created": seconds(row["created_ms"]), "currency": row["currency"], "livemode": False, "lookup_key": None,
-        "metadata": {}, "nickname": None, "product": row["product_id"],
+        "id": row["id"], "object": "price", "active": row["active"], "billing_scheme": "per_unit",
+        "created": seconds(row["created_ms"]), "currency": row["currency"], "livemode": False,
+        "lookup_key": row["lookup_key"], "metadata": row["metadata"], "nickname": row["nickname"],
+        "product": row["product_id"],
         "recurring": {"interval": row["recurring_interval"], "interval_count": row["recurring_interval_count"],
                       "meter": row["meter_id"], "usage_type": row["usage_type"], "aggregate_usage": None,
                       "trial_period_days": None},

@@ -188,6 +188,29 @@ class PriceCreated:
     created_at_ms: int
 
 
+@_fact
+class ProductUpdated:
+    """A product's name, active flag, description and metadata (each the full new value)."""
+    product_id: str
+    name: str
+    active: bool = True
+    description: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=_empty_map)
+    updated_at_ms: int
+
+
+@_fact
+class PriceUpdated:
+    """A price's active flag, nickname, lookup_key and metadata (each the full new value). An
+    inactive price takes no new subscriptions; the ones it has go on billing, as Stripe's do."""
+    price_id: str
+    active: bool = True
+    nickname: str | None = None
+    lookup_key: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=_empty_map)
+    updated_at_ms: int
+
+
 # --- customer facts ------------------------------------------------------------------------------
 
 
@@ -558,6 +581,8 @@ ALL_FACTS: tuple[type, ...] = (
     MeterReactivated,
     ProductCreated,
     PriceCreated,
+    ProductUpdated,
+    PriceUpdated,
     CustomerCreated,
     CustomerUpdated,
     SubscriptionCreated,
@@ -603,6 +628,8 @@ Fact = (
     | MeterReactivated
     | ProductCreated
     | PriceCreated
+    | ProductUpdated
+    | PriceUpdated
     | CustomerCreated
     | CustomerUpdated
     | SubscriptionCreated

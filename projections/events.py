@@ -128,6 +128,14 @@ def meter(meter_id: str) -> Render:
     return lambda fetch: _render(_row(fetch, "meters", meter_id), objects.meter)
 
 
+def product(product_id: str) -> Render:
+    return lambda fetch: _render(_row(fetch, "products", product_id), objects.product)
+
+
+def price(price_id: str) -> Render:
+    return lambda fetch: _render(_row(fetch, "prices", price_id), objects.price)
+
+
 def credit_grant(grant_id: str) -> Render:
     return lambda fetch: _render(_row(fetch, "credit_grants", grant_id), objects.credit_grant)
 

@@ -155,6 +155,20 @@ class Batch:
             (fact.price_id, fact.product_id, fact.currency, fact.unit_amount_decimal, str(fact.usage_type),
              fact.meter_id, str(fact.recurring_interval), fact.recurring_interval_count, fact.created_at_ms)))
 
+    @_rule(f.ProductUpdated)
+    def _(self, fact: f.ProductUpdated, partition: int, offset: int) -> None:
+        self._changed("product.updated", events.product(fact.product_id), [(
+            "update products set name = %s, active = %s, description = %s, metadata = %s, updated_ms = %s"
+            " where id = %s", (fact.name, fact.active, fact.description, Jsonb(dict(fact.metadata)),
+                               fact.updated_at_ms, fact.product_id))])
+
+    @_rule(f.PriceUpdated)
+    def _(self, fact: f.PriceUpdated, partition: int, offset: int) -> None:
+        self._changed("price.updated", events.price(fact.price_id), [(
+            "update prices set active = %s, nickname = %s, lookup_key = %s, metadata = %s, updated_ms = %s"
+            " where id = %s", (fact.active, fact.nickname, fact.lookup_key, Jsonb(dict(fact.metadata)),
+                               fact.updated_at_ms, fact.price_id))])
+
     # --- customers, subscriptions, grants ---------------------------------------------------
 
     @_rule(f.CustomerCreated)

@@ -1,4 +1,5 @@
-"""/v1/products and /v1/prices (monthly or yearly recurring; metered with a meter, or licensed)."""
+"""/v1/products and /v1/prices (monthly or yearly recurring; metered with a meter, or licensed):
+create, retrieve, list, update."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from api.context import ApiContext
 from api.errors import invalid
 from api.ids import new_id
 from api.params import Params
-from api.store import paginate, now_ms, require
+from api.store import fetch_one, now_ms, paginate, require
 from billing.errors import BillingError
-from billing.facts import PriceCreated, ProductCreated, RecurringInterval, UsageType
+from billing.facts import PriceCreated, PriceUpdated, ProductCreated, ProductUpdated, RecurringInterval, UsageType
 from billing.money import MAX_UNIT_PRICE_MINOR, minor_unit_exponent, parse_unit_amount_decimal
 
 router = APIRouter(tags=["catalog"])
@@ -37,7 +38,30 @@ def retrieve_product(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]
 
 
 def list_products(ctx: ApiContext, params: Params) -> dict[str, Any]:
-    return paginate(ctx.pool, params, "/v1/products", "products", [], [], objects.product)
+    conditions, arguments = _active_filter(params)
+    return paginate(ctx.pool, params, "/v1/products", "products", conditions, arguments, objects.product)
+
+
+def _active_filter(params: Params) -> tuple[list[str], list[Any]]:
+    active = params.bool("active")
+    return ([], []) if active is None else (["active = %s"], [active])
+
+
+def update_product(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    """name, active, description, metadata (a parameter not given keeps its value)."""
+    row = require(ctx.pool, "products", "product", id)
+    name = params.str("name", max_length=250) if params.has("name") else row["name"]
+    active = params.bool("active")
+    description = params.str("description", max_length=5000) if params.has("description") else row["description"]
+    metadata = params.metadata_update(row["metadata"])
+    params.done()
+    if not name:
+        raise invalid("name", "A product needs a name.")
+    active = row["active"] if active is None else active
+    fact = ProductUpdated(product_id=id, name=name, active=active, description=description or None,
+                          metadata=metadata, updated_at_ms=now_ms())
+    ctx.wait([ctx.publisher.publish("catalog", id, fact)])
+    return objects.product(require(ctx.pool, "products", "product", id))
 
 
 def create_price(ctx: ApiContext, params: Params) -> dict[str, Any]:
@@ -91,17 +115,55 @@ def retrieve_price(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
 
 def list_prices(ctx: ApiContext, params: Params) -> dict[str, Any]:
     product_id = params.str("product", max_length=200)
-    conditions, arguments = ([], []) if product_id is None else (["product_id = %s"], [product_id])
+    lookup_keys = [str(key) for key in params.list("lookup_keys", max_items=10)] if params.has("lookup_keys") else []
+    conditions, arguments = _active_filter(params)
+    if product_id is not None:
+        conditions.append("product_id = %s")
+        arguments.append(product_id)
+    if lookup_keys:
+        conditions.append("lookup_key = any(%s)")
+        arguments.append(lookup_keys)
     return paginate(ctx.pool, params, "/v1/prices", "prices", conditions, arguments, objects.price)
+
+
+def update_price(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    """active, nickname, lookup_key, metadata (a parameter not given keeps its value; "" clears).
+    A lookup key names one price: taken by another, it is refused unless transfer_lookup_key moves it."""
+    row = require(ctx.pool, "prices", "price", id)
+    active = params.bool("active")
+    nickname = params.str("nickname", max_length=5000) if params.has("nickname") else row["nickname"]
+    lookup_key = params.str("lookup_key", max_length=200) if params.has("lookup_key") else row["lookup_key"]
+    transfer = params.bool("transfer_lookup_key", default=False)
+    metadata = params.metadata_update(row["metadata"])
+    params.done()
+    lookup_key = lookup_key or None
+    facts = []
+    if lookup_key is not None and lookup_key != row["lookup_key"]:
+        holder = fetch_one(ctx.pool, "select * from prices where lookup_key = %s and id <> %s", lookup_key, id)
+        if holder is not None and not transfer:
+            raise invalid("lookup_key", f"A price (`{holder['id']}`) already uses that lookup key;"
+                                        " pass transfer_lookup_key=true to move it to this price.")
+        if holder is not None:
+            facts.append(PriceUpdated(price_id=holder["id"], active=holder["active"], nickname=holder["nickname"],
+                                      lookup_key=None, metadata=holder["metadata"], updated_at_ms=now_ms()))
+    facts.append(PriceUpdated(price_id=id, active=row["active"] if active is None else active, nickname=nickname or None,
+                              lookup_key=lookup_key, metadata=metadata, updated_at_ms=now_ms()))
+    ctx.wait([ctx.publisher.publish("catalog", fact.price_id, fact) for fact in facts])
+    return objects.price(require(ctx.pool, "prices", "price", id))
 
 
 PAGE = {"limit": "integer", "starting_after": STRING, "ending_before": STRING}
 route(router, "POST", "/v1/products", create_product, answers_with=retrieve_product, creates="prod", summary="Create a product", form={"name": STRING})
-route(router, "GET", "/v1/products", list_products, summary="List products", query=PAGE)
+route(router, "GET", "/v1/products", list_products, summary="List products", query={"active": "boolean", **PAGE})
 route(router, "GET", "/v1/products/{id}", retrieve_product, summary="Retrieve a product")
+route(router, "POST", "/v1/products/{id}", update_product, answers_with=retrieve_product, summary="Update a product",
+      form={"name": STRING, "active": "boolean", "description": STRING})
 route(router, "POST", "/v1/prices", create_price, answers_with=retrieve_price, creates="price", summary="Create a recurring price",
       form={"product": STRING, "currency": STRING, "unit_amount": "integer", "unit_amount_decimal": STRING,
             "billing_scheme": STRING, "recurring[interval]": STRING, "recurring[interval_count]": "integer",
             "recurring[usage_type]": STRING, "recurring[meter]": STRING})
-route(router, "GET", "/v1/prices", list_prices, summary="List prices", query={"product": STRING, **PAGE})
+route(router, "GET", "/v1/prices", list_prices, summary="List prices",
+      query={"product": STRING, "active": "boolean", **PAGE})
 route(router, "GET", "/v1/prices/{id}", retrieve_price, summary="Retrieve a price")
+route(router, "POST", "/v1/prices/{id}", update_price, answers_with=retrieve_price, summary="Update a price",
+      form={"active": "boolean", "nickname": STRING, "lookup_key": STRING, "transfer_lookup_key": "boolean"})

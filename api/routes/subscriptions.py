@@ -39,7 +39,10 @@ def create_subscription(ctx: ApiContext, params: Params) -> dict[str, Any]:
     customer = require(ctx.pool, "customers", "customer", customer_id, param="customer")
     prices = []
     for param, price_id, _ in requested:
-        prices.append(require(ctx.pool, "prices", "price", price_id, param=param))
+        price = require(ctx.pool, "prices", "price", price_id, param=param)
+        if not price["active"]:  # (Stripe's rule: an archived price bills its subscriptions, takes no new ones)
+            raise invalid(param, f"The price specified is inactive: '{price_id}'. This field only accepts active prices.")
+        prices.append(price)
     currencies = {price["currency"] for price in prices}
     intervals = {(price["recurring_interval"], price["recurring_interval_count"]) for price in prices}
     if len(currencies) > 1:
