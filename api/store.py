@@ -70,6 +70,8 @@ def fetch_all(pool: ConnectionPool, statement: str, *params: Any) -> list[dict[s
 def require(pool: ConnectionPool, table: str, kind: str, object_id: str | None, param: str = "id") -> dict[str, Any]:
     """The row with `object_id` in `table`, or a 404 naming the kind (Stripe: "No such customer: 'x'")."""
     row = fetch_one(pool, f"select * from {table} where id = %s", object_id) if object_id else None
+    if row is not None and row.get("deleted_ms") is not None and table == "customers":
+        row = None  # a deleted customer is gone for every command and read but its own retrieve
     if row is None:
         raise not_found(kind, object_id or "", param) if param == "id" else invalid(
             param, f"No such {kind}: '{object_id}'", code="resource_missing")

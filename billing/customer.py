@@ -31,6 +31,7 @@ from billing.facts import (
     CreditGrantUpdated,
     CreditGrantVoided,
     CustomerCreated,
+    CustomerDeleted,
     CustomerUpdated,
     InvoiceCreated,
     InvoiceFinalized,
@@ -129,10 +130,16 @@ class CustomerState:
     settled_invoices: dict[str, str] = field(default_factory=dict)  # invoice id -> paid | uncollectible
     # Billing alerts on this customer (billing/alerts.py), by alert id.
     billing_alerts: dict[str, AlertWatch] = field(default_factory=dict)
+    deleted_at_ms: int | None = None  # deleted: its meter events are refused (as an unknown customer's)
 
     @property
     def test_clock_id(self) -> str | None:
         return self.created.test_clock_id if self.created else None
+
+    @property
+    def exists(self) -> bool:
+        """Created and not deleted: its meter events count."""
+        return self.created is not None and self.deleted_at_ms is None
 
     def already_applied(self, offset: int) -> bool:
         return offset <= self.applied_offset
@@ -173,7 +180,7 @@ def _subscription_interval(items: Iterable[SubscriptionItem], catalog: Catalog) 
         price = catalog.prices.get(item.price_id)
         if price is not None:
             return price.recurring_interval, price.recurring_interval_count
-    raise BillingError(f"subscription has no known price")
+    raise BillingError("subscription has no known price")
 
 
 def _period_of(sub: SubscriptionState, instant_ms: int) -> BillingPeriod | None:
@@ -312,6 +319,9 @@ def evolve(state: CustomerState, fact: object, catalog: Catalog, now_ms: int,
                 state.created = fact
         elif isinstance(fact, CustomerUpdated):
             pass  # name, email, metadata: nothing the money depends on (the projection keeps them)
+        elif isinstance(fact, CustomerDeleted):
+            if state.deleted_at_ms is None:
+                state.deleted_at_ms = fact.deleted_at_ms
         elif isinstance(fact, SubscriptionCreated) and fact.subscription_id in state.subscriptions:
             pass
         elif isinstance(fact, CreditGrantCreated) and fact.grant_id in state.grants:

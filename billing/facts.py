@@ -235,6 +235,14 @@ class CustomerUpdated:
 
 
 @_fact
+class CustomerDeleted:
+    """A customer was deleted (DELETE /v1/customers/{id}, after its subscriptions were canceled):
+    its meter events are refused from here on; what it was billed stays."""
+    customer_id: str
+    deleted_at_ms: int
+
+
+@_fact
 class SubscriptionCreated:
     subscription_id: str
     customer_id: str
@@ -585,6 +593,7 @@ ALL_FACTS: tuple[type, ...] = (
     PriceUpdated,
     CustomerCreated,
     CustomerUpdated,
+    CustomerDeleted,
     SubscriptionCreated,
     SubscriptionItemsChanged,
     SubscriptionCancelScheduled,
@@ -632,6 +641,7 @@ Fact = (
     | PriceUpdated
     | CustomerCreated
     | CustomerUpdated
+    | CustomerDeleted
     | SubscriptionCreated
     | SubscriptionItemsChanged
     | SubscriptionCancelScheduled

@@ -46,6 +46,7 @@ from billing.facts import (
     CreditGrantUpdated,
     CreditGrantVoided,
     CustomerCreated,
+    CustomerDeleted,
     CustomerUpdated,
     DeadLetter,
     InvoiceFinalized,
@@ -82,7 +83,7 @@ from billing.periods import MILLISECONDS_PER_MINUTE
 from billing.usage import (CANCEL_NOT_IN_PARTITION, BucketKey, SeenEvent, UsageBucket, UsageLedger, bucket_fact,
                            can_subtract)
 
-CUSTOMER_FACTS = (CustomerCreated, CustomerUpdated, SubscriptionCreated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
+CUSTOMER_FACTS = (CustomerCreated, CustomerUpdated, CustomerDeleted, SubscriptionCreated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
                   SubscriptionCanceled, CreditGrantCreated, CreditGrantUpdated, CreditGrantExpired,
                   CreditGrantVoided, InvoiceVoidRequested, BillingAlertCreated, BillingAlertStatusChanged,
                   *INVOICE_LIFECYCLE_FACTS)
@@ -165,7 +166,7 @@ class _KnownCustomers:
 
     def __contains__(self, customer_id: object) -> bool:
         state = self._customers.get(customer_id)  # type: ignore[arg-type]
-        return state is not None and state.created is not None
+        return state is not None and state.exists
 
 
 class PartitionProcessor:
@@ -404,7 +405,7 @@ class PartitionProcessor:
 
     def _meter_event(self, offset: int, event: MeterEventRecorded, original_bytes: bytes, fresh: bool) -> list:
         """The common event folded right here: one that validate_meter_event surely accepts (an
-        active raw meter, a known customer on the wall clock without billing alerts, a plain digit value, an event time in
+        active raw meter, a known customer (not deleted) on the wall clock without billing alerts, a plain digit value, an event time in
         [arrival - 35 days, arrival + 5 minutes]) with an identifier never seen, counted as
         UsageLedger.apply_event and add_usage would count it. Nearly every fact is one, and the
         general path's checks, calls and intermediate objects were half the worker's time per event
@@ -423,7 +424,7 @@ class PartitionProcessor:
         ledger = self.ledger
         seen_key = (event.event_name, identifier)
         if not (state is not None and state.created is not None and state.created.test_clock_id is None
-                and not state.large_amounts and not state.billing_alerts
+                and not state.large_amounts and not state.billing_alerts and state.deleted_at_ms is None
                 # is_surely_valid_value, inlined
                 and type(value_text) is str and len(value_text) <= MAX_VALUE_INTEGER_DIGITS
                 and value_text.isascii() and value_text.isdigit()

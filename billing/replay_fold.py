@@ -23,6 +23,7 @@ from typing import NamedTuple
 from billing.catalog import Catalog
 from billing.facts import (
     CustomerCreated,
+    CustomerDeleted,
     MeterEventCanceled,
     MeterEventRecorded,
     TestClockAdvanced,
@@ -66,8 +67,13 @@ class UsageRow:
 
 
 class _EveryCustomer:
+    """Without the log's history: every customer counts as existing, but those deleted in the range read."""
+
+    def __init__(self, deleted: set[str]) -> None:
+        self.deleted = deleted
+
     def __contains__(self, customer_id: object) -> bool:
-        return True
+        return customer_id not in self.deleted
 
 
 _EMPTY_SUM = MeterUsage().value_sum  # the sum a bucket starts from (MeterAggregator.initialize)
@@ -256,8 +262,9 @@ class PartitionFold:
         self.ledger = ReplayLedger(dedupe_window_ms)  # events of raw sum and count meters
         # of the meters that cannot subtract (hour/day-windowed, `last`): their buckets keep readings
         self.general_ledger = UsageLedger(dedupe_window_ms=dedupe_window_ms)
-        self.customers: dict[str, str | None] = {}  # created customer -> its test clock id
-        self._known_customers = _EveryCustomer() if every_customer_exists else self.customers
+        self.customers: dict[str, str | None] = {}  # created customer -> its test clock id (deleted: gone)
+        self.deleted_customers: set[str] = set()
+        self._known_customers = _EveryCustomer(self.deleted_customers) if every_customer_exists else self.customers
         # customers.get(customer_id, self._clock_if_not_created) is None: a known customer on the wall clock
         self._clock_if_not_created = None if every_customer_exists else _NOT_CREATED
         self.clocks: dict[str, int] = {}  # test clock -> frozen time
@@ -333,6 +340,11 @@ class PartitionFold:
                 # take the general path, judged by the clock
                 for plain_meter in self._plain_meters.values():
                     plain_meter.accounts.pop(fact.customer_id, None)
+        elif fact_class is CustomerDeleted:  # its later events are refused, as the engine refuses them
+            self.customers.pop(fact.customer_id, None)
+            self.deleted_customers.add(fact.customer_id)
+            for plain_meter in self._plain_meters.values():
+                plain_meter.accounts.pop(fact.customer_id, None)
         elif fact_class is TestClockCreated or fact_class is TestClockAdvanced:
             self.clocks[fact.test_clock_id] = max(self.clocks.get(fact.test_clock_id, fact.frozen_time_ms),
                                                   fact.frozen_time_ms)
@@ -388,7 +400,8 @@ class PartitionFold:
 
     def _open_account(self, accounts: dict[str, list], customer_id: str | None) -> list | None:
         """A new account when `customer_id` is a known customer on the wall clock, else None."""
-        if not customer_id or self.customers.get(customer_id, self._clock_if_not_created) is not None:
+        if not customer_id or self.customers.get(customer_id, self._clock_if_not_created) is not None \
+                or customer_id in self.deleted_customers:
             return None
         account = accounts[customer_id] = [customer_id, 0, 0, None]
         return account

@@ -185,6 +185,12 @@ class Batch:
             "update customers set name = %s, email = %s, metadata = %s where id = %s",
             (fact.name, fact.email, Jsonb(dict(fact.metadata)), fact.customer_id))])
 
+    @_rule(f.CustomerDeleted)
+    def _(self, fact: f.CustomerDeleted, partition: int, offset: int) -> None:
+        self._event("customer.deleted", events.customer(fact.customer_id), fact.customer_id)  # (as it was)
+        self.statements.append(("update customers set deleted_ms = coalesce(deleted_ms, %s) where id = %s",
+                                (fact.deleted_at_ms, fact.customer_id)))
+
     @_rule(f.SubscriptionCreated)
     def _(self, fact: f.SubscriptionCreated, partition: int, offset: int) -> None:
         self.statements.append((

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from billing.catalog import Catalog
-from billing.facts import CustomerCreated, TestClockAdvanced, TestClockCreated, TestClockDeleted
+from billing.facts import CustomerCreated, CustomerDeleted, TestClockAdvanced, TestClockCreated, TestClockDeleted
 from billing.meter_events import MAX_EVENT_AGE_MS, MAX_EVENT_LEAD_MS
 from billing.periods import MILLISECONDS_PER_MINUTE
 from billing.replay_fold import GROUP_SIZES_MS, PartitionFold, UsageRow, group_rows
@@ -40,7 +40,7 @@ SEEK_BACK_MS = MAX_EVENT_LEAD_MS  # an event's time is at most this much after i
 LATENESS_LIMIT_MS = MAX_EVENT_AGE_MS  # an event may arrive up to this much after its time
 CONSUME_BATCH_RECORDS = 10_000
 # Facts the fold needs from before the seek point: who exists, and test clocks' frozen times.
-_DIRECTORY_FACTS = (CustomerCreated, TestClockCreated, TestClockAdvanced, TestClockDeleted)
+_DIRECTORY_FACTS = (CustomerCreated, CustomerDeleted, TestClockCreated, TestClockAdvanced, TestClockDeleted)
 
 Progress = Callable[[int, int], None]  # (records read, records to read)
 

@@ -1,4 +1,4 @@
-"""/v1/customers: create (optionally on a test clock), retrieve, list, update."""
+"""/v1/customers: create (optionally on a test clock), retrieve, list, update, delete."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from api.context import ApiContext
 from api.errors import invalid
 from api.ids import new_id
 from api.params import Params
-from api.store import paginate, read_customer_now_ms, require
-from billing.facts import CustomerCreated, CustomerUpdated
+from api.routes.meter_events import forget_customer
+from api.store import fetch_all, fetch_one, paginate, read_customer_now_ms, require
+from billing.facts import CustomerCreated, CustomerDeleted, CustomerUpdated, SubscriptionCanceled
 
 router = APIRouter(tags=["customers"])
 STRING = "string"
@@ -39,7 +40,37 @@ def create_customer(ctx: ApiContext, params: Params) -> dict[str, Any]:
 
 def retrieve_customer(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
     params.done()
+    row = fetch_one(ctx.pool, "select * from customers where id = %s", id)
+    if row is not None and row["deleted_ms"] is not None:
+        return deleted_customer(id)  # as Stripe answers for a deleted customer
     return objects.customer(require(ctx.pool, "customers", "customer", id))
+
+
+def deleted_customer(customer_id: str) -> dict[str, Any]:
+    return {"id": customer_id, "object": "customer", "deleted": True}
+
+
+def delete_customer(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    """As Stripe: its subscriptions are canceled at once (no final invoice), then the customer is
+    gone (its meter events refused); what it was billed stays, and its invoices can still be read."""
+    params.done()
+    row = require(ctx.pool, "customers", "customer", id)
+    now = read_customer_now_ms(ctx.pool, row)
+    facts: list[Any] = [SubscriptionCanceled(subscription_id=sub["id"], customer_id=id, invoice_now=False, canceled_at_ms=now)
+                        for sub in fetch_all(ctx.pool, "select id from subscriptions where customer_id = %s"
+                                                       " and status <> 'canceled' order by id", id)]
+    facts.append(CustomerDeleted(customer_id=id, deleted_at_ms=now))
+    ctx.wait([ctx.publisher.publish("customer-facts", id, fact) for fact in facts])
+    forget_customer(id)  # (other API processes forget it within a minute; the workers refuse its events at once)
+    return deleted_customer(id)
+
+
+def answer_deleted(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    """A retried delete: deleted by its first attempt."""
+    row = fetch_one(ctx.pool, "select deleted_ms from customers where id = %s", id)
+    if row is None or row["deleted_ms"] is None:
+        return retrieve_customer(ctx, params, id)
+    return deleted_customer(id)
 
 
 def update_customer(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
@@ -60,7 +91,7 @@ def update_customer(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
 
 
 def list_customers(ctx: ApiContext, params: Params) -> dict[str, Any]:
-    conditions, arguments = [], []
+    conditions, arguments = ["deleted_ms is null"], []
     email = params.str("email", max_length=512)
     test_clock_id = params.str("test_clock", max_length=200)
     if email is not None:
@@ -78,5 +109,7 @@ route(router, "GET", "/v1/customers", list_customers, summary="List customers",
       query={"email": STRING, "test_clock": STRING, "limit": "integer", "starting_after": STRING,
              "ending_before": STRING})
 route(router, "GET", "/v1/customers/{id}", retrieve_customer, summary="Retrieve a customer")
+route(router, "DELETE", "/v1/customers/{id}", delete_customer, answers_with=answer_deleted,
+      summary="Delete a customer (its subscriptions are canceled at once)")
 route(router, "POST", "/v1/customers/{id}", update_customer, answers_with=retrieve_customer,
       summary="Update a customer's name, email or metadata", form={"name": STRING, "email": STRING})

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from api.routing import json_response, route
 from api.auth import create_meter_event_session
 from api.context import ApiContext
-from api.errors import ApiError, invalid
+from api.errors import invalid
 from api.ids import new_id
 from api.params import Params, parse_json
 from api.store import now_ms
@@ -59,6 +59,11 @@ _WALL_CLOCK_CUSTOMERS: dict[str, float] = {}  # customer id -> until when (monot
 _WALL_CLOCK_CUSTOMERS_SECONDS = 60.0
 
 
+def forget_customer(customer_id: str) -> None:
+    """A deleted customer: no longer taken as known by this process's cache."""
+    _WALL_CLOCK_CUSTOMERS.pop(customer_id, None)
+
+
 _MeterCache = tuple[dict[str, dict[str, Any]], _Meters]
 _meters_cache: list[_MeterCache] = []
 
@@ -85,7 +90,8 @@ def _customers_now(ctx: ApiContext, customer_ids: set[str]) -> dict[str, int]:
         return known
     with ctx.pool.connection() as conn:
         rows = conn.execute("select c.id, t.frozen_time_ms from customers c left join test_clocks t"
-                            " on t.id = c.test_clock_id where c.id = any(%s)", (list(unknown),)).fetchall()
+                            " on t.id = c.test_clock_id where c.id = any(%s) and c.deleted_ms is null",
+                            (list(unknown),)).fetchall()
     if len(_WALL_CLOCK_CUSTOMERS) > 100_000:
         _WALL_CLOCK_CUSTOMERS.clear()
     for row in rows:

@@ -66,3 +66,48 @@ def test_an_update_that_changes_nothing_is_no_event_and_bad_input_is_a_400(strip
     time.sleep(1)
     assert not [event for event in stripe.Event.list(type="customer.updated", limit=100).auto_paging_iter()
                 if event.data.object.id == customer.id]
+
+
+def test_deleting_a_customer_cancels_its_subscriptions_and_refuses_its_usage(stripe, worker):
+    meter = stripe.billing.Meter.create(
+        display_name="Deleted usage", event_name=f"deleted_usage_{int(time.time() * 1000)}",
+        default_aggregation={"formula": "sum"},
+        customer_mapping={"event_payload_key": "stripe_customer_id", "type": "by_id"},
+        value_settings={"event_payload_key": "value"})
+    product = stripe.Product.create(name="Deleted usage")
+    price = stripe.Price.create(product=product.id, currency="usd", unit_amount_decimal="1",
+                                recurring={"interval": "month", "usage_type": "metered", "meter": meter.id})
+    customer = stripe.Customer.create(name="Leaving soon")
+    subscription = stripe.Subscription.create(customer=customer.id, items=[{"price": price.id}])
+
+    deleted = stripe.Customer.delete(customer.id)
+    assert (deleted.id, deleted.deleted) == (customer.id, True)
+    assert stripe.Customer.retrieve(customer.id).deleted is True  # Stripe's answer for a deleted customer
+    assert stripe.Subscription.retrieve(subscription.id).status == "canceled"
+    assert customer.id not in [c.id for c in stripe.Customer.list(limit=100).auto_paging_iter()]
+    with pytest.raises(stripe.InvalidRequestError) as gone:
+        stripe.billing.MeterEvent.create(event_name=meter.event_name,
+                                         payload={"stripe_customer_id": customer.id, "value": "5"})
+    assert gone.value.http_status == 400
+    with pytest.raises(stripe.InvalidRequestError) as again:
+        stripe.Customer.delete(customer.id)
+    assert again.value.http_status == 404
+    with pytest.raises(stripe.InvalidRequestError):
+        stripe.billing.CreditGrant.create(customer=customer.id, category="paid",
+                                          amount={"type": "monetary", "monetary": {"value": 100, "currency": "usd"}},
+                                          applicability_config={"scope": {"price_type": "metered"}})
+
+    events = {event.type: event for event in _all_events(stripe, customer.id, subscription.id)}
+    assert events["customer.deleted"].data.object.name == "Leaving soon"
+    assert events["customer.subscription.deleted"].data.object.status == "canceled"
+
+
+def _all_events(stripe, customer_id: str, subscription_id: str) -> list:
+    deadline = time.monotonic() + 30
+    while True:
+        found = [event for event in stripe.Event.list(types=["customer.deleted", "customer.subscription.deleted"],
+                                                      limit=100).auto_paging_iter()
+                 if event.data.object.id in (customer_id, subscription_id)]
+        if len(found) >= 2 or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)

@@ -324,3 +324,28 @@ def test_the_fast_path_takes_the_common_event():
     proc.process(100, w.meter_event("cus_a", "4", "e2", NOW_MS), b"")
     proc.process(101, w.meter_event("cus_a", "4", "e2", NOW_MS), b"")  # a duplicate: the general path
     assert len(calls) == 1 and calls[0][0] == 101
+
+
+def test_a_deleted_customers_later_events_are_refused_by_the_worker_and_the_replay_alike():
+    """Worked by hand: 2000 before the deletion counts; the 500 after it is a dead letter
+    (meter_event_customer_not_found), on the fast path and in the analysts' replay fold."""
+    from billing.facts import CustomerDeleted
+    from billing.replay_fold import PartitionFold
+
+    at = w.START_MS + w.HOUR_MS
+    log = [*w.customer_setup("cus_gone", None),
+           w.meter_event("cus_gone", "2000", "before", at),
+           CustomerDeleted(customer_id="cus_gone", deleted_at_ms=at + 1),
+           w.meter_event("cus_gone", "500", "after", at + 2)]
+    proc = processor()
+    out = fold(proc, log)
+    (letter,) = [f for f in out if isinstance(f, DeadLetter)]
+    assert (letter.reason_code, letter.customer_id) == ("meter_event_customer_not_found", "cus_gone")
+    engine = {key: bucket.usage.value_sum for key, bucket in proc.ledger.buckets.items()}
+    assert list(engine.values()) == [2000]
+
+    replay = PartitionFold(catalog())
+    for offset, fact in enumerate(log):
+        replay.apply(offset, fact)
+    assert {key: usage.value_sum for key, usage in replay.usage_buckets()} == engine
+    assert replay.rejected["meter_event_customer_not_found"] == 1

@@ -177,7 +177,8 @@ _CUSTOMERS = _all_fields(
     billing_alerts=st.dictionaries(TEXT, _all_fields(
         AlertWatch, alert_id=TEXT, alert_type=st.sampled_from(AlertType), status=st.sampled_from(AlertStatus),
         meter_id=st.none() | TEXT, gte=st.none() | INT64, currency=st.none() | TEXT, lte_minor=st.none() | INT64,
-        since_offset=INT64, usage=st.none() | _USAGES, crossed=st.booleans(), crossing_count=INT64), max_size=2))
+        since_offset=INT64, usage=st.none() | _USAGES, crossed=st.booleans(), crossing_count=INT64), max_size=2),
+    deleted_at_ms=st.none() | INT64)
 
 
 @settings(max_examples=150, deadline=None)
