@@ -96,6 +96,10 @@ class Settings(BaseSettings):
                                          "it claimed: a killed one's are tried again after it. Above the timeout.")
     webhook_concurrency: int = Field(default=16, ge=1, description="Webhook POSTs in flight at once.")
 
+    # --- retention (projections/retention.py) -----------------------------------------------------
+    dead_letter_retention_days: int = Field(default=90, ge=0, le=36500, description="Days a dead letter is kept in "
+                                            "PostgreSQL (0: for ever); the dead-letters topic keeps them too.")
+
     # --- derived ------------------------------------------------------------------------------
     @property
     def logs_dir(self) -> Path:

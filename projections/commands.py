@@ -1,5 +1,5 @@
-"""`drawdown projector` (the long-running projector), `drawdown webhooks` (the webhook dispatcher)
-and `drawdown projections rebuild`."""
+"""`drawdown projector` (the long-running projector), `drawdown webhooks` (the webhook dispatcher),
+`drawdown projections rebuild` and `drawdown projections purge` (retention, now)."""
 
 from __future__ import annotations
 
@@ -83,6 +83,21 @@ def run_webhooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_purge(args: argparse.Namespace) -> int:
+    import time
+
+    from projections.migrate import migrate
+    from projections.projector import connect
+    from projections.retention import purge
+
+    settings = get_settings()
+    migrate(settings.effective_database_url, args.schema)
+    with connect(settings.effective_database_url, args.schema, autocommit=True) as conn:
+        deleted = purge(conn, int(time.time() * 1000), settings.dead_letter_retention_days)
+    print("deleted: " + ", ".join(f"{count} {table}" for table, count in deleted.items()))
+    return 0
+
+
 def run_rebuild(args: argparse.Namespace) -> int:
     from streams.topics import ensure_topics
     from projections.projector import rebuild, tune_gc
@@ -106,3 +121,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                                                  "(stop the projector first)")
     rebuild.add_argument("--schema", default="public", help="PostgreSQL schema to rebuild (default: public)")
     rebuild.set_defaults(run=run_rebuild)
+    purge = actions.add_parser("purge", help="delete what is past its retention now (idempotency keys after 24 h, "
+                                             "events and webhook deliveries after 30 days, dead letters after "
+                                             "DRAWDOWN_DEAD_LETTER_RETENTION_DAYS); the webhook dispatcher does it hourly")
+    purge.add_argument("--schema", default="public", help="PostgreSQL schema (default: public)")
+    purge.set_defaults(run=run_purge)

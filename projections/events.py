@@ -17,6 +17,7 @@ the fact it comes from, with a renderer from this module.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Json
 
 from api import objects
+from projections.retention import EVENT_RETENTION_MS
 
 Render = Callable[[objects.Fetch], dict[str, Any] | None]  # None: no event after all
 
@@ -94,6 +96,8 @@ class EventStep:
         return BeforeStep(self)
 
     def run(self, conn: Any) -> None:
+        if self.created_ms < time.time() * 1000 - EVENT_RETENTION_MS:
+            return  # past retention (a rebuild re-reading old facts): neither served nor sent again
         data_object = self.render(_fetcher(conn))
         if data_object is None:
             return

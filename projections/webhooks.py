@@ -35,6 +35,7 @@ from drawdown.settings import Settings
 from projections.events import WEBHOOK_ENDPOINT_DISABLED, event_id, event_object, insert_event, lock_event_order
 from projections.migrate import migrate
 from projections.projector import connect
+from projections.retention import RETENTION_INTERVAL_S, purge
 
 log = logging.getLogger("drawdown.webhooks")
 
@@ -128,6 +129,7 @@ class Dispatcher:
         self._pool = ThreadPoolExecutor(max_workers=settings.webhook_concurrency, thread_name_prefix="webhook-post")
         self._conn: psycopg.Connection | None = None
         self.delivered = 0
+        self._next_purge_s = 0.0  # (the first loop purges)
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -141,6 +143,7 @@ class Dispatcher:
             while not stop.is_set():
                 try:
                     busy = self.schedule() + self.deliver_due()
+                    self._purge_when_due()
                     retry_s = 0.0
                 except psycopg.OperationalError as error:
                     self._conn = None
@@ -154,6 +157,14 @@ class Dispatcher:
             self._pool.shutdown(wait=True)
             if self._conn is not None:
                 self._conn.close()
+
+    def _purge_when_due(self) -> None:
+        """PostgreSQL's bookkeeping past its retention (projections/retention.py), hourly."""
+        if time.monotonic() < self._next_purge_s:
+            return
+        self._next_purge_s = time.monotonic() + RETENTION_INTERVAL_S
+        with connect(self.settings.effective_database_url, self.schema, autocommit=True) as conn:
+            purge(conn, now_ms(), self.settings.dead_letter_retention_days)
 
     # --- 1. events -> delivery rows ----------------------------------------------------------
 
