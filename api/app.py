@@ -21,9 +21,10 @@ from starlette.concurrency import run_in_threadpool
 
 from api import idempotency
 from api.errors import ApiError, rate_limited, too_large, unauthorized
+from api.expand import expand, expand_paths
 from api.params import request_params
 from api.rate_limit import TokenBuckets, retry_after_header_seconds
-from api.routing import DIRECT_GETS, database_unavailable, error_response, json_bytes, json_response
+from api.routing import DIRECT_GETS, Handler, database_unavailable, error_response, json_bytes, json_response
 from drawdown.settings import Settings
 
 log = logging.getLogger("drawdown.api")
@@ -265,7 +266,10 @@ class Conventions:
         query = scope.get("query_string", b"").decode()  # as Starlette's request.url.query does
 
         def parse_and_handle() -> Any:
-            return handler(ctx, request_params("GET", path, {}, query, b"", ""))
+            params = request_params("GET", path, {}, query, b"", "")
+            paths = expand_paths(params)
+            answer = handler(ctx, params)
+            return expand(ctx, answer, paths) if paths else answer
 
         try:
             result = await run_in_threadpool(parse_and_handle)

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import idempotency
 from api.errors import ApiError
+from api.expand import expand, expand_paths
 from api.params import Params, request_params
 
 log = logging.getLogger("drawdown.api")
@@ -74,7 +75,9 @@ def route(router: APIRouter, method: str, path: str, handler: Handler, *, summar
         # hold up the event loop, and it costs no extra thread hop.
         params = request_params(request.method, request.url.path, request.path_params, request.url.query, body,
                                 request.headers.get("content-type", ""))
-        return handler(ctx, params, **request.path_params)
+        paths = expand_paths(params)
+        answer = handler(ctx, params, **request.path_params)
+        return expand(ctx, answer, paths) if paths else answer
 
     async def endpoint(request: Request) -> Response:
         body = await request.body() if request.method in ("POST", "DELETE", "PUT", "PATCH") else b""
