@@ -89,7 +89,7 @@ def subscription(row: dict[str, Any], items: list[dict[str, Any]], prices: dict[
              "current_period_start": period_start, "current_period_end": period_end, "metadata": {},
              "price": price(prices[item["price_id"]]) if item["price_id"] in prices else None,
              "quantity": item["quantity"], "subscription": row["id"]} for item in items]},
-        "livemode": False, "metadata": {}, "start_date": seconds(row["created_ms"]), "status": row["status"],
+        "livemode": False, "metadata": row["metadata"], "start_date": seconds(row["created_ms"]), "status": row["status"],
         "test_clock": row["test_clock_id"],
     }
 

@@ -46,6 +46,7 @@ from billing.facts import (
     SubscriptionCancelScheduled,
     SubscriptionCanceled,
     SubscriptionCreated,
+    SubscriptionUpdated,
     SubscriptionItem,
     SubscriptionItemsChanged,
     UsageType,
@@ -317,8 +318,8 @@ def evolve(state: CustomerState, fact: object, catalog: Catalog, now_ms: int,
         if isinstance(fact, CustomerCreated):
             if state.created is None:
                 state.created = fact
-        elif isinstance(fact, CustomerUpdated):
-            pass  # name, email, metadata: nothing the money depends on (the projection keeps them)
+        elif isinstance(fact, (CustomerUpdated, SubscriptionUpdated)):
+            pass  # names and metadata: nothing the money depends on (the projection keeps them)
         elif isinstance(fact, CustomerDeleted):
             if state.deleted_at_ms is None:
                 state.deleted_at_ms = fact.deleted_at_ms

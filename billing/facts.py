@@ -186,6 +186,9 @@ class PriceCreated:
     recurring_interval: RecurringInterval
     recurring_interval_count: int = 1
     created_at_ms: int
+    nickname: str | None = None  # (v2)
+    lookup_key: str | None = None  # (v2)
+    metadata: Mapping[str, str] = field(default_factory=_empty_map)  # (v2)
 
 
 @_fact
@@ -251,6 +254,16 @@ class SubscriptionCreated:
     billing_cycle_anchor_ms: int
     created_at_ms: int
     test_clock_id: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=_empty_map)  # (v2)
+
+
+@_fact
+class SubscriptionUpdated:
+    """A subscription's metadata (the full new map): nothing the money depends on."""
+    subscription_id: str
+    customer_id: str
+    metadata: Mapping[str, str] = field(default_factory=_empty_map)
+    updated_at_ms: int
 
 
 @_fact
@@ -595,6 +608,7 @@ ALL_FACTS: tuple[type, ...] = (
     CustomerUpdated,
     CustomerDeleted,
     SubscriptionCreated,
+    SubscriptionUpdated,
     SubscriptionItemsChanged,
     SubscriptionCancelScheduled,
     SubscriptionCanceled,
@@ -643,6 +657,7 @@ Fact = (
     | CustomerUpdated
     | CustomerDeleted
     | SubscriptionCreated
+    | SubscriptionUpdated
     | SubscriptionItemsChanged
     | SubscriptionCancelScheduled
     | SubscriptionCanceled

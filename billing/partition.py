@@ -61,6 +61,7 @@ from billing.facts import (
     SubscriptionCanceled,
     SubscriptionCancelScheduled,
     SubscriptionCreated,
+    SubscriptionUpdated,
     SubscriptionItemsChanged,
     TestClockAdvanced,
     TestClockCreated,
@@ -83,7 +84,7 @@ from billing.periods import MILLISECONDS_PER_MINUTE
 from billing.usage import (CANCEL_NOT_IN_PARTITION, BucketKey, SeenEvent, UsageBucket, UsageLedger, bucket_fact,
                            can_subtract)
 
-CUSTOMER_FACTS = (CustomerCreated, CustomerUpdated, CustomerDeleted, SubscriptionCreated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
+CUSTOMER_FACTS = (CustomerCreated, CustomerUpdated, CustomerDeleted, SubscriptionCreated, SubscriptionUpdated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
                   SubscriptionCanceled, CreditGrantCreated, CreditGrantUpdated, CreditGrantExpired,
                   CreditGrantVoided, InvoiceVoidRequested, BillingAlertCreated, BillingAlertStatusChanged,
                   *INVOICE_LIFECYCLE_FACTS)

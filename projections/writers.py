@@ -151,9 +151,11 @@ class Batch:
     def _(self, fact: f.PriceCreated, partition: int, offset: int) -> None:
         self.statements.append((
             "insert into prices (id, product_id, currency, unit_amount_decimal, usage_type, meter_id, recurring_interval,"
-            " recurring_interval_count, created_ms) values (%s, %s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+            " recurring_interval_count, created_ms, nickname, lookup_key, metadata)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
             (fact.price_id, fact.product_id, fact.currency, fact.unit_amount_decimal, str(fact.usage_type),
-             fact.meter_id, str(fact.recurring_interval), fact.recurring_interval_count, fact.created_at_ms)))
+             fact.meter_id, str(fact.recurring_interval), fact.recurring_interval_count, fact.created_at_ms,
+             fact.nickname, fact.lookup_key, Jsonb(dict(fact.metadata)))))
 
     @_rule(f.ProductUpdated)
     def _(self, fact: f.ProductUpdated, partition: int, offset: int) -> None:
@@ -195,9 +197,9 @@ class Batch:
     def _(self, fact: f.SubscriptionCreated, partition: int, offset: int) -> None:
         self.statements.append((
             "insert into subscriptions (id, customer_id, currency, billing_cycle_anchor_ms, test_clock_id, status,"
-            " created_ms) values (%s, %s, %s, %s, %s, 'active', %s) on conflict do nothing",
+            " created_ms, metadata) values (%s, %s, %s, %s, %s, 'active', %s, %s) on conflict do nothing",
             (fact.subscription_id, fact.customer_id, fact.currency, fact.billing_cycle_anchor_ms, fact.test_clock_id,
-             fact.created_at_ms)))
+             fact.created_at_ms, Jsonb(dict(fact.metadata)))))
         # Its final invoice may have been projected first (invoices is another topic): then it has ended.
         self.statements.append((
             "update subscriptions s set status = 'canceled', ended_ms = coalesce(s.ended_ms, i.period_end_ms)"
@@ -231,6 +233,11 @@ class Batch:
             ("update subscriptions set cancel_at_period_end = %s, canceled_ms = %s where id = %s and invoice_now is null",
              (fact.cancel_at_period_end, fact.scheduled_at_ms if fact.cancel_at_period_end else None,
               fact.subscription_id))])
+
+    @_rule(f.SubscriptionUpdated)
+    def _(self, fact: f.SubscriptionUpdated, partition: int, offset: int) -> None:
+        self._changed("customer.subscription.updated", events.subscription(fact.subscription_id, fact.updated_at_ms), [(
+            "update subscriptions set metadata = %s where id = %s", (Jsonb(dict(fact.metadata)), fact.subscription_id))])
 
     @_rule(f.SubscriptionCanceled)
     def _(self, fact: f.SubscriptionCanceled, partition: int, offset: int) -> None:

@@ -75,6 +75,10 @@ def create_price(ctx: ApiContext, params: Params) -> dict[str, Any]:
     interval_count = recurring.int("interval_count", minimum=1, maximum=12, default=1)
     usage_type = recurring.str("usage_type", choices=[u.value for u in UsageType]) or "licensed"
     meter_id = recurring.str("meter", max_length=200)
+    nickname = params.str("nickname", max_length=5000) or None
+    lookup_key = params.str("lookup_key", max_length=200) or None
+    transfer = params.bool("transfer_lookup_key", default=False)
+    metadata = params.metadata() or {}
     params.done()
     try:
         minor_unit_exponent(currency)
@@ -100,11 +104,13 @@ def create_price(ctx: ApiContext, params: Params) -> dict[str, Any]:
     elif meter_id is not None:
         raise invalid("recurring[meter]", "Only metered prices take a meter.")
     price_id = new_id("price")
-    fact = PriceCreated(price_id=price_id, product_id=product_id, currency=currency,
-                        unit_amount_decimal=unit_amount_decimal, usage_type=UsageType(usage_type), meter_id=meter_id,
-                        recurring_interval=RecurringInterval(interval), recurring_interval_count=interval_count,
-                        created_at_ms=now_ms())
-    ctx.wait([ctx.publisher.publish("catalog", price_id, fact)])
+    facts: list[Any] = _lookup_key_moves(ctx, lookup_key, price_id, transfer)
+    facts.append(PriceCreated(price_id=price_id, product_id=product_id, currency=currency,
+                              unit_amount_decimal=unit_amount_decimal, usage_type=UsageType(usage_type),
+                              meter_id=meter_id, recurring_interval=RecurringInterval(interval),
+                              recurring_interval_count=interval_count, created_at_ms=now_ms(), nickname=nickname,
+                              lookup_key=lookup_key, metadata=metadata))
+    ctx.wait([ctx.publisher.publish("catalog", fact.price_id, fact) for fact in facts])
     return objects.price(require(ctx.pool, "prices", "price", price_id))
 
 
@@ -126,6 +132,20 @@ def list_prices(ctx: ApiContext, params: Params) -> dict[str, Any]:
     return paginate(ctx.pool, params, "/v1/prices", "prices", conditions, arguments, objects.price)
 
 
+def _lookup_key_moves(ctx: ApiContext, lookup_key: str | None, price_id: str, transfer: bool) -> list[Any]:
+    """A lookup key names one price: taken by another, it is refused, or (transfer_lookup_key) moved
+    here, which is first a PriceUpdated taking it from its holder."""
+    holder = fetch_one(ctx.pool, "select * from prices where lookup_key = %s and id <> %s", lookup_key, price_id) \
+        if lookup_key is not None else None
+    if holder is None:
+        return []
+    if not transfer:
+        raise invalid("lookup_key", f"A price (`{holder['id']}`) already uses that lookup key;"
+                                    " pass transfer_lookup_key=true to move it to this price.")
+    return [PriceUpdated(price_id=holder["id"], active=holder["active"], nickname=holder["nickname"], lookup_key=None,
+                         metadata=holder["metadata"], updated_at_ms=now_ms())]
+
+
 def update_price(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
     """active, nickname, lookup_key, metadata (a parameter not given keeps its value; "" clears).
     A lookup key names one price: taken by another, it is refused unless transfer_lookup_key moves it."""
@@ -137,15 +157,7 @@ def update_price(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
     metadata = params.metadata_update(row["metadata"])
     params.done()
     lookup_key = lookup_key or None
-    facts = []
-    if lookup_key is not None and lookup_key != row["lookup_key"]:
-        holder = fetch_one(ctx.pool, "select * from prices where lookup_key = %s and id <> %s", lookup_key, id)
-        if holder is not None and not transfer:
-            raise invalid("lookup_key", f"A price (`{holder['id']}`) already uses that lookup key;"
-                                        " pass transfer_lookup_key=true to move it to this price.")
-        if holder is not None:
-            facts.append(PriceUpdated(price_id=holder["id"], active=holder["active"], nickname=holder["nickname"],
-                                      lookup_key=None, metadata=holder["metadata"], updated_at_ms=now_ms()))
+    facts = _lookup_key_moves(ctx, lookup_key, id, transfer) if lookup_key != row["lookup_key"] else []
     facts.append(PriceUpdated(price_id=id, active=row["active"] if active is None else active, nickname=nickname or None,
                               lookup_key=lookup_key, metadata=metadata, updated_at_ms=now_ms()))
     ctx.wait([ctx.publisher.publish("catalog", fact.price_id, fact) for fact in facts])
@@ -161,7 +173,8 @@ route(router, "POST", "/v1/products/{id}", update_product, answers_with=retrieve
 route(router, "POST", "/v1/prices", create_price, answers_with=retrieve_price, creates="price", summary="Create a recurring price",
       form={"product": STRING, "currency": STRING, "unit_amount": "integer", "unit_amount_decimal": STRING,
             "billing_scheme": STRING, "recurring[interval]": STRING, "recurring[interval_count]": "integer",
-            "recurring[usage_type]": STRING, "recurring[meter]": STRING})
+            "recurring[usage_type]": STRING, "recurring[meter]": STRING, "nickname": STRING, "lookup_key": STRING,
+            "transfer_lookup_key": "boolean"})
 route(router, "GET", "/v1/prices", list_prices, summary="List prices",
       query={"product": STRING, "active": "boolean", **PAGE})
 route(router, "GET", "/v1/prices/{id}", retrieve_price, summary="Retrieve a price")

@@ -14,7 +14,7 @@ from api.ids import new_id
 from api.params import Params
 from api.store import fetch_all, fetch_one, paginate, read_customer_now_ms, require
 from billing.facts import SubscriptionCanceled, SubscriptionCancelScheduled, SubscriptionCreated, \
-    SubscriptionItem
+    SubscriptionItem, SubscriptionUpdated
 from billing.money import MAX_LICENSED_QUANTITY, MAX_TIMESTAMP_S
 
 router = APIRouter(tags=["subscriptions"])
@@ -31,6 +31,7 @@ def create_subscription(ctx: ApiContext, params: Params) -> dict[str, Any]:
     customer_id = params.str("customer", required=True, max_length=200)
     items = params.objects("items", required=True, max_items=MAX_ITEMS)
     anchor_s = params.int("billing_cycle_anchor", minimum=0, maximum=MAX_TIMESTAMP_S)
+    metadata = params.metadata() or {}
     requested = []
     for item in items:
         requested.append((item.name("price"), item.str("price", required=True, max_length=200),
@@ -59,7 +60,7 @@ def create_subscription(ctx: ApiContext, params: Params) -> dict[str, Any]:
     fact = SubscriptionCreated(
         subscription_id=subscription_id, customer_id=customer_id, currency=currencies.pop(),
         billing_cycle_anchor_ms=max(anchor_ms, created_at_ms), created_at_ms=created_at_ms,
-        test_clock_id=customer["test_clock_id"],
+        test_clock_id=customer["test_clock_id"], metadata=metadata,
         items=tuple(SubscriptionItem(item_id=new_id("si"), price_id=price_id, quantity=quantity)
                     for _, price_id, quantity in requested))
     ctx.wait([ctx.publisher.publish("customer-facts", customer_id, fact)])
@@ -89,8 +90,14 @@ def list_subscriptions(ctx: ApiContext, params: Params) -> dict[str, Any]:
 
 def update_subscription(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
     cancel_at_period_end = params.bool("cancel_at_period_end")
-    params.done()
     row = require(ctx.pool, "subscriptions", "subscription", id)
+    metadata = params.metadata_update(row["metadata"])
+    params.done()
+    if metadata != row["metadata"]:
+        customer = require(ctx.pool, "customers", "customer", row["customer_id"])
+        ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], SubscriptionUpdated(
+            subscription_id=id, customer_id=row["customer_id"], metadata=metadata,
+            updated_at_ms=read_customer_now_ms(ctx.pool, customer)))])
     if cancel_at_period_end is not None:
         if row["status"] == "canceled":
             raise conflict(f"Subscription '{id}' is canceled.", "subscription_canceled")
@@ -123,7 +130,7 @@ route(router, "GET", "/v1/subscriptions", list_subscriptions, summary="List subs
       query={"customer": "string", "status": "string", "limit": "integer", "starting_after": "string",
              "ending_before": "string"})
 route(router, "GET", "/v1/subscriptions/{id}", retrieve_subscription, summary="Retrieve a subscription")
-route(router, "POST", "/v1/subscriptions/{id}", update_subscription, answers_with=retrieve_subscription, summary="Update cancel_at_period_end",
+route(router, "POST", "/v1/subscriptions/{id}", update_subscription, answers_with=retrieve_subscription, summary="Update cancel_at_period_end or metadata",
       form={"cancel_at_period_end": "boolean"})
 route(router, "DELETE", "/v1/subscriptions/{id}", cancel_subscription, answers_with=retrieve_subscription, summary="Cancel a subscription now",
       form={"invoice_now": "boolean", "prorate": "boolean"})

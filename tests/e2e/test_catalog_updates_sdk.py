@@ -75,3 +75,24 @@ def test_an_inactive_price_takes_no_new_subscription_and_a_lookup_key_names_one_
     updates = _events(stripe, "price.updated", first.id, 3)
     changed = sorted(sorted(event.data.previous_attributes.to_dict()) for event in updates)
     assert changed == [["active"], ["lookup_key"], ["lookup_key", "metadata", "nickname"]]
+
+
+def test_metadata_nickname_and_lookup_key_set_on_create_and_subscription_metadata_updated(stripe):
+    product = stripe.Product.create(name="Annotated")
+    key = f"annotated-{uuid.uuid4().hex[:8]}"
+    price = stripe.Price.create(product=product.id, currency="usd", unit_amount=900, recurring={"interval": "month"},
+                                nickname="Monthly", lookup_key=key, metadata={"tier": "gold"})
+    assert (price.nickname, price.lookup_key, price.metadata.to_dict()) == ("Monthly", key, {"tier": "gold"})
+    with pytest.raises(stripe.InvalidRequestError) as taken:
+        stripe.Price.create(product=product.id, currency="usd", unit_amount=1, recurring={"interval": "month"},
+                            lookup_key=key)
+    assert taken.value.param == "lookup_key"
+    customer = stripe.Customer.create(name="Annotated buyer")
+    subscription = stripe.Subscription.create(customer=customer.id, items=[{"price": price.id}],
+                                              metadata={"order": "42"})
+    assert subscription.metadata.to_dict() == {"order": "42"}
+    updated = stripe.Subscription.modify(subscription.id, metadata={"order": "", "team": "ml"})
+    assert updated.metadata.to_dict() == {"team": "ml"} and updated.status == "active"
+    (event,) = _events(stripe, "customer.subscription.updated", subscription.id, 1)
+    assert event.data.previous_attributes.to_dict() == {"metadata": {"order": "42"}}
+    assert event.data.object.metadata.to_dict() == {"team": "ml"}
