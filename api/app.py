@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from api import idempotency
+from api import idempotency, publisher
 from api.errors import ApiError, rate_limited, too_large, unauthorized
 from api.expand import expand, expand_paths
 from api.params import request_params
@@ -170,6 +170,8 @@ class Conventions:
                 message = {**message, "headers": [*message.get("headers", ()), (b"request-id", request_id)]}
             await send(message)
 
+        idempotency_key = _header(scope, b"idempotency-key")
+        bound = publisher.bind_request(request_id, None if idempotency_key is None else idempotency_key.encode())
         try:
             declared = _header(scope, b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
@@ -181,6 +183,7 @@ class Conventions:
             unavailable = database_unavailable(error)
             await _send_response(send_and_note, unavailable.status, json_bytes(unavailable.body()))
         finally:
+            publisher.unbind_request(bound)
             route_path = scope.get("direct_path") or getattr(scope.get("route"), "path", "unmatched")
             self.metrics.observe(scope["method"], route_path, status[0], time.perf_counter() - started)
 

@@ -6,6 +6,7 @@ callbacks, so request threads only wait for their own acks.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -15,10 +16,27 @@ from api import idempotency
 from api.errors import ApiError
 from drawdown.settings import Settings
 from schemas.codec import FactCodec
-from streams.topics import PRODUCER_PARTITIONER
+from streams.topics import IDEMPOTENCY_KEY_HEADER, PRODUCER_PARTITIONER, REQUEST_ID_HEADER
 
 Position = tuple[str, int, int]  # (topic, partition, offset)
 PROJECTION = "main"
+
+# The API request a fact comes from: its Request-Id and Idempotency-Key travel as Kafka record headers,
+# so the events derived from the fact name them (Stripe's event.request), a rebuild included.
+_request_headers: contextvars.ContextVar[list[tuple[str, bytes]] | None] = contextvars.ContextVar(
+    "request_headers", default=None)
+
+
+def bind_request(request_id: bytes, idempotency_key: bytes | None) -> contextvars.Token:
+    """The request being served (Conventions binds it): the facts it publishes carry it."""
+    headers = [(REQUEST_ID_HEADER, request_id)]
+    if idempotency_key is not None:
+        headers.append((IDEMPOTENCY_KEY_HEADER, idempotency_key[:255]))
+    return _request_headers.set(headers)
+
+
+def unbind_request(token: contextvars.Token) -> None:
+    _request_headers.reset(token)
 
 
 class PublishFailed(ApiError):
@@ -95,6 +113,14 @@ class Publisher:
         values = encoded if encoded is not None else [self.codec.encode(fact) for _, fact, _ in records]
         pending = _Pending(len(records))
         idempotency.note_published()  # from here on, a retry of this request must not make new facts
+        headers = _request_headers.get()
+        if headers is not None:
+            produce = self._producer.produce
+
+            def produce_with_headers(*args: Any, **kwargs: Any) -> None:
+                produce(*args, headers=headers, **kwargs)
+        else:
+            produce_with_headers = self._producer.produce
         for index, ((key, _, partition), value) in enumerate(zip(records, values)):
             def delivered(error: Any, message: Any, index: int = index) -> None:
                 if error is not None:
@@ -107,7 +133,7 @@ class Publisher:
             kwargs = {} if partition is None else {"partition": partition}
             while True:
                 try:
-                    self._producer.produce(topic, value, key.encode(), on_delivery=delivered, **kwargs)
+                    produce_with_headers(topic, value, key.encode(), on_delivery=delivered, **kwargs)
                     break
                 except BufferError:
                     time.sleep(0.005)  # the local queue is full: the poller drains it

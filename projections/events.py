@@ -44,13 +44,16 @@ def event_id(event_type: str, *key: Any) -> str:
 
 
 def event_object(event_id_: str, event_type: str, created_ms: int, data_object: dict[str, Any],
-                 previous_attributes: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Stripe's event object (request: drawdown's facts do not carry the API request yet)."""
+                 previous_attributes: dict[str, Any] | None = None,
+                 request: tuple[str | None, str | None] | None = None) -> dict[str, Any]:
+    """Stripe's event object; `request`: the (Request-Id, Idempotency-Key) of the API request that
+    caused it (None: the engine did, e.g. an invoice finalized at period end)."""
     data: dict[str, Any] = {"object": data_object}
     if previous_attributes is not None:
         data["previous_attributes"] = previous_attributes
+    request_id, idempotency_key = request or (None, None)
     return {"id": event_id_, "object": "event", "api_version": None, "created": created_ms // 1000, "data": data,
-            "livemode": False, "pending_webhooks": 0, "request": {"id": None, "idempotency_key": None},
+            "livemode": False, "pending_webhooks": 0, "request": {"id": request_id, "idempotency_key": idempotency_key},
             "type": event_type}
 
 
@@ -89,6 +92,7 @@ class EventStep:
     render: Render
     with_previous: bool = False  # data.previous_attributes from the object before the fact
     before: dict[str, Any] | None = field(default=None, repr=False)
+    request: tuple[str | None, str | None] | None = None  # the API request behind the fact, if one
 
     def before_step(self) -> BeforeStep:
         """The step to put before the fact's statements: it renders the object as it was."""
@@ -105,8 +109,8 @@ class EventStep:
         if self.with_previous:
             before = self.before or {}
             previous = {key: before.get(key) for key, value in data_object.items() if before.get(key) != value}
-        insert_event(conn, event_object(self.event_id, self.event_type, self.created_ms, data_object, previous),
-                     self.created_ms)
+        insert_event(conn, event_object(self.event_id, self.event_type, self.created_ms, data_object, previous,
+                                        self.request), self.created_ms)
 
 
 @dataclass(eq=False)

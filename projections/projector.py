@@ -26,6 +26,7 @@ from projections.writers import IGNORED_FACTS, Batch
 from schemas.schema_files import load_catalogue
 from schemas.codec import SINGLE_OBJECT_MAGIC, FactCodec
 from schemas.errors import UndecodableFact
+from streams.topics import IDEMPOTENCY_KEY_HEADER, REQUEST_ID_HEADER
 
 log = logging.getLogger("drawdown.projector")
 
@@ -66,6 +67,13 @@ UNWRITABLE_RECORD = "unwritable_record"  # the database refuses its rows (the me
 
 class OffsetFenced(RuntimeError):
     """The stored offset is not the one this projector expected: another projector owns the partition."""
+
+
+def request_of(headers: list[tuple[str, bytes]]) -> tuple[str | None, str | None] | None:
+    """(Request-Id, Idempotency-Key) of the API request a record comes from, from its headers."""
+    found = {name: value.decode("utf-8", "replace") for name, value in headers if value is not None}
+    request_id, key = found.get(REQUEST_ID_HEADER), found.get(IDEMPOTENCY_KEY_HEADER)
+    return None if request_id is None and key is None else (request_id, key)
 
 
 def connect(database_url: str, schema: str, **kwargs: Any) -> psycopg.Connection:
@@ -296,12 +304,15 @@ class Projector:
             if value is not None and value[:2] == SINGLE_OBJECT_MAGIC and value[2:10] in ignored:
                 continue
             # The record's own timestamp, not the clock: a rebuild must write the same dead-letter row.
-            source = (topic, partition, offset, value or b"", message.timestamp()[1])
+            headers = message.headers()  # (the API request a fact comes from: api/publisher.py)
+            source = (topic, partition, offset, value or b"", message.timestamp()[1],
+                      None if headers is None else request_of(headers))
             sources.append(source)
             add(batch, *source)
         return batch, next_offsets
 
-    def _add(self, batch: Batch, topic: str, partition: int, offset: int, value: bytes, timestamp_ms: int) -> None:
+    def _add(self, batch: Batch, topic: str, partition: int, offset: int, value: bytes, timestamp_ms: int,
+             request: tuple[str | None, str | None] | None = None) -> None:
         """Collect one record's rows; one that cannot be decoded or projected becomes a dead-letter row."""
         try:
             fact = self.codec.decode(value)
@@ -309,7 +320,7 @@ class Projector:
             batch.add_undecodable(topic, partition, offset, value, error.reason_code, str(error), timestamp_ms)
             return
         try:
-            batch.add(fact, partition, offset, self.topics.get(topic, topic), timestamp_ms)
+            batch.add(fact, partition, offset, self.topics.get(topic, topic), timestamp_ms, request)
         except Exception as error:  # noqa: BLE001 - no record may stop the projector
             batch.add_undecodable(topic, partition, offset, value, UNPROJECTABLE_FACT,
                                   f"{type(error).__name__}: {error}", timestamp_ms)
@@ -338,9 +349,9 @@ class Projector:
         written = Batch(cancel_fan_out=self.settings.partitions, decode=self.codec.decode)
         with conn.transaction():
             lock_event_order(conn)
-            for topic, partition, offset, value, timestamp_ms in sources:
+            for topic, partition, offset, value, timestamp_ms, request in sources:
                 single = Batch(cancel_fan_out=self.settings.partitions, decode=self.codec.decode)
-                self._add(single, topic, partition, offset, value, timestamp_ms)
+                self._add(single, topic, partition, offset, value, timestamp_ms, request)
                 try:
                     with conn.transaction():
                         single.write(conn)

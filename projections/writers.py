@@ -70,13 +70,16 @@ class Batch:
     decode: Any = None  # bytes -> fact (the projector's codec): what a dead letter held, for its error report
     # (logical topic, partition, offset, record timestamp ms) of the fact being added: its events' ids and times
     current: tuple[str, int, int, int] = ("", 0, 0, 0)
+    request: tuple[str | None, str | None] | None = None  # (Request-Id, Idempotency-Key) of the fact being added
 
     @property
     def row_count(self) -> int:
         return len(self.statements) + len(self.usage_buckets) + len(self.transactions) + len(self.live_balances)
 
-    def add(self, fact: Any, partition: int, offset: int, topic: str = "", timestamp_ms: int = 0) -> None:
-        """Collect what `fact` (read at topic/partition/offset, written at timestamp_ms) writes."""
+    def add(self, fact: Any, partition: int, offset: int, topic: str = "", timestamp_ms: int = 0,
+            request: tuple[str | None, str | None] | None = None) -> None:
+        """Collect what `fact` (read at topic/partition/offset, written at timestamp_ms, by the API
+        request `request` = (Request-Id, Idempotency-Key) when one published it) writes."""
         rule = _RULES.get(type(fact))
         if rule is None:
             if isinstance(fact, IGNORED_FACTS):
@@ -84,6 +87,7 @@ class Batch:
             raise TypeError(f"the projector has no rule for {type(fact).__name__}")
         self.facts_applied += 1
         self.current = (topic, partition, offset, timestamp_ms)
+        self.request = request
         rule(self, fact, partition, offset)
 
     def _event(self, event_type: str, render: events.Render, *key: Any) -> events.EventStep:
@@ -91,7 +95,7 @@ class Batch:
         from `key` (the object's id, for what happens once to it), else from the fact's place in the log."""
         topic, partition, offset, timestamp_ms = self.current
         step = events.EventStep(events.event_id(event_type, *(key or (topic, partition, offset))), event_type,
-                                timestamp_ms, render)
+                                timestamp_ms, render, request=self.request)
         self.statements.append(step)
         return step
 

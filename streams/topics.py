@@ -15,6 +15,11 @@ from drawdown.settings import Settings
 # librdkafka's name for the Java/aiokafka-compatible partitioner (murmur2 of the key bytes).
 PRODUCER_PARTITIONER = "murmur2_random"
 
+# Record headers of a fact an API request published (api/publisher.py): its Request-Id and
+# Idempotency-Key, which the events derived from it show as event.request (projections/events.py).
+REQUEST_ID_HEADER = "drawdown-request-id"
+IDEMPOTENCY_KEY_HEADER = "drawdown-idempotency-key"
+
 # Facts are the source of truth and projections are rebuilt from them: keep them forever.
 KEEP_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 

@@ -111,3 +111,16 @@ def _all_events(stripe, customer_id: str, subscription_id: str) -> list:
         if len(found) >= 2 or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
+
+
+def test_an_event_names_the_api_request_that_caused_it(stripe):
+    key = f"create-{time.time_ns()}"
+    customer = stripe.Customer.create(name="Requested", idempotency_key=key)
+    request_id = customer.last_response.request_id
+    assert request_id.startswith("req_")
+    deadline = time.monotonic() + 30
+    while not (created := [event for event in stripe.Event.list(type="customer.created", limit=100).auto_paging_iter()
+                           if event.data.object.id == customer.id]):
+        assert time.monotonic() < deadline, "no customer.created"
+        time.sleep(0.2)
+    assert (created[0].request.id, created[0].request.idempotency_key) == (request_id, key)

@@ -136,6 +136,7 @@ def test_the_walkthrough_reaches_a_webhook_receiver_signed_as_stripe_signs(strip
     finalized = wait_for(lambda: [e for e in received("invoice.finalized") if e.data.object.id == invoice.id], 60,
                          "invoice.finalized")
     assert (finalized[0].data.object.amount_due, finalized[0].data.object.status) == (8000, "open")  # 9000 - 1000
+    assert finalized[0].request.id is None  # the engine finalized it, no API request (as Stripe's automatic events)
     transactions = wait_for(lambda: [e for e in received("billing.credit_balance_transaction.created")
                                      if e.data.object.credit_grant == result["transactions"][0].credit_grant
                                      and e.data.object.type == "debit"], 60, "the credits_applied transaction")

@@ -144,6 +144,7 @@ def test_a_projector_whose_partition_moved_on_is_fenced_and_writes_nothing(topic
         def partition(self): return partition
         def offset(self): return offset
         def timestamp(self): return (1, NOW_MS)  # (CREATE_TIME, ms), as confluent-kafka answers
+        def headers(self): return None  # (no API request: confluent-kafka answers None)
         def value(self):
             from schemas.codec import encode
             return encode(f.CustomerCreated(customer_id=customer_id + "_zombie", created_at_ms=NOW_MS))
