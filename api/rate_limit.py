@@ -41,6 +41,17 @@ class TokenBuckets:
         return (1.0 - tokens) / self.rate
 
 
+    def wait(self, key: str) -> float:
+        """Seconds until `key`'s bucket has a token (0.0: it has one now); takes none."""
+        now = self.clock()
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+    def forget(self, key: str) -> None:
+        self._buckets.pop(key, None)
+
+
 def retry_after_header_seconds(wait_s: float) -> int:
     """Retry-After takes whole seconds: round up, at least 1."""
     return max(1, math.ceil(wait_s))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
+from api.rate_limit import TokenBuckets, retry_after_header_seconds
 from dashboard import session as sessions
 from dashboard.formats import FILTERS
 from dashboard.forms import CSRF_FIELD, FormResult
@@ -29,6 +30,7 @@ from drawdown.settings import Settings
 PREFIX = "/dashboard"
 HERE = Path(__file__).parent
 LOGIN_CSRF_COOKIE = "drawdown_login_csrf"
+FAILED_LOGINS_PER_MINUTE = 10  # per client address and API process, with a burst of as many
 # No inline script or style, nothing from another origin (every asset is served from /dashboard/static).
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
@@ -57,6 +59,9 @@ class Forbidden(Exception):
 @dataclass(frozen=True)
 class DashboardState:
     secret: bytes
+    # Failed logins per client address (per API process): brute-forcing a key is refused early.
+    failed_logins: TokenBuckets = field(
+        default_factory=lambda: TokenBuckets(FAILED_LOGINS_PER_MINUTE / 60, FAILED_LOGINS_PER_MINUTE))
 
 
 def now_s() -> int:
@@ -154,9 +159,16 @@ def _login_router() -> Any:
         expected = request.cookies.get(LOGIN_CSRF_COOKIE)
         if not expected or not secrets.compare_digest(expected, form.get(CSRF_FIELD, "")):
             return login_page(request, "The login form has expired: try again.", 403)
+        failed_logins = request.app.state.dashboard.failed_logins
+        client = request.client.host if request.client else "unknown"
+        wait_s = failed_logins.wait(client)
+        if wait_s > 0:  # (the right key too: a guesser must not learn that it guessed right)
+            return login_page(request, f"Too many failed logins from your address: try again in "
+                                       f"{retry_after_header_seconds(wait_s)} s.", 429)
         key = form.get("api_key", "").strip()
         caller = await run_in_threadpool(request.app.state.ctx.keys.caller, key) if key else None
         if caller is None:
+            failed_logins.take(client)
             # The API's own words for a bad key (api.app: "Invalid API Key provided").
             message = (f"Invalid API Key provided: {key[:8]}{'*' * 8}" if key else
                        "You did not provide an API key.")

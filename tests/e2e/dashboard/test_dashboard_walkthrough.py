@@ -326,3 +326,28 @@ def test_the_webhook_pages_create_an_endpoint_show_its_secret_once_and_its_deliv
         receiver.close()
         if endpoint_id and endpoint_id.startswith("we_"):
             client.delete(f"/v1/webhook_endpoints/{endpoint_id}")
+
+
+def test_too_many_failed_logins_from_one_address_are_refused_for_a_while(app, secret_key):
+    """10 wrong keys a minute per address (dashboard/app.py): the 11th attempt is a 429, the right
+    key too, until a token is back."""
+    from fastapi.testclient import TestClient
+
+    from dashboard.app import FAILED_LOGINS_PER_MINUTE, LOGIN_CSRF_COOKIE
+
+    failed_logins = app.state.dashboard.failed_logins
+    browser = TestClient(app, client=("203.0.113.7", 50000))  # (no `with`: the session's client runs the lifespan)
+
+    def attempt(key: str) -> int:
+        browser.get("/dashboard/login")
+        token = browser.cookies.get(LOGIN_CSRF_COOKIE)
+        return browser.post("/dashboard/login", data={"csrf_token": token, "api_key": key},
+                            follow_redirects=False).status_code
+
+    try:
+        assert [attempt(f"sk_wrong_{n}") for n in range(FAILED_LOGINS_PER_MINUTE)] == [401] * FAILED_LOGINS_PER_MINUTE
+        assert attempt("sk_wrong_again") == 429
+        assert attempt(secret_key) == 429
+    finally:
+        failed_logins.forget("203.0.113.7")
+    assert attempt(secret_key) == 303
