@@ -61,6 +61,14 @@ class MeterEventAccepted(NamedTuple):
     reading: MeterReading
 
 
+def is_timely(event_time_ms: int, now_ms: int) -> bool:
+    """THE lateness rule, the one place it lives: an event counts if its time is at most 35 days
+    before `now_ms` (its receipt on the customer's clock) and at most 5 minutes after it, both
+    inclusive. The validation below, both fast paths (billing/partition.py, billing/replay_fold.py)
+    and the producer's pre-check (producers/producer.py) all call it."""
+    return -MAX_EVENT_LEAD_MS <= now_ms - event_time_ms <= MAX_EVENT_AGE_MS
+
+
 def customer_now_ms(wall_clock_now_ms: int, test_clock_frozen_time_ms: int | None) -> int:
     """A customer's "now": its test clock's frozen time when it has one, else the wall clock."""
     return wall_clock_now_ms if test_clock_frozen_time_ms is None else test_clock_frozen_time_ms
@@ -130,9 +138,10 @@ def validate_meter_event(
         return reject(MeterEventRejectionCode.INVALID_VALUE,
                       f"{meter.value_payload_key!r} must be a decimal number between -{MAX_METER_VALUE} and "
                       f"{MAX_METER_VALUE} (both excluded) with at most {MAX_VALUE_DECIMAL_PLACES} decimal places")
-    if event.event_time_ms < now_ms - MAX_EVENT_AGE_MS:
-        return reject(MeterEventRejectionCode.TIMESTAMP_TOO_FAR_IN_PAST, "timestamp is more than 35 days in the past")
-    if event.event_time_ms > now_ms + MAX_EVENT_LEAD_MS:
+    if not is_timely(event.event_time_ms, now_ms):
+        if event.event_time_ms < now_ms:
+            return reject(MeterEventRejectionCode.TIMESTAMP_TOO_FAR_IN_PAST,
+                          "timestamp is more than 35 days in the past")
         return reject(MeterEventRejectionCode.TIMESTAMP_IN_FUTURE, "timestamp is more than 5 minutes in the future")
     reading = MeterReading(event.event_time_ms, event.received_at_ms, event.identifier, value)
     return MeterEventAccepted(meter.meter_id, customer_id, reading)

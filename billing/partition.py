@@ -71,13 +71,12 @@ from billing.facts import (
 )
 from billing.meters import MeterAggregator, MeterReading, add_plain
 from billing.meter_events import (
-    MAX_EVENT_AGE_MS,
-    MAX_EVENT_LEAD_MS,
     MAX_EVENT_NAME_LENGTH,
     MAX_IDENTIFIER_LENGTH,
     MAX_VALUE_INTEGER_DIGITS,
     MeterEventRejected,
     customer_now_ms,
+    is_timely,
     validate_meter_event,
 )
 from billing.periods import MILLISECONDS_PER_MINUTE
@@ -430,7 +429,7 @@ class PartitionProcessor:
                 and type(value_text) is str and len(value_text) <= MAX_VALUE_INTEGER_DIGITS
                 and value_text.isascii() and value_text.isdigit()
                 and len(identifier) <= MAX_IDENTIFIER_LENGTH
-                and -MAX_EVENT_LEAD_MS <= received_at_ms - event_time_ms <= MAX_EVENT_AGE_MS
+                and is_timely(event_time_ms, received_at_ms)
                 and ledger.seen.get(seen_key) is None):
             return self._meter_event_general(offset, event, original_bytes, fresh)
         meter_id = plain.meter_id

@@ -31,23 +31,23 @@ from billing.facts import (
     TestClockDeleted,
 )
 from billing.meter_events import (
-    MAX_EVENT_AGE_MS,
-    MAX_EVENT_LEAD_MS,
     MAX_EVENT_NAME_LENGTH,
     MAX_IDENTIFIER_LENGTH,
     MAX_VALUE_INTEGER_DIGITS,
     customer_now_ms,
+    is_timely,
     validate_meter_event,
 )
 from billing.meters import MeterAggregator, MeterReading, MeterUsage
 from billing.money import EXACT_CONTEXT
 from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_HOUR, MILLISECONDS_PER_MINUTE
 from billing.usage import (
-    CANCEL_WINDOW_MS,
     DEFAULT_DEDUPE_WINDOW_MS,
     BucketKey,
     UsageLedger,
     can_subtract,
+    within_cancel_window,
+    within_dedupe_window,
 )
 
 GROUP_SIZES_MS = {"minute": MILLISECONDS_PER_MINUTE, "hour": MILLISECONDS_PER_HOUR, "day": MILLISECONDS_PER_DAY}
@@ -77,7 +77,6 @@ class _EveryCustomer:
 
 
 _EMPTY_SUM = MeterUsage().value_sum  # the sum a bucket starts from (MeterAggregator.initialize)
-_LEAST_LATENESS_MS = -MAX_EVENT_LEAD_MS  # arrival - event time: an event may be 5 minutes ahead
 _NOT_CREATED = object()  # PartitionFold.customers.get's answer for a customer never created (None: no test clock)
 
 # One accepted event of a raw meter as ReplayLedger keeps it, a plain tuple (one is built per event;
@@ -136,9 +135,10 @@ class ReplayLedger:
     own compact state: plain tuples, sets and lists changed in place instead of UsageLedger's
     immutable records, which cost more to build per event than reading and decoding the event.
 
-    The same rules: an event counts once per (customer, event name, identifier) within the dedupe
-    window after its first receipt; a cancellation received within 24 hours of the event removes
-    its value, once; a minute bucket keeps the exact sum, the count and the
+    The same rules, asked of the same functions (billing/usage.py within_dedupe_window and
+    within_cancel_window, billing/meter_events.py is_timely): an event counts once per (customer,
+    event name, identifier) within the dedupe window after its first receipt; a cancellation
+    received within 24 hours of the event removes its value, once; a minute bucket keeps the exact sum, the count and the
     reading latest in event time (ties: later received, then greater identifier). Facts come once
     each and in log order, so UsageLedger's offset guards (against re-reads) would never fire and
     no offsets are kept. Plain digit values are summed as ints (Decimal arithmetic costs several
@@ -174,7 +174,7 @@ class ReplayLedger:
         earlier = seen.get(identifier)
         if earlier is not None:
             first = _first_occurrence(earlier, customer_id)
-            if first is not None and received_at_ms - first[3] <= self.dedupe_window_ms:
+            if first is not None and within_dedupe_window(first[3], received_at_ms, self.dedupe_window_ms):
                 return  # a duplicate counts nothing
         # new for this customer, or an identifier reused after the dedupe window: a new event
         seen.put(identifier, record if earlier is None else _with_first_occurrence(earlier, record))
@@ -195,7 +195,7 @@ class ReplayLedger:
         for record in _occurrences(earlier):
             customer_id, identifier, event_time_ms, received_at_ms, value, canceled = record
             if (canceled or (cancel.customer_id is not None and cancel.customer_id != customer_id)
-                    or cancel.received_at_ms - received_at_ms > CANCEL_WINDOW_MS):
+                    or not within_cancel_window(received_at_ms, cancel.received_at_ms)):
                 continue
             earlier = _with_first_occurrence(earlier, (customer_id, identifier, event_time_ms, received_at_ms,
                                                        value, True))
@@ -308,7 +308,7 @@ class PartitionFold:
                 and type(value_text) is str and len(value_text) <= MAX_VALUE_INTEGER_DIGITS
                 and value_text.isascii() and value_text.isdigit()
                 and len(identifier) <= MAX_IDENTIFIER_LENGTH
-                and _LEAST_LATENESS_MS <= received_at_ms - event_time_ms <= MAX_EVENT_AGE_MS
+                and is_timely(event_time_ms, received_at_ms)
                 and identifier not in identifiers):
             self._apply_other(offset, fact)
             return

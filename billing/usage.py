@@ -42,6 +42,19 @@ from billing.usage_windows import counted_reading
 CANCEL_WINDOW_MS = MILLISECONDS_PER_DAY  # Stripe: cancel only events received in the last 24 hours
 DEFAULT_DEDUPE_WINDOW_MS = 35 * MILLISECONDS_PER_DAY
 
+def within_dedupe_window(first_received_at_ms: int, received_at_ms: int, dedupe_window_ms: int) -> bool:
+    """THE dedupe rule, the one place it lives: an event whose key (customer, event name,
+    identifier) was first received at most `dedupe_window_ms` before it is a duplicate of that
+    first one. UsageLedger and the replay's compact ledger (billing/replay_fold.py) both ask it."""
+    return received_at_ms - first_received_at_ms <= dedupe_window_ms
+
+
+def within_cancel_window(received_at_ms: int, cancel_received_at_ms: int) -> bool:
+    """THE cancel rule (Stripe): a cancellation takes an event out only if it was received at most
+    24 hours after the event."""
+    return cancel_received_at_ms - received_at_ms <= CANCEL_WINDOW_MS
+
+
 SeenKey = tuple[str, str]  # (event_name, identifier): also finds events of cancels without a customer
 BucketKey = tuple[str, str, int]  # (customer_id, meter_id, bucket_start_ms)
 
@@ -190,8 +203,9 @@ class UsageLedger:
         by_customer = self.seen.get((event_name, reading.identifier))
         first = None if by_customer is None else by_customer.get(accepted.customer_id)
         if first is not None and first.offset != offset:
-            expired = reading.received_at_ms - first.reading.received_at_ms > self.dedupe_window_ms
-            if not expired or offset < first.offset:
+            duplicate = within_dedupe_window(first.reading.received_at_ms, reading.received_at_ms,
+                                             self.dedupe_window_ms)
+            if duplicate or offset < first.offset:
                 return by_customer, first, True
             first = None  # outside the dedupe window: a new event with a reused identifier
         return by_customer, first, False
@@ -269,7 +283,7 @@ class UsageLedger:
             if first.canceled_offset is not None and first.canceled_offset != offset:
                 continue  # already canceled by an earlier cancellation
             if first.canceled_offset is None:
-                if cancel.received_at_ms - first.reading.received_at_ms > CANCEL_WINDOW_MS:
+                if not within_cancel_window(first.reading.received_at_ms, cancel.received_at_ms):
                     refusal = CancelOutcome(refused_code="meter_event_cancel_window_passed",
                                             refused_message="events can be canceled only within 24 hours")
                     if refuse:

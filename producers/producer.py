@@ -50,13 +50,12 @@ from billing.facts import (
     TimeTicked,
 )
 from billing.meter_events import (
-    MAX_EVENT_AGE_MS,
-    MAX_EVENT_LEAD_MS,
     MAX_EVENT_NAME_LENGTH,
     MAX_IDENTIFIER_LENGTH,
     MAX_VALUE_INTEGER_DIGITS,
     MeterEventRejected,
     is_surely_valid_value,
+    is_timely,
     validate_meter_event,
 )
 from drawdown.settings import Settings
@@ -428,7 +427,7 @@ class FactProducer:
                 and (is_surely_valid_value(value_text)
                      or (value_text is None and meter.aggregation == MeterAggregation.COUNT))
                 and type(event_time_ms) is int
-                and now_ms - MAX_EVENT_AGE_MS <= event_time_ms <= now_ms + MAX_EVENT_LEAD_MS)
+                and is_timely(event_time_ms, now_ms))
 
     def _check_batch(self, event_name: str, meter: MeterDefined | None, customer_ids: list[str],
                      identifiers: Sequence[str], identifiers_generated: bool, payloads: Sequence[Mapping[str, str]],

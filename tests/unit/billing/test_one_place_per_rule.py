@@ -1,0 +1,68 @@
+"""Each usage rule lives in one function (issue 14): its boundaries, worked out by hand from
+Stripe's documented limits, and a source check that no fold re-implements it inline.
+
+The source check reads the code of the folds that once carried copies (the worker's and the
+replay's fast paths, the replay's compact ledger, the producer's pre-check): the rule's constants
+may appear only in the module that owns the rule.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from billing.meter_events import is_timely
+from billing.usage import within_cancel_window, within_dedupe_window
+
+ROOT = Path(__file__).resolve().parents[3]
+MINUTE_MS, DAY_MS = 60_000, 86_400_000
+NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+@pytest.mark.parametrize(("event_time_ms", "timely"), [
+    (NOW_MS - 35 * DAY_MS, True),  # Stripe: up to 35 days in the past, inclusive
+    (NOW_MS - 35 * DAY_MS - 1, False),
+    (NOW_MS + 5 * MINUTE_MS, True),  # Stripe: up to 5 minutes in the future, inclusive
+    (NOW_MS + 5 * MINUTE_MS + 1, False),
+    (NOW_MS, True),
+])
+def test_the_lateness_rule_accepts_35_days_back_to_5_minutes_ahead(event_time_ms, timely):
+    assert is_timely(event_time_ms, NOW_MS) is timely
+
+
+def test_the_dedupe_rule_holds_for_the_window_after_the_first_receipt():
+    window_ms = 35 * DAY_MS
+    assert within_dedupe_window(NOW_MS, NOW_MS, window_ms)
+    assert within_dedupe_window(NOW_MS, NOW_MS + window_ms, window_ms)
+    assert not within_dedupe_window(NOW_MS, NOW_MS + window_ms + 1, window_ms)
+
+
+def test_the_cancel_rule_holds_for_24_hours_after_the_event():
+    assert within_cancel_window(NOW_MS, NOW_MS + DAY_MS)
+    assert not within_cancel_window(NOW_MS, NOW_MS + DAY_MS + 1)
+
+
+# (constant or expression, the only module allowed to compare with it)
+RULE_CONSTANTS = [
+    (r"MAX_EVENT_AGE_MS", {"billing/meter_events.py", "replay/usage.py"}),  # replay/usage.py: offset planning
+    (r"MAX_EVENT_LEAD_MS", {"billing/meter_events.py", "replay/usage.py"}),
+    (r"CANCEL_WINDOW_MS", {"billing/usage.py"}),
+    (r"received_at_ms\s*-\s*\w+", {"billing/usage.py", "billing/meter_events.py"}),
+]
+FOLD_SOURCES = ["billing", "streams", "replay", "producers", "api", "projections"]
+
+
+@pytest.mark.parametrize(("pattern", "owners"), RULE_CONSTANTS)
+def test_no_fold_reimplements_a_usage_rule_inline(pattern, owners):
+    offenders = []
+    for folder in FOLD_SOURCES:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            if relative in owners:
+                continue
+            code = "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+            if re.search(pattern, code):
+                offenders.append(relative)
+    assert offenders == [], f"{pattern} is used outside {sorted(owners)}: call the rule's function instead"
