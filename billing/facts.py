@@ -552,6 +552,21 @@ class UsageBucketUpdated:
 
 
 @_fact
+class PeriodUsageUpdated:
+    """A subscription period's usage of one meter changed: the quantity its invoice would rate now,
+    counted by each event's exact time. Minute buckets cannot tell it where a period starts
+    mid-minute (a subscription created at 12:00:30 bills the events from 12:00:30 on, half of
+    the minute bucket 12:00); the invoice preview reads this instead."""
+    customer_id: str
+    subscription_id: str
+    period_start_ms: int
+    meter_id: str
+    value: Decimal  # the meter's aggregate over the period's events so far (the invoice line's quantity)
+    event_count: int
+    updated_at_ms: int
+
+
+@_fact
 class LiveBalanceChanged:
     customer_id: str
     currency: str
@@ -637,6 +652,7 @@ ALL_FACTS: tuple[type, ...] = (
     InvoiceMarkedUncollectible,
     CreditBalanceTransaction,
     UsageBucketUpdated,
+    PeriodUsageUpdated,
     LiveBalanceChanged,
     LowBalanceAlert,
     BillingAlertCrossed,
@@ -686,6 +702,7 @@ Fact = (
     | InvoiceMarkedUncollectible
     | CreditBalanceTransaction
     | UsageBucketUpdated
+    | PeriodUsageUpdated
     | LiveBalanceChanged
     | LowBalanceAlert
     | BillingAlertCrossed

@@ -68,6 +68,7 @@ from billing.facts import (
     TestClockDeleted,
     TimeTicked,
     UsageBucketUpdated,
+    PeriodUsageUpdated,
 )
 from billing.meters import MeterAggregator, MeterReading, add_plain
 from billing.meter_events import (
@@ -81,7 +82,7 @@ from billing.meter_events import (
 )
 from billing.periods import MILLISECONDS_PER_MINUTE
 from billing.usage import (CANCEL_NOT_IN_PARTITION, BucketKey, SeenEvent, UsageBucket, UsageLedger, bucket_fact,
-                           can_subtract)
+                           can_subtract, period_usage_fact)
 
 CUSTOMER_FACTS = (CustomerCreated, CustomerUpdated, CustomerDeleted, SubscriptionCreated, SubscriptionUpdated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
                   SubscriptionCanceled, CreditGrantCreated, CreditGrantUpdated, CreditGrantExpired,
@@ -103,6 +104,7 @@ OUTPUT_TOPIC = {
     InvoiceMarkedUncollectible: "invoices",
     CreditBalanceTransaction: "credit-balance-transactions",
     UsageBucketUpdated: "usage-buckets",
+    PeriodUsageUpdated: "usage-buckets",
     LiveBalanceChanged: "live-balances",
     LowBalanceAlert: "live-balances",
     BillingAlertCrossed: "live-balances",
@@ -196,6 +198,8 @@ class PartitionProcessor:
         self.on_clock: set[str] = set()
         self.live_pending: set[str] = set()
         self._touched_buckets: dict[BucketKey, UsageBucket] = {}
+        # (customer, meter) whose open periods' usage changed this batch (a dict: emitted in fold order)
+        self._touched_period_usage: dict[tuple[str, str], None] = {}
         self._touched_customers: set[str] = set()
         self._known_customers = _KnownCustomers(customers)
         self._aggregators: dict[str, MeterAggregator] = {}
@@ -298,6 +302,14 @@ class PartitionProcessor:
         """Facts owed at the end of a batch: the latest value of each touched usage bucket, and
         live balances of touched customers (throttled)."""
         out: list = []
+        # Period usage first: whoever sees a bucket in the projection sees its period's usage too.
+        for customer_id, meter_id in self._touched_period_usage:
+            state = self.customers.get(customer_id)
+            if state is not None:
+                aggregator = self._aggregator(meter_id)
+                out.extend(period_usage_fact(customer_id, key, aggregator, usage, self.state.now_ms)
+                           for key, usage in state.period_usage.items() if key[2] == meter_id)
+        self._touched_period_usage.clear()
         for (customer_id, meter_id, bucket_start_ms), bucket in self._touched_buckets.items():
             out.append(bucket_fact(customer_id, meter_id, bucket_start_ms, self._aggregator(meter_id), bucket,
                                    self.state.now_ms))
@@ -465,6 +477,8 @@ class PartitionProcessor:
         if counts:  # add_usage with the keys in hand, spelled out
             for key in keys:
                 period_usage[key] = add_plain(period_usage.get(key), reading)
+            if keys:
+                self._touched_period_usage[(customer_id, meter_id)] = None
             state.live_pending = True
             state.applied_offset = offset
             if received_at_ms > state.last_received_ms:
@@ -503,6 +517,7 @@ class PartitionProcessor:
             self._touched_buckets[outcome.bucket_key] = outcome.bucket
         if outcome.counts and offset > state.applied_offset:
             add_usage(state, verdict.meter_id, verdict.reading, aggregator, catalog)
+            self._touched_period_usage[(state.customer_id, verdict.meter_id)] = None
             state.applied_offset = offset
             if event.received_at_ms > state.last_received_ms:
                 state.last_received_ms = event.received_at_ms
@@ -557,6 +572,7 @@ class PartitionProcessor:
                 remove_usage(state, canceled.seen.meter_id, canceled.seen.reading, aggregators[canceled.seen.meter_id],
                              self.catalog, partial(self.ledger.readings, canceled.customer_id, canceled.seen.meter_id),
                              canceled.seen.offset)
+                self._touched_period_usage[(canceled.customer_id, canceled.seen.meter_id)] = None
                 state.applied_offset = offset
                 self._store(state)
         return []

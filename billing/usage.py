@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from billing.facts import MeterAggregation, MeterEventCanceled, UsageBucketUpdated
+from billing.facts import MeterAggregation, MeterEventCanceled, PeriodUsageUpdated, UsageBucketUpdated
 from billing.meter_events import MeterEventAccepted
 from billing.meters import MeterAggregator, MeterReading, MeterUsage
 from billing.money import EXACT_CONTEXT
@@ -336,3 +336,14 @@ def bucket_fact(customer_id: str, meter_id: str, bucket_start_ms: int, aggregato
         counted_event_time_ms=None if counted is None else counted.event_time_ms,
         counted_received_at_ms=None if counted is None else counted.received_at_ms,
         counted_identifier=None if counted is None else counted.identifier)
+
+
+def period_usage_fact(customer_id: str, key: tuple[str, int, str], aggregator: MeterAggregator, usage: MeterUsage,
+                      now_ms: int) -> PeriodUsageUpdated:
+    """What a period's PeriodUsageUpdated carries: `key` is the customer state's period-usage key
+    (subscription, period start, meter) and `usage` what it holds, folded by exact event time."""
+    subscription_id, period_start_ms, meter_id = key
+    return PeriodUsageUpdated(
+        customer_id=customer_id, subscription_id=subscription_id, period_start_ms=period_start_ms,
+        meter_id=meter_id, value=aggregator.result(usage), event_count=aggregator.event_count(usage),
+        updated_at_ms=usage.latest.received_at_ms if usage.latest else now_ms)

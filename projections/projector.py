@@ -37,7 +37,7 @@ SOURCE_TOPICS = ("catalog", "customer-facts", "invoices", "credit-balance-transa
 # rebuild derives the same event ids again (projections/events.py) and keeps the ones already sent.
 PROJECTION_TABLES = ("test_clocks", "meters", "products", "prices", "customers", "subscriptions",
                      "subscription_items", "credit_grants", "credit_balance_transactions", "invoices", "invoice_lines",
-                     "invoice_line_credits", "invoice_items", "usage_buckets", "live_balances", "low_balance_alerts", "billing_alerts",
+                     "invoice_line_credits", "invoice_items", "usage_buckets", "period_usage", "live_balances", "low_balance_alerts", "billing_alerts",
                      "billing_alert_crossings", "dead_letters",
                      "meter_event_cancel_misses")
 MAX_BATCH_MESSAGES = 20000

@@ -30,6 +30,9 @@ USAGE_BUCKET_COLUMNS = ("customer_id", "meter_id", "bucket_start_ms", "value", "
                         "counted_event_time_ms", "counted_received_at_ms", "counted_identifier",
                         "source_partition", "source_offset")
 USAGE_BUCKET_TYPES = ("text", "text", "int8", "numeric", "int8", "int8", "int8", "int8", "text", "int4", "int8")
+PERIOD_USAGE_COLUMNS = ("subscription_id", "period_start_ms", "meter_id", "customer_id", "value", "event_count",
+                        "updated_at_ms", "source_partition", "source_offset")
+PERIOD_USAGE_TYPES = ("text", "int8", "text", "text", "numeric", "int8", "int8", "int4", "int8")
 TRANSACTION_COLUMNS = ("id", "customer_id", "grant_id", "currency", "amount_minor", "type", "reason", "invoice_id",
                        "invoice_line_id", "effective_at_ms")
 TRANSACTION_TYPES = ("text", "text", "text", "text", "int8", "text", "text", "text", "text", "int8")
@@ -61,6 +64,7 @@ class Batch:
     statements: list[Statement] = field(default_factory=list)
     cancel_fan_out: int = 1  # partitions a cancel without customer goes to: all must miss for "not found"
     usage_buckets: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
+    period_usage: dict[tuple[str, int, str], tuple[Any, ...]] = field(default_factory=dict)
     transactions: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     live_balances: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
     facts_applied: int = 0
@@ -74,7 +78,8 @@ class Batch:
 
     @property
     def row_count(self) -> int:
-        return len(self.statements) + len(self.usage_buckets) + len(self.transactions) + len(self.live_balances)
+        return (len(self.statements) + len(self.usage_buckets) + len(self.period_usage) + len(self.transactions)
+                + len(self.live_balances))
 
     def add(self, fact: Any, partition: int, offset: int, topic: str = "", timestamp_ms: int = 0,
             request: tuple[str | None, str | None] | None = None) -> None:
@@ -449,6 +454,13 @@ class Batch:
             fact.customer_id, fact.meter_id, fact.bucket_start_ms, fact.value, fact.event_count, fact.updated_at_ms,
             fact.counted_event_time_ms, fact.counted_received_at_ms, fact.counted_identifier, partition, offset)
 
+    @_rule(f.PeriodUsageUpdated)
+    def _(self, fact: f.PeriodUsageUpdated, partition: int, offset: int) -> None:
+        # The whole current usage of the period: the last one in the batch wins.
+        self.period_usage[(fact.subscription_id, fact.period_start_ms, fact.meter_id)] = (
+            fact.subscription_id, fact.period_start_ms, fact.meter_id, fact.customer_id, fact.value,
+            fact.event_count, fact.updated_at_ms, partition, offset)
+
     @_rule(f.LiveBalanceChanged)
     def _(self, fact: f.LiveBalanceChanged, partition: int, offset: int) -> None:
         self.live_balances[(fact.customer_id, fact.currency)] = (
@@ -533,6 +545,14 @@ class Batch:
                             " counted_identifier = excluded.counted_identifier,"
                             " source_partition = excluded.source_partition, source_offset = excluded.source_offset"
                             " where usage_buckets.source_offset < excluded.source_offset")
+            if self.period_usage:
+                _copy_merge(cursor, "period_usage", PERIOD_USAGE_COLUMNS, PERIOD_USAGE_TYPES,
+                            self.period_usage.values(),
+                            "on conflict (subscription_id, period_start_ms, meter_id) do update set"
+                            " value = excluded.value, event_count = excluded.event_count,"
+                            " updated_at_ms = excluded.updated_at_ms, source_partition = excluded.source_partition,"
+                            " source_offset = excluded.source_offset"
+                            " where period_usage.source_offset < excluded.source_offset")
             if self.transactions:
                 _copy_merge(cursor, "credit_balance_transactions", TRANSACTION_COLUMNS, TRANSACTION_TYPES,
                             self.transactions.values(), "on conflict (id) do nothing")

@@ -177,6 +177,7 @@ class PreviewInputs:
     period: BillingPeriod
     as_of_ms: int
     usage: dict[str, tuple[MeterAggregator, list[ProjectedBucket]]]  # the period's projected buckets per meter
+    period_usage: dict[str, Decimal]  # the period's usage per meter by exact event time (PeriodUsageUpdated)
     grants: dict[str, GrantState]
 
 
@@ -189,6 +190,9 @@ def preview_inputs(ctx: ApiContext, subscription: dict[str, Any]) -> PreviewInpu
     as_of_ms = read_customer_now_ms(ctx.pool, customer)
     period_start_ms, period_end_ms = current_period(subscription, price_rows[items[0]["price_id"]], as_of_ms)
     usage = projected_usage(ctx.pool, subscription["customer_id"], period_start_ms, period_end_ms)
+    period_usage = {row["meter_id"]: row["value"] for row in fetch_all(
+        ctx.pool, "select meter_id, value from period_usage where subscription_id = %s and period_start_ms = %s",
+        subscription["id"], period_start_ms)}
     with ctx.pool.connection() as conn:
         grants = grant_states(conn, subscription["customer_id"])
     return PreviewInputs(
@@ -197,15 +201,21 @@ def preview_inputs(ctx: ApiContext, subscription: dict[str, Any]) -> PreviewInpu
                     for item in items),
         prices={price_id: _price_fact(row) for price_id, row in price_rows.items()},
         period=BillingPeriod(start_ms=period_start_ms, end_ms=period_end_ms), as_of_ms=as_of_ms,
-        usage=usage, grants=grants)
+        usage=usage, period_usage=period_usage, grants=grants)
 
 
 def compute_preview(inputs: PreviewInputs, usage_before_ms: int | None = None) -> InvoiceComputation:
     """The invoice the period would finalize to with the usage so far (or the usage of buckets that
-    start before `usage_before_ms`): provisional credits, nothing persisted."""
+    start before `usage_before_ms`): provisional credits, nothing persisted.
+
+    The usage so far is the workers' own count of the period (exact where the period starts
+    mid-minute); minute buckets serve the points before now, and a meter a worker has not counted
+    for the period yet (one that predates PeriodUsageUpdated)."""
     end_ms = inputs.period.end_ms if usage_before_ms is None else min(usage_before_ms, inputs.period.end_ms)
     usage = {meter_id: usage_between(aggregator, buckets, inputs.period.start_ms, end_ms)
              for meter_id, (aggregator, buckets) in inputs.usage.items()}
+    if usage_before_ms is None:
+        usage.update(inputs.period_usage)
     subscription = inputs.subscription
     return compute_invoice(
         customer_id=subscription["customer_id"], subscription_id=subscription["id"], currency=subscription["currency"],

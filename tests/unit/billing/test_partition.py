@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from billing.catalog import Catalog, evolve_catalog
 from billing.customer import FoldConfig
-from billing.facts import CreditBalanceTransaction, DeadLetter, InvoiceFinalized, UsageBucketUpdated
+from billing.facts import CreditBalanceTransaction, DeadLetter, InvoiceFinalized, PeriodUsageUpdated, UsageBucketUpdated
 from billing.usage import UsageLedger
 from streams import records
 from streams import walkthrough as w
@@ -349,3 +351,45 @@ def test_a_deleted_customers_later_events_are_refused_by_the_worker_and_the_repl
         replay.apply(offset, fact)
     assert {key: usage.value_sum for key, usage in replay.usage_buckets()} == engine
     assert replay.rejected["meter_event_customer_not_found"] == 1
+
+
+def _mid_minute_log(clock_id: str | None) -> list:
+    """A subscription starting at 00:00:30 and two input-token events in its first minute: 3 at
+    00:00:20 (before the period) and 5 at 00:00:40 (inside it)."""
+    start_ms = w.START_MS + 30_000
+    setup = w.customer_setup("cus_1", clock_id, start_ms=start_ms)
+    events = [w.meter_event("cus_1", "3", "e1", w.START_MS + 20_000),
+              w.meter_event("cus_1", "5", "e2", w.START_MS + 40_000)]
+    return ([w.clock_created(clock_id, start_ms)] if clock_id else []) + setup + events
+
+
+def _period_usage(out: list) -> dict:
+    """The last PeriodUsageUpdated per (subscription, period start, meter): what the projection keeps."""
+    return {(f.subscription_id, f.period_start_ms, f.meter_id): (f.value, f.event_count)
+            for f in out if isinstance(f, PeriodUsageUpdated)}
+
+
+def test_a_period_starting_mid_minute_publishes_only_its_part_of_that_minute():
+    # Hand-worked: the minute bucket 00:00 holds both events (3 + 5 = 8, two events); the period
+    # that starts at 00:00:30 counts only the event at 00:00:40 (5, one event).
+    for clock_id in ("clock", None):  # the general path (a test clock) and the fast path (the wall clock)
+        proc = processor()
+        out = fold(proc, _mid_minute_log(clock_id))
+        assert _period_usage(out) == {("sub_cus_1", w.START_MS + 30_000, "mtr_in"): (Decimal("5"), 1)}, clock_id
+        (bucket,) = [f for f in out if isinstance(f, UsageBucketUpdated)]
+        assert (bucket.bucket_start_ms, bucket.value, bucket.event_count) == (w.START_MS, Decimal("8"), 2), clock_id
+
+
+def test_the_period_usage_comes_before_the_buckets_of_the_same_batch():
+    # A reader that sees a bucket in the projection must see its period's usage too.
+    out = fold(processor(), _mid_minute_log("clock"))
+    kinds = [type(f) for f in out if isinstance(f, (PeriodUsageUpdated, UsageBucketUpdated))]
+    assert kinds == [PeriodUsageUpdated, UsageBucketUpdated]
+
+
+def test_the_invoice_of_a_mid_minute_period_bills_what_its_period_usage_said():
+    # 5 input tokens at 3 cents: 15 cents, covered by the 10 USD grant.
+    log = _mid_minute_log("clock") + [w.clock_advanced("clock", w.first_period_end_ms(w.START_MS + 30_000)
+                                                       + w.HOUR_MS)]
+    (invoice,) = [f for f in fold(processor(), log) if isinstance(f, InvoiceFinalized)]
+    assert (invoice.subtotal_minor, invoice.amount_due_minor) == (15, 0)
