@@ -80,6 +80,14 @@ from billing.usage import ReadingsBetween, remove_reading
 # --- state ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class ItemsChange:
+    """Items a subscription bills from the first period starting at or after `effective_from_ms`."""
+
+    effective_from_ms: int
+    items: tuple[SubscriptionItem, ...]
+
+
 @dataclass(slots=True)
 class SubscriptionState:
     created: SubscriptionCreated
@@ -90,10 +98,37 @@ class SubscriptionState:
     final_period_end_ms: int | None = None  # canceled: the last period ends here (then no more)
     final_reason: BillingReason | None = None
     ended: bool = False
+    # Item changes waiting for a later period, oldest first (each after the open period's start):
+    # `items` stays the open period's, which is what the fast path and finalization read.
+    item_changes: tuple[ItemsChange, ...] = ()
 
     @property
     def subscription_id(self) -> str:
         return self.created.subscription_id
+
+    def items_at(self, period_start_ms: int) -> tuple[SubscriptionItem, ...]:
+        """The items that bill the period starting at `period_start_ms`: a period keeps the items it
+        started with."""
+        items = self.items
+        for change in self.item_changes:
+            if change.effective_from_ms <= period_start_ms:
+                items = change.items
+        return items
+
+    def change_items(self, items: tuple[SubscriptionItem, ...], effective_from_ms: int | None) -> None:
+        """Bill `items` from the periods starting at or after `effective_from_ms` (None: at once,
+        the open period included). A later change replaces the waiting ones from its instant on."""
+        if effective_from_ms is None or effective_from_ms <= self.open_period.start_ms:
+            self.items, self.item_changes = items, ()
+        else:
+            kept = tuple(change for change in self.item_changes if change.effective_from_ms < effective_from_ms)
+            self.item_changes = (*kept, ItemsChange(effective_from_ms, items))
+
+    def roll_items(self) -> None:
+        """The open period moved on: the changes effective by its start become its items."""
+        self.items = self.items_at(self.open_period.start_ms)
+        self.item_changes = tuple(change for change in self.item_changes
+                                  if change.effective_from_ms > self.open_period.start_ms)
 
     def current_end_ms(self) -> int:
         if self.final_period_end_ms is not None:
@@ -199,30 +234,39 @@ def _period_of(sub: SubscriptionState, instant_ms: int) -> BillingPeriod | None:
     return period
 
 
-def _subscriptions_billing(state: CustomerState, meter_id: str, catalog: Catalog) -> list[SubscriptionState]:
-    """The customer's subscriptions not ended with a metered item of the meter. (Plain loops, no
-    generators: this runs for every meter event.)"""
-    billing = []
+def _bills_meter(items: tuple[SubscriptionItem, ...], meter_id: str, catalog: Catalog) -> bool:
+    """Whether the items have a metered price of the meter. (Plain loops, no generators: this runs
+    for every meter event.)"""
     prices = catalog.prices
+    for item in items:
+        price = prices.get(item.price_id)
+        if price is not None and price.meter_id == meter_id and price.usage_type == UsageType.METERED:
+            return True
+    return False
+
+
+def _subscriptions_billing(state: CustomerState, meter_id: str,
+                           catalog: Catalog) -> list[tuple[SubscriptionState, bool]]:
+    """The customer's subscriptions not ended that bill the meter in some period not invoiced yet,
+    each with whether its open period does."""
+    billing = []
     for sub in state.subscriptions.values():
         if sub.ended:
             continue
-        for item in sub.items:
-            price = prices.get(item.price_id)
-            if price is not None and price.meter_id == meter_id and price.usage_type == UsageType.METERED:
-                billing.append(sub)
-                break
+        open_bills = _bills_meter(sub.items, meter_id, catalog)
+        if open_bills or any(_bills_meter(change.items, meter_id, catalog) for change in sub.item_changes):
+            billing.append((sub, open_bills))
     return billing
 
 
 def _open_periods(state: CustomerState, meter_id: str, event_time_ms: int,
                   catalog: Catalog) -> list[tuple[tuple[str, int, str], BillingPeriod]]:
-    """Every not-yet-invoiced period that bills the meter at that event time, with its period-usage
-    key (subscription, period start, meter)."""
+    """Every not-yet-invoiced period that bills the meter at that event time (with the items it
+    started with), with its period-usage key (subscription, period start, meter)."""
     periods = []
-    for sub in _subscriptions_billing(state, meter_id, catalog):
+    for sub, _ in _subscriptions_billing(state, meter_id, catalog):
         period = _period_of(sub, event_time_ms)
-        if period is not None:
+        if period is not None and _bills_meter(sub.items_at(period.start_ms), meter_id, catalog):
             periods.append(((sub.created.subscription_id, period.start_ms, meter_id), period))
     return periods
 
@@ -243,13 +287,15 @@ def open_period_usage_span(state: CustomerState, meter_id: str, event_time_ms: i
     open period (the keys are then a calendar's work: ask add_usage)."""
     start_ms, end_ms = 0, 1 << 62
     billing = _subscriptions_billing(state, meter_id, catalog)
-    for sub in billing:
+    for sub, _ in billing:
         period_start_ms, period_end_ms = sub.open_period.start_ms, sub.current_end_ms()
         if not period_start_ms <= event_time_ms < period_end_ms:
             return None
         start_ms, end_ms = max(start_ms, period_start_ms), min(end_ms, period_end_ms)
-    # inside every open period: each key is its subscription's open period (as _period_of finds it)
-    return [(sub.created.subscription_id, sub.open_period.start_ms, meter_id) for sub in billing], start_ms, end_ms
+    # inside every open period: each key is its subscription's open period (as _period_of finds it),
+    # billed by the open period's items
+    return ([(sub.created.subscription_id, sub.open_period.start_ms, meter_id) for sub, open_bills in billing
+             if open_bills], start_ms, end_ms)
 
 
 def add_usage(state: CustomerState, meter_id: str, reading: MeterReading, aggregator: MeterAggregator,
@@ -339,7 +385,7 @@ def evolve(state: CustomerState, fact: object, catalog: Catalog, now_ms: int,
             if sub is None:
                 emitted.append(Rejected("resource_missing", f"no subscription {fact.subscription_id}"))
             else:
-                sub.items = tuple(fact.items)
+                sub.change_items(tuple(fact.items), fact.effective_from_ms)
         elif isinstance(fact, SubscriptionCancelScheduled):
             sub = state.subscriptions.get(fact.subscription_id)
             if sub is not None and fact.cancel_at_period_end:
@@ -573,6 +619,7 @@ def _finalize(state: CustomerState, sub: SubscriptionState, due_ms: int, catalog
     else:
         sub.open_period = next_period(sub.open_period, sub.created.billing_cycle_anchor_ms, sub.interval,
                                       sub.interval_count)
+        sub.roll_items()
     return [computation.invoice, *computation.transactions]
 
 
@@ -634,7 +681,7 @@ def _uninvoiced_periods(state: CustomerState, catalog: Catalog, currency: str,
                 sub.created.created_at_ms, sub.created.billing_cycle_anchor_ms, sub.interval,
                 sub.interval_count, start_ms)
             invoice_id = ids.invoice_id(sub.subscription_id, start_ms)
-            lines = rate_lines(invoice_id, sub.items, catalog.prices,
+            lines = rate_lines(invoice_id, sub.items_at(start_ms), catalog.prices,
                                _period_usage_by_meter(state, sub, start_ms, catalog), currency)
             periods.append(UninvoicedPeriod(period_end_ms=period.end_ms, lines=lines))
     return periods

@@ -272,6 +272,9 @@ class SubscriptionItemsChanged:
     customer_id: str
     items: tuple[SubscriptionItem, ...]
     changed_at_ms: int
+    # The items bill the periods starting at or after this (the API: the current period's end, so
+    # a change takes effect from the next period); None: at once, the open period included (v1).
+    effective_from_ms: int | None = None
 
 
 @_fact

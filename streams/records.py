@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from billing.alerts import AlertWatch
 from billing.balances import LowBalanceWatch
-from billing.customer import CustomerState, SubscriptionState
+from billing.customer import CustomerState, ItemsChange, SubscriptionState
 from billing.facts import (
     AlertStatus,
     AlertType,
@@ -470,6 +470,7 @@ _CUSTOMER = _FlatRecord(
         interval=_enum(RecurringInterval),
         open_period=_FlatRecord(BillingPeriod).conversion(),
         final_reason=_enum(BillingReason),
+        item_changes=_tuple_of(_FlatRecord(ItemsChange, items=_SUBSCRIPTION_ITEMS).conversion()),
     ).conversion()),
     period_usage=_values_of(_METER_USAGE),
     invoices=_values_of(_FlatRecord(

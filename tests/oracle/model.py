@@ -23,6 +23,10 @@ Where the documents leave a choice open, the choice is written down here, next t
   identifier).
 - CANCEL: removes the event's value from its minute bucket and from any invoice not finalized yet,
   once, if received within 24 h of the event's receipt (STRIPE.md puts no limit on meter kinds).
+- ITEMS CHANGED (ISSUE 15: "add or remove a metered price from the next period"): a period bills
+  the items it started with; a change with effective_from_ms bills its items in the periods that
+  start at or after it (a later change overtakes the versions from its instant on); one without
+  (v1) replaces the items of every period not invoiced yet.
 - TIME TIES: at the instant expires_at a grant is expired (STRIPE.md: eligible while
   period_end < expires_at; balances exclude expired credits), so an expiry due at the same instant
   as an invoice runs first.
@@ -215,6 +219,15 @@ class Subscription:
     final_end_ms: int | None = None  # canceled: no period after this instant
     final_is_cancel: bool = False  # the period ending at final_end_ms is billed as the cancel's invoice
     ended: bool = False
+    # (from instant, items): a period bills the items of the newest version from at or before its start
+    item_versions: list[tuple[int, list]] = field(default_factory=list)
+
+    def items_of_period(self, start_ms: int) -> list:
+        items = self.created["items"]
+        for from_ms, version in self.item_versions:
+            if from_ms <= start_ms:
+                items = version
+        return items
 
     def period_at(self, instant_ms: int) -> tuple[int, int]:
         c = self.created
@@ -443,7 +456,11 @@ class Oracle:
             sub = customer.subscriptions.get(fact["subscription_id"])
             if sub is None:
                 return "resource_missing"
-            sub.created = {**sub.created, "items": fact["items"]}
+            from_ms = fact.get("effective_from_ms")
+            if from_ms is None:  # at once: every period not invoiced yet
+                sub.created, sub.item_versions = {**sub.created, "items": fact["items"]}, []
+            else:  # from the periods starting at or after it; later versions it overtakes go
+                sub.item_versions = [v for v in sub.item_versions if v[0] < from_ms] + [(from_ms, fact["items"])]
             return None
         if name == "CreditGrantCreated":
             if fact["grant_id"] not in customer.grants:
@@ -612,7 +629,7 @@ class Oracle:
     def _lines(self, customer: Customer, sub: Subscription, start_ms: int, end_ms: int) -> list[dict]:
         invoice = invoice_id(sub.created["subscription_id"], start_ms)
         lines = []
-        for item in sub.created["items"]:
+        for item in sub.items_of_period(start_ms):
             price = self.prices[item["price_id"]]
             if price["usage_type"] == "metered":  # a negative period total bills 0
                 quantity = max(self._period_usage(customer, price["meter_id"], start_ms, end_ms), Decimal(0))

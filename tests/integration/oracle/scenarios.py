@@ -56,12 +56,13 @@ from billing.facts import (
     SubscriptionCancelScheduled,
     SubscriptionCreated,
     SubscriptionItem,
+    SubscriptionItemsChanged,
     TestClockAdvanced,
     TestClockCreated,
     TimeTicked,
     UsageType,
 )
-from tests.oracle.model import DAY_MS, HOUR_MS, MINUTE_MS, add_months, invoice_id
+from tests.oracle.model import DAY_MS, HOUR_MS, MINUTE_MS, add_months, invoice_id, period_containing
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00Z
 END_MS = START_MS + 75 * DAY_MS
@@ -155,6 +156,18 @@ def _customer(rng: random.Random, timeline: Timeline, customer_id: str, clock_id
                     for p in prices), created_at_ms=sub_ms, test_clock_id=clock_id))
     first_end_ms = anchor_ms if anchor_ms > sub_ms else add_months(anchor_ms, 1)
     _ties(tie, timeline, customer_id, clock_id, sub_ms, first_end_ms, prices, deactivated_ms)
+
+    changes = random.Random(f"{customer_id}-items")  # its own stream: the other draws stay as they were
+    for _ in range(changes.choice([0, 0, 0, 1, 2])):  # items changed from the next period
+        when_ms = _minute(changes, sub_ms, END_MS - 10 * DAY_MS)
+        effective_ms = period_containing(anchor_ms, 1, sub_ms, when_ms)[1]
+        if effective_ms - when_ms < HOUR_MS:
+            continue  # (an event may be dated 5 minutes ahead: none of the next period arrives before it)
+        chosen = [p for p in PRICE_ORDER if changes.random() < 0.6] or ["price_in"]
+        timeline.at(when_ms, SubscriptionItemsChanged(
+            subscription_id=sub_id, customer_id=customer_id, changed_at_ms=when_ms, effective_from_ms=effective_ms,
+            items=tuple(SubscriptionItem(item_id=f"si_{customer_id}_{p}", price_id=p, quantity=changes.randrange(1, 4))
+                        for p in chosen)))
 
     roll = rng.random()
     if roll < 0.15:

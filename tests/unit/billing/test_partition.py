@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 
 from billing.catalog import Catalog, evolve_catalog
 from billing.customer import FoldConfig
-from billing.facts import CreditBalanceTransaction, DeadLetter, InvoiceFinalized, PeriodUsageUpdated, UsageBucketUpdated
+from billing.facts import (
+    CreditBalanceTransaction,
+    DeadLetter,
+    InvoiceFinalized,
+    PeriodUsageUpdated,
+    SubscriptionItem,
+    SubscriptionItemsChanged,
+    UsageBucketUpdated,
+)
 from billing.usage import UsageLedger
 from streams import records
 from streams import walkthrough as w
@@ -165,8 +174,6 @@ def test_each_partition_folds_only_the_run_that_continues_from_its_next_offset()
 
 # --- the fast path for the common meter event changes nothing ------------------------------------
 
-from decimal import Decimal  # noqa: E402
-
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -179,8 +186,6 @@ from billing.facts import (  # noqa: E402
     PriceCreated,
     RecurringInterval,
     SubscriptionCanceled,
-    SubscriptionItem,
-    SubscriptionItemsChanged,
     TimeTicked,
     UsageType,
 )
@@ -241,11 +246,13 @@ FACTS = st.one_of(
     st.builds(TimeTicked, now_ms=st.sampled_from([NOW_MS, NOW_MS + 60_000, PERIOD_END_MS + 1,
                                                   PERIOD_END_MS + 2 * w.HOUR_MS])),
     st.builds(lambda frozen_ms: w.clock_advanced("clock", frozen_ms), st.sampled_from([NOW_MS, PERIOD_END_MS + 2 * w.HOUR_MS])),
-    st.builds(lambda customer_id, items: SubscriptionItemsChanged(
+    st.builds(lambda customer_id, items, effective_from_ms: SubscriptionItemsChanged(
         subscription_id=f"sub_{customer_id}", customer_id=customer_id, changed_at_ms=NOW_MS,
-        items=tuple(SubscriptionItem(item_id=f"si_{price}_{customer_id}", price_id=price) for price in items)),
+        items=tuple(SubscriptionItem(item_id=f"si_{price}_{customer_id}", price_id=price) for price in items),
+        effective_from_ms=effective_from_ms),
         st.sampled_from(["cus_a", "cus_b"]),
-        st.lists(st.sampled_from(["price_in", "price_out", "price_img"]), min_size=1, max_size=3, unique=True)),
+        st.lists(st.sampled_from(["price_in", "price_out", "price_img"]), min_size=1, max_size=3, unique=True),
+        st.sampled_from([None, PERIOD_END_MS])),  # at once, or from the next period
     st.builds(lambda customer_id: SubscriptionCanceled(subscription_id=f"sub_{customer_id}", customer_id=customer_id,
                                                        invoice_now=False, canceled_at_ms=NOW_MS),
               st.sampled_from(["cus_a", "cus_b"])),
@@ -393,3 +400,73 @@ def test_the_invoice_of_a_mid_minute_period_bills_what_its_period_usage_said():
                                                        + w.HOUR_MS)]
     (invoice,) = [f for f in fold(processor(), log) if isinstance(f, InvoiceFinalized)]
     assert (invoice.subtotal_minor, invoice.amount_due_minor) == (15, 0)
+
+
+# --- subscription items changed from the next period (hand-worked; walkthrough prices: an input
+# token 3 cents, an output token 5 cents) ---
+
+P1_END_MS = w.first_period_end_ms()
+P2_END_MS = w.first_period_end_ms(P1_END_MS)
+P3_END_MS = w.first_period_end_ms(P2_END_MS)
+IN_ITEM = SubscriptionItem(item_id="si_in_cus_1", price_id="price_in")
+OUT_ITEM = SubscriptionItem(item_id="si_out_cus_1", price_id="price_out")
+
+
+def _items_log(changes: list[tuple[int, tuple, int | None]]) -> list:
+    """cus_1 on a test clock, subscribed to input tokens only, then `changes` (changed at, items,
+    effective from) and 100 input and 200 output tokens two hours into each of the first three
+    periods, in time order; the clock ends past period 3's end and grace."""
+    created, grant, subscription = w.customer_setup("cus_1", "clock", grant_minor=1)
+    timed = [(changed_at_ms, [SubscriptionItemsChanged(subscription_id="sub_cus_1", customer_id="cus_1", items=items,
+                                                       changed_at_ms=changed_at_ms,
+                                                       effective_from_ms=effective_from_ms)])
+             for changed_at_ms, items, effective_from_ms in changes]
+    timed += [(start_ms + 2 * w.HOUR_MS, [w.meter_event("cus_1", "100", f"in{start_ms}", start_ms + 2 * w.HOUR_MS),
+                                          w.meter_event("cus_1", "200", f"out{start_ms}", start_ms + 2 * w.HOUR_MS,
+                                                        output=True)])
+              for start_ms in (w.START_MS, P1_END_MS, P2_END_MS)]
+    log = [w.clock_created("clock"), created, grant, replace(subscription, items=(IN_ITEM,))]
+    for at_ms, facts in sorted(timed, key=lambda entry: entry[0]):
+        log += [w.clock_advanced("clock", at_ms), *facts]
+    return log + [w.clock_advanced("clock", P3_END_MS + 2 * w.HOUR_MS)]
+
+
+def _subtotals(log: list) -> list[tuple[int, dict]]:
+    """Each finalized invoice's (period start, {price: quantity})."""
+    return [(f.period_start_ms, {line.price_id: line.quantity for line in f.lines})
+            for f in fold(processor(), log) if isinstance(f, InvoiceFinalized)]
+
+
+def test_an_item_added_from_the_next_period_bills_from_that_period_on():
+    log = _items_log([(w.START_MS + w.HOUR_MS, (IN_ITEM, OUT_ITEM), P1_END_MS)])
+    assert _subtotals(log) == [
+        (w.START_MS, {"price_in": Decimal(100)}),  # the output tokens of period 1 are not billed
+        (P1_END_MS, {"price_in": Decimal(100), "price_out": Decimal(200)}),
+        (P2_END_MS, {"price_in": Decimal(100), "price_out": Decimal(200)}),
+    ]
+
+
+def test_an_item_removed_from_the_next_period_bills_its_period_to_the_end():
+    log = _items_log([(w.START_MS + w.HOUR_MS, (OUT_ITEM,), P1_END_MS)])
+    assert _subtotals(log) == [
+        (w.START_MS, {"price_in": Decimal(100)}),
+        (P1_END_MS, {"price_out": Decimal(200)}),
+        (P2_END_MS, {"price_out": Decimal(200)}),
+    ]
+
+
+def test_a_second_change_made_before_the_first_took_effect_keeps_the_first_for_its_period():
+    # During period 1's grace (period 2 has begun, period 1 is not invoiced yet) a second change
+    # for period 3: period 2 keeps the first change's items.
+    log = _items_log([(w.START_MS + w.HOUR_MS, (IN_ITEM, OUT_ITEM), P1_END_MS),
+                      (P1_END_MS + w.HOUR_MS // 2, (OUT_ITEM,), P2_END_MS)])
+    assert _subtotals(log) == [
+        (w.START_MS, {"price_in": Decimal(100)}),
+        (P1_END_MS, {"price_in": Decimal(100), "price_out": Decimal(200)}),
+        (P2_END_MS, {"price_out": Decimal(200)}),
+    ]
+
+
+def test_a_change_at_once_replaces_the_items_of_the_open_period():
+    log = _items_log([(w.START_MS + w.HOUR_MS, (IN_ITEM, OUT_ITEM), None)])
+    assert _subtotals(log)[0] == (w.START_MS, {"price_in": Decimal(100), "price_out": Decimal(200)})

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from billing.alerts import AlertWatch
 from billing.balances import LowBalanceWatch
 from billing.catalog import Catalog, evolve_catalog
-from billing.customer import CustomerState, FoldConfig, SubscriptionState
+from billing.customer import CustomerState, FoldConfig, ItemsChange, SubscriptionState
 from billing.facts import (
     AlertStatus,
     AlertType,
@@ -159,7 +159,10 @@ _SUBSCRIPTIONS = _all_fields(
     items=st.lists(fact_strategy(SubscriptionItem), max_size=2).map(tuple),
     interval=st.sampled_from(RecurringInterval), interval_count=INT64, open_period=fact_strategy(BillingPeriod),
     final_period_end_ms=st.none() | INT64, final_reason=st.none() | st.sampled_from(BillingReason),
-    ended=st.booleans())
+    ended=st.booleans(),
+    item_changes=st.lists(st.builds(ItemsChange, effective_from_ms=INT64,
+                                    items=st.lists(fact_strategy(SubscriptionItem), max_size=2).map(tuple)),
+                          max_size=2).map(tuple))
 _CUSTOMERS = _all_fields(
     CustomerState, customer_id=TEXT, applied_offset=INT64, created=st.none() | fact_strategy(CustomerCreated),
     grants=st.dictionaries(TEXT, _GRANTS, max_size=2),
