@@ -103,15 +103,34 @@ def current_period(subscription: dict[str, Any], price: dict[str, Any], at_ms: i
     return period.start_ms, period.end_ms
 
 
+def subscription_item_versions(fetch: Fetch, subscription_id: str, at_ms: int) -> tuple[list, list]:
+    """(the items billing the period that holds `at_ms`, the next version waiting for a later
+    period: [] if none). A version bills the periods starting at or after its effective_from_ms,
+    which is a period's start, so the one in effect at any instant of a period is its period's."""
+    rows = fetch("select * from subscription_items where subscription_id = %s order by effective_from_ms, position",
+                 subscription_id)
+    versions: dict[int, list] = {}
+    for item in rows:
+        versions.setdefault(item["effective_from_ms"], []).append(item)
+    current = max((from_ms for from_ms in versions if from_ms <= at_ms), default=None)
+    later = min((from_ms for from_ms in versions if from_ms > at_ms), default=None)
+    return versions.get(current, []), versions.get(later, [])
+
+
 def load_subscription(fetch: Fetch, row: dict[str, Any], at_ms: int) -> dict[str, Any]:
-    """The subscription object of `row` with its items, prices and the period containing `at_ms`."""
-    items = fetch("select * from subscription_items where subscription_id = %s order by position", row["id"])
+    """The subscription object of `row` with its items, prices and the period containing `at_ms`,
+    and (drawdown's own `next_period_items`) the items that bill from a later period on."""
+    items, next_items = subscription_item_versions(fetch, row["id"], at_ms)
     prices = {price["id"]: price for price in fetch("select * from prices where id = any(%s)",
-                                                     [item["price_id"] for item in items])}
+                                                     [item["price_id"] for item in items + next_items])}
     period = None
     if items and items[0]["price_id"] in prices:
         period = current_period(row, prices[items[0]["price_id"]], at_ms)
-    return subscription(row, items, prices, period)
+    rendered = subscription(row, items, prices, period)
+    rendered["next_period_items"] = None if not next_items else {
+        "effective_at": seconds(next_items[0]["effective_from_ms"]),
+        "data": subscription(row, next_items, prices, None)["items"]["data"]}
+    return rendered
 
 
 def load_invoice(fetch: Fetch, row: dict[str, Any]) -> dict[str, Any]:

@@ -220,17 +220,21 @@ class Batch:
 
     @_rule(f.SubscriptionItemsChanged)
     def _(self, fact: f.SubscriptionItemsChanged, partition: int, offset: int) -> None:
+        # A version of the items from effective_from_ms on (0: at once), replacing the versions from
+        # that instant on, as the workers' fold does (billing.customer.SubscriptionState.change_items).
+        from_ms = fact.effective_from_ms or 0
         render = events.subscription(fact.subscription_id, fact.changed_at_ms)
         self._changed("customer.subscription.updated", render, [
-            ("delete from subscription_items where subscription_id = %s", (fact.subscription_id,)),
-            *self._items(fact.subscription_id, fact.items)])
+            ("delete from subscription_items where subscription_id = %s and effective_from_ms >= %s",
+             (fact.subscription_id, from_ms)),
+            *self._items(fact.subscription_id, fact.items, from_ms)])
 
     @staticmethod
-    def _items(subscription_id: str, items: tuple[f.SubscriptionItem, ...]) -> list[Statement]:
-        return [("insert into subscription_items (id, subscription_id, price_id, quantity, position)"
-                 " values (%s, %s, %s, %s, %s) on conflict (id) do update set price_id = excluded.price_id,"
-                 " quantity = excluded.quantity, position = excluded.position",
-                 (item.item_id, subscription_id, item.price_id, item.quantity, position))
+    def _items(subscription_id: str, items: tuple[f.SubscriptionItem, ...], from_ms: int = 0) -> list[Statement]:
+        return [("insert into subscription_items (id, subscription_id, price_id, quantity, position, effective_from_ms)"
+                 " values (%s, %s, %s, %s, %s, %s) on conflict (id, effective_from_ms) do update set"
+                 " price_id = excluded.price_id, quantity = excluded.quantity, position = excluded.position",
+                 (item.item_id, subscription_id, item.price_id, item.quantity, position, from_ms))
                 for position, item in enumerate(items)]
 
     @_rule(f.SubscriptionCancelScheduled)

@@ -183,11 +183,11 @@ class PreviewInputs:
 
 def preview_inputs(ctx: ApiContext, subscription: dict[str, Any]) -> PreviewInputs:
     customer = require(ctx.pool, "customers", "customer", subscription["customer_id"])
-    items = fetch_all(ctx.pool, "select * from subscription_items where subscription_id = %s order by position",
-                      subscription["id"])
+    as_of_ms = read_customer_now_ms(ctx.pool, customer)
+    items, _ = objects.subscription_item_versions(lambda statement, *args: fetch_all(ctx.pool, statement, *args),
+                                                  subscription["id"], as_of_ms)
     price_rows = {row["id"]: row for row in fetch_all(ctx.pool, "select * from prices where id = any(%s)",
                                                       [item["price_id"] for item in items])}
-    as_of_ms = read_customer_now_ms(ctx.pool, customer)
     period_start_ms, period_end_ms = current_period(subscription, price_rows[items[0]["price_id"]], as_of_ms)
     usage = projected_usage(ctx.pool, subscription["customer_id"], period_start_ms, period_end_ms)
     period_usage = {row["meter_id"]: row["value"] for row in fetch_all(

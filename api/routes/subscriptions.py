@@ -1,8 +1,9 @@
-"""/v1/subscriptions: create with metered (or licensed) items, cancel at period end, cancel now."""
+"""/v1/subscriptions: create with metered (or licensed) items, change items from the next period,
+cancel at period end, cancel now."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastapi import APIRouter
 
@@ -14,7 +15,7 @@ from api.ids import new_id
 from api.params import Params
 from api.store import fetch_all, fetch_one, paginate, read_customer_now_ms, require
 from billing.facts import SubscriptionCanceled, SubscriptionCancelScheduled, SubscriptionCreated, \
-    SubscriptionItem, SubscriptionUpdated
+    SubscriptionItem, SubscriptionItemsChanged, SubscriptionUpdated
 from billing.money import MAX_LICENSED_QUANTITY, MAX_TIMESTAMP_S
 
 router = APIRouter(tags=["subscriptions"])
@@ -38,20 +39,8 @@ def create_subscription(ctx: ApiContext, params: Params) -> dict[str, Any]:
                           item.int("quantity", minimum=1, maximum=MAX_LICENSED_QUANTITY, default=1)))
     params.done()
     customer = require(ctx.pool, "customers", "customer", customer_id, param="customer")
-    prices = []
-    for param, price_id, _ in requested:
-        price = require(ctx.pool, "prices", "price", price_id, param=param)
-        if not price["active"]:  # (Stripe's rule: an archived price bills its subscriptions, takes no new ones)
-            raise invalid(param, f"The price specified is inactive: '{price_id}'. This field only accepts active prices.")
-        prices.append(price)
+    prices = _check_prices(ctx, requested)
     currencies = {price["currency"] for price in prices}
-    intervals = {(price["recurring_interval"], price["recurring_interval_count"]) for price in prices}
-    if len(currencies) > 1:
-        raise invalid("items", "All prices of a subscription must have the same currency.")
-    if len(intervals) > 1:
-        raise invalid("items", "All prices of a subscription must have the same recurring interval.")
-    if len({price_id for _, price_id, _ in requested}) != len(requested):
-        raise invalid("items", "A price can appear only once in a subscription's items.")
     created_at_ms = read_customer_now_ms(ctx.pool, customer)
     anchor_ms = created_at_ms if anchor_s is None else anchor_s * 1000
     if anchor_ms < created_at_ms - 1000:
@@ -88,11 +77,93 @@ def list_subscriptions(ctx: ApiContext, params: Params) -> dict[str, Any]:
                     lambda row: subscription_object(ctx, row))
 
 
+def _check_prices(ctx: ApiContext, requested: list[tuple[str, str, int]]) -> list[dict[str, Any]]:
+    """The price rows of (param, price id, quantity) items, one currency, one interval, each once."""
+    prices = []
+    for param, price_id, _ in requested:
+        price = require(ctx.pool, "prices", "price", price_id, param=param)
+        if not price["active"]:  # (Stripe's rule: an archived price bills its subscriptions, takes no new ones)
+            raise invalid(param, f"The price specified is inactive: '{price_id}'. This field only accepts active prices.")
+        prices.append(price)
+    if len({price["currency"] for price in prices}) > 1:
+        raise invalid("items", "All prices of a subscription must have the same currency.")
+    if len({(price["recurring_interval"], price["recurring_interval_count"]) for price in prices}) > 1:
+        raise invalid("items", "All prices of a subscription must have the same recurring interval.")
+    if len({price_id for _, price_id, _ in requested}) != len(requested):
+        raise invalid("items", "A price can appear only once in a subscription's items.")
+    return prices
+
+
+class _ItemChange(NamedTuple):
+    """One of Stripe's items[] on an update: an item's id with deleted, price or quantity; or a new price."""
+
+    param: str  # items[N]
+    item_id: str | None
+    deleted: bool
+    price_id: str | None
+    quantity: int | None
+
+
+def _item_changes(params: Params) -> list[_ItemChange]:
+    changes = []
+    for index, change in enumerate(params.objects("items", max_items=MAX_ITEMS)):
+        item_id = change.str("id", max_length=200)
+        deleted = bool(change.bool("deleted", default=False))
+        if deleted and item_id is None:
+            raise invalid(change.name("deleted"), "Give the id of the subscription item to delete.")
+        changes.append(_ItemChange(f"items[{index}]", item_id, deleted,
+                                   change.str("price", required=item_id is None and not deleted, max_length=200),
+                                   change.int("quantity", minimum=1, maximum=MAX_LICENSED_QUANTITY)))
+    return changes
+
+
+def _next_period_items(ctx: ApiContext, row: dict[str, Any], changes: list[_ItemChange],
+                       now_ms: int) -> tuple[tuple[SubscriptionItem, ...], int]:
+    """The items `changes` (Stripe's items[]: an item's id with deleted, price or quantity; or a
+    new price) make of the subscription's latest items, and the instant they bill from: the end of
+    the current period. drawdown changes items from the next period, without prorations."""
+    fetch = lambda statement, *args: fetch_all(ctx.pool, statement, *args)  # noqa: E731
+    current, waiting = objects.subscription_item_versions(fetch, row["id"], now_ms)
+    latest = {item["id"]: [item["price_id"], item["quantity"]] for item in (waiting or current)}
+    for change in changes:
+        item_id, price_id, quantity = change.item_id, change.price_id, change.quantity
+        if item_id is not None and item_id not in latest:
+            raise invalid(f"{change.param}[id]", f"No such subscription item: '{item_id}'", code="resource_missing")
+        if change.deleted:
+            del latest[item_id]
+        elif item_id is None:
+            latest[new_id("si")] = [price_id, quantity or 1]
+        else:
+            latest[item_id] = [price_id or latest[item_id][0], quantity or latest[item_id][1]]
+    if not latest:
+        raise invalid("items", "A subscription needs at least one item.")
+    prices = _check_prices(ctx, [(f"items[{index}][price]", price_id, quantity)
+                                 for index, (price_id, quantity) in enumerate(latest.values())])
+    old_price = require(ctx.pool, "prices", "price", current[0]["price_id"]) if current else prices[0]
+    if (prices[0]["currency"], prices[0]["recurring_interval"], prices[0]["recurring_interval_count"]) != \
+            (old_price["currency"], old_price["recurring_interval"], old_price["recurring_interval_count"]):
+        raise invalid("items", "The new items must have the subscription's currency and recurring interval.")
+    _, period_end_ms = objects.current_period(row, old_price, now_ms)
+    return tuple(SubscriptionItem(item_id=item_id, price_id=price_id, quantity=quantity)
+                 for item_id, (price_id, quantity) in latest.items()), period_end_ms
+
+
 def update_subscription(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
     cancel_at_period_end = params.bool("cancel_at_period_end")
     row = require(ctx.pool, "subscriptions", "subscription", id)
     metadata = params.metadata_update(row["metadata"])
+    item_changes = _item_changes(params)
+    params.str("proration_behavior", choices=["none"])  # items change from the next period: nothing to prorate
     params.done()
+    if item_changes:
+        if row["status"] == "canceled":
+            raise conflict(f"Subscription '{id}' is canceled.", "subscription_canceled")
+        customer = require(ctx.pool, "customers", "customer", row["customer_id"])
+        now_ms = read_customer_now_ms(ctx.pool, customer)
+        items, effective_from_ms = _next_period_items(ctx, row, item_changes, now_ms)
+        ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], SubscriptionItemsChanged(
+            subscription_id=id, customer_id=row["customer_id"], items=items, changed_at_ms=now_ms,
+            effective_from_ms=effective_from_ms))])
     if metadata != row["metadata"]:
         customer = require(ctx.pool, "customers", "customer", row["customer_id"])
         ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], SubscriptionUpdated(
@@ -130,7 +201,9 @@ route(router, "GET", "/v1/subscriptions", list_subscriptions, summary="List subs
       query={"customer": "string", "status": "string", "limit": "integer", "starting_after": "string",
              "ending_before": "string"})
 route(router, "GET", "/v1/subscriptions/{id}", retrieve_subscription, summary="Retrieve a subscription")
-route(router, "POST", "/v1/subscriptions/{id}", update_subscription, answers_with=retrieve_subscription, summary="Update cancel_at_period_end or metadata",
-      form={"cancel_at_period_end": "boolean"})
+route(router, "POST", "/v1/subscriptions/{id}", update_subscription, answers_with=retrieve_subscription,
+      summary="Update cancel_at_period_end, metadata, or the items (from the next period)",
+      form={"cancel_at_period_end": "boolean", "items[0][id]": "string", "items[0][price]": "string",
+            "items[0][quantity]": "integer", "items[0][deleted]": "boolean", "proration_behavior": "string"})
 route(router, "DELETE", "/v1/subscriptions/{id}", cancel_subscription, answers_with=retrieve_subscription, summary="Cancel a subscription now",
       form={"invoice_now": "boolean", "prorate": "boolean"})

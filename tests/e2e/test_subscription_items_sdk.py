@@ -1,0 +1,113 @@
+"""Changing a subscription's items through the official Stripe SDK (issue 15: "add or remove a
+metered price from the next period"), against the real worker.
+
+Hand-worked: input tokens cost 1 cent, output tokens 2 cents. The subscription starts with input
+tokens only; output tokens are added during period 1, from period 2 on. Period 1 (100 input, 200
+output) bills 100; period 2 (10 input, 20 output) bills 10 + 40 = 50. Input tokens are removed
+during period 2, from period 3 on: period 2 still bills them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from api import walkthrough
+
+START_S = walkthrough.START_S
+
+
+def _until(probe: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (result := probe()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.3)
+    return result
+
+
+def _metered_price(stripe: Any, name: str, cents: str) -> tuple[Any, Any]:
+    meter = stripe.billing.Meter.create(display_name=name, event_name=f"{name}_{uuid.uuid4().hex[:10]}",
+                                        default_aggregation={"formula": "sum"})
+    product = stripe.Product.create(name=name)
+    price = stripe.Price.create(product=product.id, currency="usd", unit_amount_decimal=cents,
+                                recurring={"interval": "month", "usage_type": "metered", "meter": meter.id})
+    return meter, price
+
+
+def _send(stripe: Any, meter: Any, customer_id: str, value: int, timestamp_s: int) -> None:
+    stripe.billing.MeterEvent.create(event_name=meter.event_name, timestamp=timestamp_s,
+                                     payload={"stripe_customer_id": customer_id, "value": str(value)})
+
+
+def _prices(items: Any) -> list[str]:
+    return sorted(item.price.id for item in items.data)
+
+
+def test_items_added_and_removed_bill_from_the_next_period(api_base, secret_key, worker):
+    import stripe
+
+    walkthrough.configure(stripe, api_base, secret_key)
+    meter_in, price_in = _metered_price(stripe, "input", "1")
+    meter_out, price_out = _metered_price(stripe, "output", "2")
+    clock = stripe.test_helpers.TestClock.create(frozen_time=START_S, name="items")
+    customer = stripe.Customer.create(name="Items", test_clock=clock.id)
+    subscription = stripe.Subscription.create(customer=customer.id, items=[{"price": price_in.id}])
+    period_1_end = subscription.current_period_end
+
+    changed = stripe.Subscription.modify(subscription.id, items=[{"price": price_out.id}], proration_behavior="none")
+    assert _prices(changed["items"]) == [price_in.id]  # period 1 keeps its items
+    assert changed["next_period_items"]["effective_at"] == period_1_end
+    assert sorted(item["price"]["id"] for item in changed["next_period_items"]["data"]) == \
+        sorted([price_in.id, price_out.id])
+
+    _send(stripe, meter_in, customer.id, 100, START_S + 60)
+    _send(stripe, meter_out, customer.id, 200, START_S + 60)
+    stripe.test_helpers.TestClock.advance(clock.id, frozen_time=period_1_end + 60)  # period 2, in period 1's grace
+    _send(stripe, meter_in, customer.id, 10, period_1_end + 60)
+    _send(stripe, meter_out, customer.id, 20, period_1_end + 60)
+    now_in_period_2 = _until(lambda: (s := stripe.Subscription.retrieve(subscription.id)).current_period_start
+                             == period_1_end and s, 60, "period 2")
+    assert _prices(now_in_period_2["items"]) == sorted([price_in.id, price_out.id])
+    item_in = next(item for item in now_in_period_2["items"].data if item.price.id == price_in.id)
+    removed = stripe.Subscription.modify(subscription.id, items=[{"id": item_in.id, "deleted": True}])
+    period_2_end = removed.current_period_end
+    assert removed["next_period_items"]["effective_at"] == period_2_end
+    assert [item["price"]["id"] for item in removed["next_period_items"]["data"]] == [price_out.id]
+
+    stripe.test_helpers.TestClock.advance(clock.id, frozen_time=period_2_end + walkthrough.GRACE_S + 60)
+    invoices = _until(lambda: (found := stripe.Invoice.list(customer=customer.id).data) and len(found) == 2 and found,
+                      120, "two invoices")
+    by_start = {invoice.period_start: invoice for invoice in invoices}
+    first, second = by_start[START_S], by_start[period_1_end]
+    assert (first.subtotal, second.subtotal) == (100, 50)
+    assert [(line.pricing.price_details.price, line.quantity) for line in first.lines.data] == [(price_in.id, 100)]
+    assert sorted((line.pricing.price_details.price, line.quantity) for line in second.lines.data) == \
+        sorted([(price_in.id, 10), (price_out.id, 20)])
+    period_3 = stripe.Subscription.retrieve(subscription.id)
+    assert _prices(period_3["items"]) == [price_out.id]
+    assert period_3["next_period_items"] is None
+
+
+def test_an_item_change_is_refused_clearly(api_base, secret_key, worker):
+    import stripe
+
+    walkthrough.configure(stripe, api_base, secret_key)
+    _, price_in = _metered_price(stripe, "input", "1")
+    customer = stripe.Customer.create(name="Refused")
+    subscription = stripe.Subscription.create(customer=customer.id, items=[{"price": price_in.id}])
+    item = subscription["items"].data[0]
+    cases = [
+        ({"items": [{"id": "si_missing", "deleted": True}]}, "items[0][id]"),
+        ({"items": [{"id": item.id, "deleted": True}]}, "items"),  # no item left
+        ({"items": [{"price": price_in.id}]}, "items"),  # the same price twice
+        ({"items": [{"price": price_in.id, "quantity": 2}], "proration_behavior": "create_prorations"},
+         "proration_behavior"),
+    ]
+    for params, param in cases:
+        with pytest.raises(stripe.InvalidRequestError) as refused:
+            stripe.Subscription.modify(subscription.id, **params)
+        assert refused.value.param == param, params
