@@ -38,6 +38,8 @@ from billing.facts import (
     InvoiceFinalizeRequested,
     InvoiceItemCreated,
     InvoiceItemDeleted,
+    InvoiceItemUpdated,
+    InvoiceUpdated,
     InvoiceMarkedUncollectible,
     InvoiceMarkUncollectibleRequested,
     InvoicePaid,
@@ -364,7 +366,7 @@ def evolve(state: CustomerState, fact: object, catalog: Catalog, now_ms: int,
         if isinstance(fact, CustomerCreated):
             if state.created is None:
                 state.created = fact
-        elif isinstance(fact, (CustomerUpdated, SubscriptionUpdated)):
+        elif isinstance(fact, (CustomerUpdated, SubscriptionUpdated, InvoiceUpdated, InvoiceItemUpdated)):
             pass  # names and metadata: nothing the money depends on (the projection keeps them)
         elif isinstance(fact, CustomerDeleted):
             if state.deleted_at_ms is None:

@@ -388,6 +388,27 @@ class InvoiceItemDeleted:
 
 
 @_fact
+class InvoiceItemUpdated:
+    """An invoice item's metadata (the full new map): nothing the money depends on."""
+
+    invoice_item_id: str
+    customer_id: str
+    metadata: Mapping[str, str] = field(default_factory=_empty_map)
+    updated_at_ms: int
+
+
+@_fact
+class InvoiceUpdated:
+    """An invoice's metadata (the full new map; a subscription's invoice too): nothing the money
+    depends on."""
+
+    invoice_id: str
+    customer_id: str
+    metadata: Mapping[str, str] = field(default_factory=_empty_map)
+    updated_at_ms: int
+
+
+@_fact
 class InvoiceCreated:
     """A draft one-off invoice, holding the pending items the API chose (`invoice_item_ids`)."""
 
@@ -639,6 +660,8 @@ ALL_FACTS: tuple[type, ...] = (
     InvoiceVoidRequested,
     InvoiceItemCreated,
     InvoiceItemDeleted,
+    InvoiceItemUpdated,
+    InvoiceUpdated,
     InvoiceCreated,
     InvoiceFinalizeRequested,
     InvoicePayRequested,
@@ -689,6 +712,8 @@ Fact = (
     | InvoiceVoidRequested
     | InvoiceItemCreated
     | InvoiceItemDeleted
+    | InvoiceItemUpdated
+    | InvoiceUpdated
     | InvoiceCreated
     | InvoiceFinalizeRequested
     | InvoicePayRequested

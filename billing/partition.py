@@ -62,6 +62,8 @@ from billing.facts import (
     SubscriptionCancelScheduled,
     SubscriptionCreated,
     SubscriptionUpdated,
+    InvoiceUpdated,
+    InvoiceItemUpdated,
     SubscriptionItemsChanged,
     TestClockAdvanced,
     TestClockCreated,
@@ -87,7 +89,7 @@ from billing.usage import (CANCEL_NOT_IN_PARTITION, BucketKey, SeenEvent, UsageB
 CUSTOMER_FACTS = (CustomerCreated, CustomerUpdated, CustomerDeleted, SubscriptionCreated, SubscriptionUpdated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
                   SubscriptionCanceled, CreditGrantCreated, CreditGrantUpdated, CreditGrantExpired,
                   CreditGrantVoided, InvoiceVoidRequested, BillingAlertCreated, BillingAlertStatusChanged,
-                  *INVOICE_LIFECYCLE_FACTS)
+                  InvoiceUpdated, InvoiceItemUpdated, *INVOICE_LIFECYCLE_FACTS)
 
 _new_tuple = tuple.__new__
 CACHED_USAGE_KEYS = 10_000  # customers whose period-usage keys the fast path keeps (see _usage_keys)

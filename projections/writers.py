@@ -352,6 +352,16 @@ class Batch:
              fact.unit_amount_decimal, fact.amount_minor, fact.price_id, fact.description,
              Jsonb(dict(fact.metadata)), fact.created_at_ms, fact.invoice_id, fact.invoice_id)))
 
+    @_rule(f.InvoiceItemUpdated)
+    def _(self, fact: f.InvoiceItemUpdated, partition: int, offset: int) -> None:
+        self.statements.append(("update invoice_items set metadata = %s where id = %s",
+                                (Jsonb(dict(fact.metadata)), fact.invoice_item_id)))
+
+    @_rule(f.InvoiceUpdated)
+    def _(self, fact: f.InvoiceUpdated, partition: int, offset: int) -> None:
+        self._changed("invoice.updated", events.invoice(fact.invoice_id), [(
+            "update invoices set metadata = %s where id = %s", (Jsonb(dict(fact.metadata)), fact.invoice_id))])
+
     @_rule(f.InvoiceItemDeleted)
     def _(self, fact: f.InvoiceItemDeleted, partition: int, offset: int) -> None:
         self.statements.append((

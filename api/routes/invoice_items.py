@@ -22,7 +22,7 @@ from api.ids import new_id
 from api.params import Params
 from api.store import fetch_one, paginate, read_customer_now_ms, require
 from billing.errors import BillingError
-from billing.facts import InvoiceItemCreated, InvoiceItemDeleted
+from billing.facts import InvoiceItemCreated, InvoiceItemDeleted, InvoiceItemUpdated
 from billing.lifecycle import MAX_INVOICE_ITEM_AMOUNT_MINOR, MAX_INVOICE_ITEMS, MAX_PENDING_INVOICE_ITEMS
 from billing.money import (
     MAX_LICENSED_QUANTITY,
@@ -107,6 +107,19 @@ def retrieve_invoice_item(ctx: ApiContext, params: Params, id: str) -> dict[str,
     return objects.invoice_item(require(ctx.pool, "invoice_items", "invoiceitem", id))
 
 
+def update_invoice_item(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    """An invoice item's metadata, merged as Stripe merges it (nothing the money depends on)."""
+    item = require(ctx.pool, "invoice_items", "invoiceitem", id)
+    metadata = params.metadata_update(item["metadata"])
+    params.done()
+    if metadata != item["metadata"]:
+        customer = require(ctx.pool, "customers", "customer", item["customer_id"])
+        ctx.wait([ctx.publisher.publish("customer-facts", item["customer_id"], InvoiceItemUpdated(
+            invoice_item_id=id, customer_id=item["customer_id"], metadata=metadata,
+            updated_at_ms=read_customer_now_ms(ctx.pool, customer)))])
+    return objects.invoice_item(require(ctx.pool, "invoice_items", "invoiceitem", id))
+
+
 def list_invoice_items(ctx: ApiContext, params: Params) -> dict[str, Any]:
     conditions, arguments = [], []
     for name, column in (("customer", "customer_id"), ("invoice", "invoice_id")):
@@ -145,4 +158,6 @@ route(router, "GET", "/v1/invoiceitems", list_invoice_items, summary="List invoi
       query={"customer": STRING, "invoice": STRING, "pending": "boolean", "limit": "integer",
              "starting_after": STRING, "ending_before": STRING})
 route(router, "GET", "/v1/invoiceitems/{id}", retrieve_invoice_item, summary="Retrieve an invoice item")
+route(router, "POST", "/v1/invoiceitems/{id}", update_invoice_item, answers_with=retrieve_invoice_item,
+      summary="Update an invoice item's metadata")
 route(router, "DELETE", "/v1/invoiceitems/{id}", delete_invoice_item, summary="Delete a pending invoice item")

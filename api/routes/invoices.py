@@ -26,6 +26,7 @@ from billing.facts import (
     InvoiceFinalizeRequested,
     InvoiceMarkUncollectibleRequested,
     InvoicePayRequested,
+    InvoiceUpdated,
     InvoiceVoidRequested,
     PriceCreated,
     RecurringInterval,
@@ -76,6 +77,19 @@ def list_invoices(ctx: ApiContext, params: Params) -> dict[str, Any]:
 
 def retrieve_invoice(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
     params.done()
+    return invoice_object(ctx, require(ctx.pool, "invoices", "invoice", id))
+
+
+def update_invoice(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
+    """An invoice's metadata, merged as Stripe merges it (any status: nothing the money depends on)."""
+    row = require(ctx.pool, "invoices", "invoice", id)
+    metadata = params.metadata_update(row["metadata"])
+    params.done()
+    if metadata != row["metadata"]:
+        customer = require(ctx.pool, "customers", "customer", row["customer_id"])
+        ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], InvoiceUpdated(
+            invoice_id=id, customer_id=row["customer_id"], metadata=metadata,
+            updated_at_ms=read_customer_now_ms(ctx.pool, customer)))])
     return invoice_object(ctx, require(ctx.pool, "invoices", "invoice", id))
 
 
@@ -275,6 +289,8 @@ route(router, "POST", "/v1/invoices", create_invoice, answers_with=retrieve_invo
       form={"customer": "string", "auto_advance": "boolean", "pending_invoice_items_behavior": "string",
             "currency": "string", "description": "string"})
 route(router, "GET", "/v1/invoices/{id}", retrieve_invoice, summary="Retrieve an invoice")
+route(router, "POST", "/v1/invoices/{id}", update_invoice, answers_with=retrieve_invoice,
+      summary="Update an invoice's metadata")
 route(router, "POST", "/v1/invoices/{id}/finalize", finalize_invoice, answers_with=retrieve_invoice,
       summary="Finalize a draft invoice", form={"auto_advance": "boolean"})
 route(router, "POST", "/v1/invoices/{id}/pay", pay_invoice, answers_with=retrieve_invoice,

@@ -73,6 +73,15 @@ def test_a_one_off_invoice_bills_its_items_without_credits_and_follows_stripes_s
     assert refusal.code == "invoice_unexpected_status"
     _refused(lambda: stripe.Invoice.mark_uncollectible(invoice.id))
     assert stripe.Invoice.retrieve(invoice.id).status == "paid"
+    # Metadata stays editable on a paid invoice and a billed item (Stripe merges it: "" removes a key).
+    updated = stripe.Invoice.modify(invoice.id, metadata={"deal": "", "po": "PO-7"})
+    assert (updated.metadata.to_dict(), updated.status, updated.amount_paid) == ({"po": "PO-7"}, "paid", 1752)
+    event = _wait(lambda: next(iter(e for e in stripe.Event.list(type="invoice.updated", limit=100).auto_paging_iter()
+                                    if e.data.object.id == invoice.id), None), "invoice.updated")
+    assert (event.data.object.metadata.to_dict(), event.data.previous_attributes.to_dict()) == (
+        {"po": "PO-7"}, {"metadata": {"deal": "d1"}})  # the whole previous map, as for customers
+    item = stripe.InvoiceItem.modify(setup.id, metadata={"order": "43"})
+    assert (item.metadata.to_dict(), item.amount, item.invoice) == ({"order": "43"}, 1000, invoice.id)
 
     # An empty invoice has nothing due: paid on finalization, so it cannot be voided either.
     zero = stripe.Invoice.finalize_invoice(empty.id)
@@ -165,6 +174,8 @@ def test_a_period_invoice_is_paid_out_of_band_and_then_keeps_its_credits(stripe_
     invoice = _wait(lambda: next(iter(stripe.Invoice.list(subscription=subscription.id).data), None),
                     "the period invoice")
     assert (invoice.status, invoice.subtotal, invoice.amount_due) == ("open", 9000, 8000)  # 3000 x 3 - 1000
+    tagged = stripe.Invoice.modify(invoice.id, metadata={"erp": "INV-1"})  # an invoice the workers made, too
+    assert (tagged.metadata.to_dict(), tagged.amount_due) == ({"erp": "INV-1"}, 8000)
     paid = stripe.Invoice.pay(invoice.id, paid_out_of_band=True)
     assert (paid.status, paid.amount_paid, paid.amount_remaining) == ("paid", 8000, 0)
     assert _refused(lambda: stripe.Invoice.void_invoice(invoice.id)).code == "invoice_unexpected_status"
