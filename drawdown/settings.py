@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +99,17 @@ class Settings(BaseSettings):
     # --- retention (projections/retention.py) -----------------------------------------------------
     dead_letter_retention_days: int = Field(default=90, ge=0, le=36500, description="Days a dead letter is kept in "
                                             "PostgreSQL (0: for ever); the dead-letters topic keeps them too.")
+    usage_bucket_retention_days: int = Field(default=0, ge=0, le=36500, description="Days of minute usage buckets "
+                                             "kept in PostgreSQL, by whole months (0: for ever; else at least 45). "
+                                             "Invoices keep each period's usage; the replay reads the raw facts.")
+
+    @field_validator("usage_bucket_retention_days")
+    @classmethod
+    def _usage_buckets_outlive_lateness(cls, days: int) -> int:
+        if 0 < days < 45:
+            raise ValueError("keep usage buckets 0 (for ever) or at least 45 days: a bucket can still change for "
+                             "35 days (the lateness limit) plus the grace period")
+        return days
 
     # --- derived ------------------------------------------------------------------------------
     @property

@@ -93,7 +93,8 @@ def run_purge(args: argparse.Namespace) -> int:
     settings = get_settings()
     migrate(settings.effective_database_url, args.schema)
     with connect(settings.effective_database_url, args.schema, autocommit=True) as conn:
-        deleted = purge(conn, int(time.time() * 1000), settings.dead_letter_retention_days)
+        deleted = purge(conn, int(time.time() * 1000), settings.dead_letter_retention_days,
+                        settings.usage_bucket_retention_days)
     print("deleted: " + ", ".join(f"{count} {table}" for table, count in deleted.items()))
     return 0
 

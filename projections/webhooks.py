@@ -164,7 +164,7 @@ class Dispatcher:
             return
         self._next_purge_s = time.monotonic() + RETENTION_INTERVAL_S
         with connect(self.settings.effective_database_url, self.schema, autocommit=True) as conn:
-            purge(conn, now_ms(), self.settings.dead_letter_retention_days)
+            purge(conn, now_ms(), self.settings.dead_letter_retention_days, self.settings.usage_bucket_retention_days)
 
     # --- 1. events -> delivery rows ----------------------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -550,6 +551,8 @@ class Batch:
                         else:
                             statement.run(conn)
             if self.usage_buckets:
+                for month_ms in sorted({month_start_ms(key[2]) for key in self.usage_buckets}):
+                    cursor.execute("select ensure_usage_bucket_partition(%s)", (month_ms,))
                 _copy_merge(cursor, "usage_buckets", USAGE_BUCKET_COLUMNS, USAGE_BUCKET_TYPES,
                             self.usage_buckets.values(),
                             "on conflict (customer_id, meter_id, bucket_start_ms) do update set value = excluded.value,"
@@ -577,6 +580,13 @@ class Batch:
                     " do update set available_credits_minor = excluded.available_credits_minor,"
                     " accrued_usage_minor = excluded.accrued_usage_minor, live_balance_minor = excluded.live_balance_minor,"
                     " as_of_ms = excluded.as_of_ms", list(self.live_balances.values()))
+
+
+def month_start_ms(instant_ms: int) -> int:
+    """The start of the UTC month holding `instant_ms`: usage buckets are partitioned by month
+    (migration 0019's ensure_usage_bucket_partition makes a month's partition)."""
+    instant = datetime.fromtimestamp(instant_ms // 1000, timezone.utc)
+    return int(datetime(instant.year, instant.month, 1, tzinfo=timezone.utc).timestamp()) * 1000
 
 
 def _copy_merge(cursor: Any, table: str, columns: tuple[str, ...], types: tuple[str, ...], rows: Any,

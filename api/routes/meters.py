@@ -19,6 +19,7 @@ from billing.facts import EventTimeWindow, MeterAggregation, MeterDeactivated, M
 from billing.meters import MeterAggregator
 from billing.periods import MILLISECONDS_PER_DAY, MILLISECONDS_PER_HOUR, MILLISECONDS_PER_MINUTE
 from billing.usage_windows import usage_by_window
+from projections.retention import kept_usage_since_ms
 
 router = APIRouter(tags=["meters"])
 MAX_SUMMARY_WINDOWS = 1000
@@ -110,6 +111,11 @@ def event_summaries(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
             raise invalid(name, f"{name} must be aligned to a {unit} boundary.")
     if end_ms <= start_ms:
         raise invalid("end_time", "end_time must be after start_time.")
+    kept_since_ms = kept_usage_since_ms(now_ms(), ctx.settings.usage_bucket_retention_days)
+    if kept_since_ms is not None and start_ms < kept_since_ms:
+        raise invalid("start_time", f"Usage before {kept_since_ms // 1000} is no longer kept "
+                                    f"(DRAWDOWN_USAGE_BUCKET_RETENTION_DAYS={ctx.settings.usage_bucket_retention_days}):"
+                                    " the invoices keep each period's usage, and the replay reads the raw events.")
     step_ms = end_ms - start_ms if grouping is None else alignment_ms
     if (end_ms - start_ms) // step_ms > MAX_SUMMARY_WINDOWS:
         raise invalid("end_time", f"The range holds more than {MAX_SUMMARY_WINDOWS} grouping windows.")

@@ -175,6 +175,21 @@ def test_event_summaries_group_usage_buckets_by_hour_within_minute_aligned_bound
     assert misaligned.status_code == 400 and misaligned.json()["error"]["param"] == "start_time"
 
 
+def test_event_summaries_refuse_a_window_before_the_usage_buckets_kept(client, worker_fact, app, monkeypatch):
+    _, input_meter, _, _, buyer, _, _ = hypernian(client, worker_fact)
+    ctx = app.state.ctx
+    monkeypatch.setattr(ctx, "settings", ctx.settings.model_copy(update={"usage_bucket_retention_days": 45}))
+    url = f"/v1/billing/meters/{input_meter['id']}/event_summaries"
+    now_s = int(time.time()) // 60 * 60
+    # By hand: with 45 days kept, by whole months, everything from the 1st of the month 45 days ago
+    # on is there; 100 days ago is always before that, 10 days ago always after.
+    old = client.get(url, params={"customer": buyer["id"], "start_time": now_s - 100 * 86_400, "end_time": now_s})
+    assert old.status_code == 400 and old.json()["error"]["param"] == "start_time"
+    assert "DRAWDOWN_USAGE_BUCKET_RETENTION_DAYS=45" in old.json()["error"]["message"]
+    recent = ok(client.get(url, params={"customer": buyer["id"], "start_time": now_s - 10 * 86_400, "end_time": now_s}))
+    assert [s["aggregated_value"] for s in recent["data"]] == [0]
+
+
 def test_a_meter_event_defaults_to_the_customers_test_clock_time(client, worker_fact):
     _, input_meter, _, _, buyer, _, _ = hypernian(client, worker_fact)
     event = ok(client.post("/v1/billing/meter_events", data={
