@@ -269,7 +269,7 @@ test_clock.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 def billing_alert(row: dict[str, Any]) -> dict[str, Any]:
     """Stripe's billing.alert: the configuration of its type, the other one null."""
-    filters = [{"type": "customer", "customer": row["customer_id"]}]
+    filters = [{"type": "customer", "customer": row["customer_id"]}] if row["customer_id"] else None
     usage = credit = None
     if row["alert_type"] == "usage_threshold":
         usage = {"filters": filters, "gte": row["gte"], "meter": row["meter_id"], "recurrence": "one_time"}

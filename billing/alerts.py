@@ -7,6 +7,10 @@
   usage accrued and not yet invoiced, billing/balances.py); triggers when it falls to `lte` or
   below, once per crossing, and re-arms when it is back above (drawdown's own `recovered` crossing).
 - An inactive alert neither triggers nor re-arms (its usage still counts); archived is final.
+- A usage alert without a customer filter watches every customer of its meter (Stripe: it triggers
+  for each customer whose usage reaches it). Its facts go to every partition (customer_id ""), each
+  partition keeps it as a template watch, and a customer adopts a copy at its first usage of the
+  meter folded after the alert (`adopt_meter_alerts`), whose status follows the template's.
 
 Pure: the per-customer fold (billing/customer.py) keeps the watches in the customer's state, counts
 readings into them as it counts usage, and asks `crossings` whenever it publishes the live balance.
@@ -79,6 +83,21 @@ def define_alert(watches: dict[str, AlertWatch], fact: BillingAlertCreated, sinc
     watches[fact.alert_id] = AlertWatch(alert_id=fact.alert_id, alert_type=fact.alert_type, status=AlertStatus.ACTIVE,
                       meter_id=fact.meter_id, gte=fact.gte, currency=fact.currency, lte_minor=fact.lte_minor,
                       since_offset=since_offset)
+
+
+def adopt_meter_alerts(watches: dict[str, AlertWatch], templates: Mapping[str, AlertWatch], meter_id: str | None,
+                       offset: int) -> None:
+    """Give a customer's `watches` the alerts without a customer filter (`templates`, kept by its
+    partition): a copy of each one on `meter_id` created before the fact at `offset` (a re-read after
+    a restart may fold an older fact with a newer template: it adopts none it should not count), and
+    every template's current status on the copies it has. (No limit: the API caps these per meter.)"""
+    for alert_id, template in templates.items():
+        watch = watches.get(alert_id)
+        if watch is None:
+            if template.meter_id == meter_id and template.since_offset < offset:
+                watches[alert_id] = template
+        elif watch.status != template.status:
+            watches[alert_id] = replace(watch, status=template.status)
 
 
 def change_status(watches: dict[str, AlertWatch], fact: BillingAlertStatusChanged) -> None:

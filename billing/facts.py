@@ -336,7 +336,8 @@ class CreditGrantVoided:
 @_fact
 class BillingAlertCreated:
     """A billing alert on one customer: usage_threshold (meter_id, gte) or credit_balance_threshold
-    (currency, lte_minor: the live balance at or below it triggers)."""
+    (currency, lte_minor: the live balance at or below it triggers). A usage alert without a
+    customer filter has customer_id "" and goes to every partition (as its status changes do)."""
     alert_id: str
     customer_id: str
     alert_type: AlertType

@@ -12,12 +12,13 @@ a crash changes nothing that was already written, and re-emits exactly the facts
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
 from typing import NamedTuple
 
+from billing.alerts import AlertWatch, adopt_meter_alerts, change_status, define_alert
 from billing.bounds import AMOUNT_OUT_OF_RANGE, safe_quantity
 from billing.catalog import Catalog
 from billing.customer import (
@@ -36,7 +37,9 @@ from billing.customer import (
     remove_usage,
     usage_within,
 )
+from billing.errors import BillingError
 from billing.facts import (
+    AlertStatus,
     BillingAlertCreated,
     BillingAlertCrossed,
     BillingAlertStatusChanged,
@@ -131,6 +134,9 @@ class PartitionState:
     # (lost with that batch) not rebuilt, and a later retry of it counted as new.
     durable_now_ms: int | None = None
     durable_clocks: dict[str, int] | None = None
+    # Usage alerts without a customer filter (they come to every partition), as template watches by
+    # alert id: each customer of the meter adopts a copy (billing.alerts.adopt_meter_alerts).
+    meter_alerts: dict[str, AlertWatch] = field(default_factory=dict)
 
     def mark_durable(self, offset: int, now_ms: int, clocks: dict[str, int]) -> None:
         """Every fact up to `offset` is durable; `now_ms` and `clocks` are time as of `offset`."""
@@ -149,7 +155,7 @@ class PartitionState:
             now_ms, clocks = self.durable_now_ms, self.durable_clocks or {}
         return PartitionState(applied_offset=self.applied_offset, now_ms=now_ms, clocks=dict(clocks),
                               durable_offset=self.durable_offset, durable_now_ms=self.durable_now_ms,
-                              durable_clocks=self.durable_clocks)
+                              durable_clocks=self.durable_clocks, meter_alerts=dict(self.meter_alerts))
 
 
 class _PlainMeter(NamedTuple):
@@ -212,6 +218,7 @@ class PartitionProcessor:
         # by anything but usage (_store) and when the catalog moves on.
         self._usage_keys: dict[str, dict[str, tuple[int, int, list]]] = {}
         self.fast_path = True  # off only to test that the fast path changes nothing
+        self._meter_alert_meters = _meters_watched(partition_state.meter_alerts)  # their events take the general path
         for existing in existing_customers:
             self._index(existing)
 
@@ -281,6 +288,8 @@ class PartitionProcessor:
             self.state.clocks.pop(fact.test_clock_id, None)
         elif isinstance(fact, MeterEventCanceled):
             out.extend(self._cancel(offset, fact, original_bytes, fresh))
+        elif isinstance(fact, (BillingAlertCreated, BillingAlertStatusChanged)) and not fact.customer_id:
+            out.extend(self._meter_alert(offset, fact, original_bytes, fresh))
         elif isinstance(fact, CUSTOMER_FACTS):
             out.extend(self._customer_fact(offset, fact, original_bytes, fresh))
         elif fresh:
@@ -367,6 +376,8 @@ class PartitionProcessor:
         """live_balance_facts of `state`; one that fails is skipped until the next change (amounts
         were checked as facts came in: a failure here is a bug, and it must not stop the partition)."""
         try:
+            if self.state.meter_alerts and state.billing_alerts:  # the statuses of the alerts it adopted
+                adopt_meter_alerts(state.billing_alerts, self.state.meter_alerts, None, -1)
             return live_balance_facts(state, self.catalog, self.now_of(state), self.config,
                                       self._arrival_ms(state))
         except Exception as failure:  # noqa: BLE001
@@ -439,6 +450,7 @@ class PartitionProcessor:
         seen_key = (event.event_name, identifier)
         if not (state is not None and state.created is not None and state.created.test_clock_id is None
                 and not state.large_amounts and not state.billing_alerts and state.deleted_at_ms is None
+                and plain.meter_id not in self._meter_alert_meters
                 # is_surely_valid_value, inlined
                 and type(value_text) is str and len(value_text) <= MAX_VALUE_INTEGER_DIGITS
                 and value_text.isascii() and value_text.isdigit()
@@ -518,6 +530,8 @@ class PartitionProcessor:
         if outcome.bucket is not None:
             self._touched_buckets[outcome.bucket_key] = outcome.bucket
         if outcome.counts and offset > state.applied_offset:
+            if self.state.meter_alerts:
+                adopt_meter_alerts(state.billing_alerts, self.state.meter_alerts, verdict.meter_id, offset)
             add_usage(state, verdict.meter_id, verdict.reading, aggregator, catalog)
             self._touched_period_usage[(state.customer_id, verdict.meter_id)] = None
             state.applied_offset = offset
@@ -579,6 +593,21 @@ class PartitionProcessor:
                 self._store(state)
         return []
 
+    def _meter_alert(self, offset: int, fact: BillingAlertCreated | BillingAlertStatusChanged, original_bytes: bytes,
+                     fresh: bool) -> list:
+        """A usage alert without a customer filter, or its status: this partition's template of it.
+        Applied on re-reads too (a create is kept once, a status set again is the same)."""
+        try:
+            if isinstance(fact, BillingAlertCreated):
+                define_alert(self.state.meter_alerts, fact, offset)
+            else:
+                change_status(self.state.meter_alerts, fact)
+        except BillingError as refused:
+            return [self.dead_letter(offset, original_bytes, refused.code, str(refused), None,
+                                     self.state.now_ms)] if fresh else []
+        self._meter_alert_meters = _meters_watched(self.state.meter_alerts)
+        return []
+
     def _customer_fact(self, offset: int, fact: object, original_bytes: bytes, fresh: bool) -> list:
         customer_id = fact.customer_id  # type: ignore[attr-defined]
         state = self.customers.get(customer_id) or CustomerState(customer_id=customer_id)
@@ -633,3 +662,9 @@ def output_topic(fact: object) -> str:
 
 def output_key(fact: object) -> str:
     return getattr(fact, "customer_id", None) or ""
+
+
+def _meters_watched(meter_alerts: Mapping[str, AlertWatch]) -> set[str]:
+    """The meters with a usage alert without a customer filter not archived."""
+    return {watch.meter_id for watch in meter_alerts.values()
+            if watch.meter_id is not None and watch.status != AlertStatus.ARCHIVED}

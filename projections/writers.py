@@ -299,8 +299,8 @@ class Batch:
             "insert into billing_alerts (id, customer_id, alert_type, title, status, meter_id, gte, currency,"
             " lte_minor, created_ms, updated_ms) values (%s, %s, %s, %s, 'active', %s, %s, %s, %s, %s, %s)"
             " on conflict do nothing",
-            (fact.alert_id, fact.customer_id, str(fact.alert_type), fact.title, fact.meter_id, fact.gte,
-             fact.currency, fact.lte_minor, fact.created_at_ms, fact.created_at_ms)))
+            (fact.alert_id, fact.customer_id or None, str(fact.alert_type), fact.title, fact.meter_id, fact.gte,
+             fact.currency, fact.lte_minor, fact.created_at_ms, fact.created_at_ms)))  # "": every customer, each partition's copy
 
     @_rule(f.BillingAlertStatusChanged)
     def _(self, fact: f.BillingAlertStatusChanged, partition: int, offset: int) -> None:

@@ -13,7 +13,7 @@ from api.errors import conflict, invalid
 from api.ids import new_id
 from api.params import Params
 from api.routing import route
-from api.store import fetch_one, paginate, read_customer_now_ms, require
+from api.store import fetch_one, now_ms, paginate, read_customer_now_ms, require
 from billing.alerts import MAX_ALERTS_PER_CUSTOMER
 from billing.facts import AlertStatus, AlertType, BillingAlertCreated, BillingAlertStatusChanged
 from billing.money import MAX_GRANT_AMOUNT_MINOR, minor_unit_exponent
@@ -21,18 +21,21 @@ from billing.money import MAX_GRANT_AMOUNT_MINOR, minor_unit_exponent
 router = APIRouter(tags=["billing alerts"])
 MAX_TITLE_LENGTH = 256
 MAX_USAGE_THRESHOLD = 10**15  # whole units of a meter's usage (Stripe's gte is an integer)
+MAX_METER_ALERTS_PER_METER = 25  # alerts without a customer filter (Stripe: 25 alerts per meter)
 
 
 def _alert(ctx: ApiContext, alert_id: str) -> dict[str, Any]:
     return require(ctx.pool, "billing_alerts", "billing.alert", alert_id)
 
 
-def _customer_filter(config: Params, name: str) -> str:
-    """The one customer filter drawdown requires (Stripe allows up to one; without one, a usage alert
-    would watch every customer: not supported yet)."""
+def _customer_filter(config: Params, name: str, required: bool) -> str | None:
+    """The customer filter (Stripe allows up to one). A usage alert without one watches every
+    customer of its meter; a credit balance alert needs one."""
     filters = config.objects("filters", max_items=1)
     if not filters:
-        raise invalid(f"{name}[filters]", "drawdown needs a customer filter on every alert:"
+        if not required:
+            return None
+        raise invalid(f"{name}[filters]", "A credit balance alert needs a customer filter:"
                                           f" give {name}[filters][0][type]=customer and {name}[filters][0][customer].")
     filters[0].str("type", required=True, choices=["customer"])
     return filters[0].str("customer", required=True, max_length=200)
@@ -47,10 +50,10 @@ def create_alert(ctx: ApiContext, params: Params) -> dict[str, Any]:
         gte = config.int("gte", required=True, minimum=1, maximum=MAX_USAGE_THRESHOLD)
         meter_id = config.str("meter", required=True, max_length=200)
         config.str("recurrence", required=True, choices=["one_time"])
-        customer_id = _customer_filter(config, "usage_threshold")
+        customer_id = _customer_filter(config, "usage_threshold", required=False)
     else:
         config = params.object("credit_balance_threshold", required=True)
-        customer_id = _customer_filter(config, "credit_balance_threshold")
+        customer_id = _customer_filter(config, "credit_balance_threshold", required=True)
         lte = config.object("lte", required=True)
         lte.str("balance_type", required=True, choices=["monetary"])
         monetary = lte.object("monetary", required=True)
@@ -66,6 +69,8 @@ def create_alert(ctx: ApiContext, params: Params) -> dict[str, Any]:
             minor_unit_exponent(currency)
         except Exception as exc:
             raise invalid("credit_balance_threshold[lte][monetary][currency]", f"Invalid currency: {currency}") from exc
+    if customer_id is None:
+        return _create_meter_alert(ctx, title, meter_id, gte)
     param = f"{alert_type.value}[filters][0][customer]"
     customer = require(ctx.pool, "customers", "customer", customer_id, param=param)
     count = fetch_one(ctx.pool, "select count(*) as n from billing_alerts where customer_id = %s", customer_id)
@@ -76,6 +81,21 @@ def create_alert(ctx: ApiContext, params: Params) -> dict[str, Any]:
                                meter_id=meter_id, gte=gte, currency=currency, lte_minor=lte_minor,
                                created_at_ms=read_customer_now_ms(ctx.pool, customer))
     ctx.wait([ctx.publisher.publish("customer-facts", customer_id, fact)])
+    return objects.billing_alert(_alert(ctx, alert_id))
+
+
+def _create_meter_alert(ctx: ApiContext, title: str, meter_id: str, gte: int) -> dict[str, Any]:
+    """A usage alert on every customer of the meter: its fact goes to every partition (each holds
+    some of the customers), with customer_id "" (billing/alerts.py)."""
+    count = fetch_one(ctx.pool, "select count(*) as n from billing_alerts where meter_id = %s and customer_id is null"
+                                " and status <> 'archived'", meter_id)
+    if count["n"] >= MAX_METER_ALERTS_PER_METER:
+        raise conflict(f"A meter can have at most {MAX_METER_ALERTS_PER_METER} alerts without a customer filter.",
+                       "too_many_alerts", "usage_threshold[meter]")
+    alert_id = new_id("alrt")
+    fact = BillingAlertCreated(alert_id=alert_id, customer_id="", alert_type=AlertType.USAGE_THRESHOLD, title=title,
+                               meter_id=meter_id, gte=gte, created_at_ms=now_ms())
+    ctx.wait(ctx.publisher.publish_to_every_partition("customer-facts", fact))
     return objects.billing_alert(_alert(ctx, alert_id))
 
 
@@ -105,6 +125,10 @@ def _change_status(ctx: ApiContext, params: Params, alert_id: str, status: Alert
         raise conflict(f"Alert '{alert_id}' is archived and cannot change.", "alert_archived")
     if row["status"] == status:
         return objects.billing_alert(row)
+    if row["customer_id"] is None:  # an alert on every customer: on every partition
+        ctx.wait(ctx.publisher.publish_to_every_partition("customer-facts", BillingAlertStatusChanged(
+            alert_id=alert_id, customer_id="", status=status, changed_at_ms=now_ms())))
+        return objects.billing_alert(_alert(ctx, alert_id))
     customer = require(ctx.pool, "customers", "customer", row["customer_id"])
     fact = BillingAlertStatusChanged(alert_id=alert_id, customer_id=row["customer_id"], status=status,
                                      changed_at_ms=read_customer_now_ms(ctx.pool, customer))

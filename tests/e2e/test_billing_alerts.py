@@ -108,13 +108,38 @@ def test_usage_and_credit_balance_alerts_trigger_once_and_re_arm(stripe_sdk, wor
     assert by_meter == {usage.id}
 
 
+def test_a_usage_alert_without_a_customer_triggers_for_each_customer_that_reaches_it(stripe_sdk, worker):
+    # By hand: gte 100; one customer sends 150 (triggers at 150), another 40 then 70 (triggers at 110
+    # whether the two are judged together or apart), a third 30 (never).
+    stripe = stripe_sdk
+    meter, first = _setup(stripe)
+    second, third = stripe.Customer.create(name="Second"), stripe.Customer.create(name="Third")
+    alert = stripe.billing.Alert.create(alert_type="usage_threshold", title="100 calls, any customer",
+                                        usage_threshold={"gte": 100, "meter": meter.id, "recurrence": "one_time"})
+    assert (alert.status, alert.usage_threshold.filters, alert.usage_threshold.gte) == ("active", None, 100)
+    for customer, value in ((first, "150"), (second, "40"), (third, "30"), (second, "70")):
+        stripe.billing.MeterEvent.create(event_name=meter.event_name,
+                                         payload={"stripe_customer_id": customer.id, "value": value})
+
+    def triggered() -> dict[str, int]:
+        return {event.data.object.customer: event.data.object.value
+                for event in stripe.Event.list(type="billing.alert.triggered", limit=100).auto_paging_iter()
+                if event.data.object.alert.id == alert.id}
+
+    wait_for(lambda: len(triggered()) == 2, 60, "both customers' crossings")
+    assert triggered() == {first.id: 150, second.id: 110}
+    assert stripe.billing.Alert.deactivate(alert.id).status == "inactive"
+    assert stripe.billing.Alert.archive(alert.id).status == "archived"
+
+
 def test_alert_parameters_are_checked_with_stripe_style_errors(stripe_sdk):
     stripe = stripe_sdk
     meter, customer = _setup(stripe)
     cases = [
-        ({"alert_type": "usage_threshold", "title": "no filter",
-          "usage_threshold": {"gte": 5, "meter": meter.id, "recurrence": "one_time"}},
-         "usage_threshold[filters]"),
+        ({"alert_type": "credit_balance_threshold", "title": "no filter",
+          "credit_balance_threshold": {"lte": {"balance_type": "monetary",
+                                               "monetary": {"currency": "usd", "value": 5}}}},
+         "credit_balance_threshold[filters]"),
         ({"alert_type": "usage_threshold", "title": "zero",
           "usage_threshold": {"gte": 0, "meter": meter.id, "recurrence": "one_time", "filters": _filters(customer.id)}},
          "usage_threshold[gte]"),

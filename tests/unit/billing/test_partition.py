@@ -470,3 +470,52 @@ def test_a_second_change_made_before_the_first_took_effect_keeps_the_first_for_i
 def test_a_change_at_once_replaces_the_items_of_the_open_period():
     log = _items_log([(w.START_MS + w.HOUR_MS, (IN_ITEM, OUT_ITEM), None)])
     assert _subtotals(log)[0] == (w.START_MS, {"price_in": Decimal(100), "price_out": Decimal(200)})
+
+
+# --- a usage alert without a customer filter watches every customer of its meter (hand-worked) ---
+
+from billing.facts import AlertCrossing, AlertStatus, AlertType, BillingAlertCreated, BillingAlertCrossed  # noqa: E402
+from billing.facts import BillingAlertStatusChanged  # noqa: E402
+
+EVERY_CUSTOMER_ALERT = BillingAlertCreated(alert_id="alrt_all", customer_id="", alert_type=AlertType.USAGE_THRESHOLD,
+                                           title="100 input tokens", meter_id="mtr_in", gte=100,
+                                           created_at_ms=w.START_MS)
+
+
+def _status(status: AlertStatus) -> BillingAlertStatusChanged:
+    return BillingAlertStatusChanged(alert_id="alrt_all", customer_id="", status=status, changed_at_ms=w.START_MS)
+
+
+def _crossings_batch_by_batch(log: list) -> list[tuple[str, int]]:
+    """(customer, value) of each crossing, folding each fact as a batch of its own."""
+    proc, crossed = processor(), []
+    for offset, fact in enumerate(log):
+        out = proc.process(offset, fact, b"") + proc.finish_batch()
+        crossed += [(f.customer_id, f.value) for f in out if isinstance(f, BillingAlertCrossed)
+                    and f.crossing == AlertCrossing.TRIGGERED]
+    return crossed
+
+
+def _two_customers() -> list:
+    return [*w.customer_setup("cus_a", None), *w.customer_setup("cus_b", None)]
+
+
+def test_a_usage_alert_without_customer_triggers_once_for_each_customer_that_reaches_it():
+    at = w.START_MS + w.HOUR_MS
+    log = [*_two_customers(), w.meter_event("cus_a", "70", "a0", at),  # before the alert: not counted
+           EVERY_CUSTOMER_ALERT,
+           w.meter_event("cus_a", "50", "a1", at), w.meter_event("cus_b", "120", "b1", at),  # b: 120 >= 100
+           w.meter_event("cus_a", "60", "a2", at),  # a: 50 + 60 = 110 >= 100
+           w.meter_event("cus_b", "30", "b2", at), w.meter_event("cus_a", "1", "a3", at)]  # once each
+    assert _crossings_batch_by_batch(log) == [("cus_b", 120), ("cus_a", 110)]
+
+
+def test_an_inactive_alert_without_customer_triggers_only_once_active_again():
+    at = w.START_MS + w.HOUR_MS
+    log = [*_two_customers(), EVERY_CUSTOMER_ALERT, _status(AlertStatus.INACTIVE),
+           w.meter_event("cus_a", "150", "a1", at),  # counted, not judged while inactive
+           _status(AlertStatus.ACTIVE), w.meter_event("cus_a", "1", "a2", at)]
+    assert _crossings_batch_by_batch(log) == [("cus_a", 151)]
+    archived = [*_two_customers(), EVERY_CUSTOMER_ALERT, _status(AlertStatus.ARCHIVED),
+                w.meter_event("cus_b", "500", "b1", at)]
+    assert _crossings_batch_by_batch(archived) == []

@@ -59,7 +59,10 @@ def _pickled_as_older_version(values: tuple) -> bytes:
 
 
 def test_a_record_round_trips():
-    state = PartitionState(applied_offset=7, now_ms=1_000, clocks={"clock_1": 5}, durable_offset=6)
+    state = PartitionState(applied_offset=7, now_ms=1_000, clocks={"clock_1": 5}, durable_offset=6,
+                           meter_alerts={"alrt_1": AlertWatch(alert_id="alrt_1", alert_type=AlertType.USAGE_THRESHOLD,
+                                                              status=AlertStatus.ACTIVE, meter_id="mtr_1", gte=100,
+                                                              currency=None, lte_minor=None, since_offset=3)})
     assert records.loads(records.dumps(state)) == state
 
 
