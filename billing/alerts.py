@@ -94,7 +94,8 @@ def adopt_meter_alerts(watches: dict[str, AlertWatch], templates: Mapping[str, A
     for alert_id, template in templates.items():
         watch = watches.get(alert_id)
         if watch is None:
-            if template.meter_id == meter_id and template.since_offset < offset:
+            if (template.meter_id == meter_id and template.since_offset < offset
+                    and template.status != AlertStatus.ARCHIVED):  # (archived is final: nothing to watch)
                 watches[alert_id] = template
         elif watch.status != template.status:
             watches[alert_id] = replace(watch, status=template.status)

@@ -178,6 +178,12 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from billing.facts import (  # noqa: E402
+    AlertCrossing,
+    AlertStatus,
+    AlertType,
+    BillingAlertCreated,
+    BillingAlertCrossed,
+    BillingAlertStatusChanged,
     EventTimeWindow,
     MeterAggregation,
     MeterDeactivated,
@@ -256,6 +262,14 @@ FACTS = st.one_of(
     st.builds(lambda customer_id: SubscriptionCanceled(subscription_id=f"sub_{customer_id}", customer_id=customer_id,
                                                        invoice_now=False, canceled_at_ms=NOW_MS),
               st.sampled_from(["cus_a", "cus_b"])),
+    # a usage alert on every customer of a meter (its events then take the general path), and its status
+    st.builds(lambda meter_id, gte: BillingAlertCreated(
+        alert_id=f"alrt_{meter_id}", customer_id="", alert_type=AlertType.USAGE_THRESHOLD, title="t",
+        meter_id=meter_id, gte=gte, created_at_ms=NOW_MS),
+        st.sampled_from(["mtr_in", "mtr_img"]), st.sampled_from([1, 5, 1000])),
+    st.builds(lambda meter_id, status: BillingAlertStatusChanged(alert_id=f"alrt_{meter_id}", customer_id="",
+                                                                 status=status, changed_at_ms=NOW_MS),
+              st.sampled_from(["mtr_in", "mtr_img"]), st.sampled_from(list(AlertStatus))),
 )
 SETUP = [w.clock_created("clock", NOW_MS), TimeTicked(now_ms=NOW_MS),
          *w.customer_setup("cus_a", None, grant_minor=10**6), *w.customer_setup("cus_b", None, grant_minor=500),
@@ -474,8 +488,6 @@ def test_a_change_at_once_replaces_the_items_of_the_open_period():
 
 # --- a usage alert without a customer filter watches every customer of its meter (hand-worked) ---
 
-from billing.facts import AlertCrossing, AlertStatus, AlertType, BillingAlertCreated, BillingAlertCrossed  # noqa: E402
-from billing.facts import BillingAlertStatusChanged  # noqa: E402
 
 EVERY_CUSTOMER_ALERT = BillingAlertCreated(alert_id="alrt_all", customer_id="", alert_type=AlertType.USAGE_THRESHOLD,
                                            title="100 input tokens", meter_id="mtr_in", gte=100,
