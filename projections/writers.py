@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from billing import facts as f
@@ -584,8 +585,12 @@ class Batch:
 
 def month_start_ms(instant_ms: int) -> int:
     """The start of the UTC month holding `instant_ms`: usage buckets are partitioned by month
-    (migration 0019's ensure_usage_bucket_partition makes a month's partition)."""
-    instant = datetime.fromtimestamp(instant_ms // 1000, timezone.utc)
+    (migration 0019's ensure_usage_bucket_partition makes a month's partition). An instant outside
+    the years 1-9999 is a psycopg.DataError, which the projector dead-letters (no number may stop it)."""
+    try:
+        instant = datetime.fromtimestamp(instant_ms // 1000, timezone.utc)
+    except (ValueError, OverflowError, OSError) as error:
+        raise psycopg.DataError(f"bucket_start_ms {instant_ms} is outside the years 1-9999") from error
     return int(datetime(instant.year, instant.month, 1, tzinfo=timezone.utc).timestamp()) * 1000
 
 

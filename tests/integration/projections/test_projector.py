@@ -292,3 +292,24 @@ def test_a_record_the_database_refuses_is_dead_lettered_and_the_projector_goes_o
                                    " order by topic", settings.topic("customer-facts"), settings.topic("usage-buckets"))
     assert rows == [(settings.topic("customer-facts"), nul_offset, "unwritable_record"),
                     (settings.topic("usage-buckets"), huge_offset, "unwritable_record")]
+
+
+def test_a_bucket_time_no_month_partition_can_hold_is_dead_lettered_and_the_projector_goes_on(topics, publish, schema):
+    """Usage buckets are partitioned by month (migration 0019): a bucket time outside the years
+    1-9999 has no month, and must not stop the projector (it raised OverflowError before)."""
+    settings = topics
+    customer_id = unique("cus")
+    _, far_offset = publish("usage-buckets", f.UsageBucketUpdated(
+        customer_id=customer_id, meter_id="mtr_far", bucket_start_ms=2**62, value=Decimal("1"), event_count=1,
+        updated_at_ms=NOW_MS), key=customer_id)
+    publish("usage-buckets", f.UsageBucketUpdated(customer_id=customer_id, meter_id="mtr_ok", bucket_start_ms=NOW_MS,
+                                                  value=Decimal("7"), event_count=1, updated_at_ms=NOW_MS),
+            key=customer_id)
+
+    Projector(settings, schema=schema).catch_up(timeout_s=60)
+
+    assert query(settings, schema, "select meter_id, value from usage_buckets where customer_id = %s",
+                 customer_id) == [("mtr_ok", Decimal("7"))]
+    rows = query(settings, schema, "select \"offset\", reason_code from dead_letters where topic = %s"
+                                   " and message like %s", settings.topic("usage-buckets"), f"%bucket_start_ms {2**62} %")
+    assert rows == [(far_offset, "unwritable_record")]
