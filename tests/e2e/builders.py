@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 
@@ -52,3 +54,12 @@ def subscription(client: Any, customer_id: str, *price_ids: str) -> dict[str, An
     for index, price_id in enumerate(price_ids):
         data[f"items[{index}][price]"] = price_id
     return ok(client.post("/v1/subscriptions", data=data))
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Poll `check` until it returns something truthy (that is returned), failing after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return result

@@ -4,12 +4,11 @@ Stripe's refusals (a paid invoice cannot be voided)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
-from tests.e2e.builders import unique
+from tests.e2e.builders import unique, wait_for
 
 START_S = 1_767_225_600  # 2026-01-01T00:00:00Z
 
@@ -76,8 +75,8 @@ def test_a_one_off_invoice_bills_its_items_without_credits_and_follows_stripes_s
     # Metadata stays editable on a paid invoice and a billed item (Stripe merges it: "" removes a key).
     updated = stripe.Invoice.modify(invoice.id, metadata={"deal": "", "po": "PO-7"})
     assert (updated.metadata.to_dict(), updated.status, updated.amount_paid) == ({"po": "PO-7"}, "paid", 1752)
-    event = _wait(lambda: next(iter(e for e in stripe.Event.list(type="invoice.updated", limit=100).auto_paging_iter()
-                                    if e.data.object.id == invoice.id), None), "invoice.updated")
+    event = wait_for(lambda: next(iter(e for e in stripe.Event.list(type="invoice.updated", limit=100).auto_paging_iter()
+                                       if e.data.object.id == invoice.id), None), 90, "invoice.updated")
     assert (event.data.object.metadata.to_dict(), event.data.previous_attributes.to_dict()) == (
         {"po": "PO-7"}, {"metadata": {"deal": "d1"}})  # the whole previous map, as for customers
     item = stripe.InvoiceItem.modify(setup.id, metadata={"order": "43"})
@@ -169,10 +168,10 @@ def test_a_period_invoice_is_paid_out_of_band_and_then_keeps_its_credits(stripe_
     subscription = stripe.Subscription.create(customer=customer.id, items=[{"price": price.id}])
     stripe.billing.MeterEvent.create(event_name=meter.event_name, identifier=f"{suffix}-1",
                                      payload={"stripe_customer_id": customer.id, "value": "3000"})
-    _wait(lambda: stripe.Invoice.create_preview(subscription=subscription.id).subtotal == 9000, "usage counted")
+    wait_for(lambda: stripe.Invoice.create_preview(subscription=subscription.id).subtotal == 9000, 90, "usage counted")
     stripe.test_helpers.TestClock.advance(clock.id, frozen_time=subscription.current_period_end + 3600 + 60)
-    invoice = _wait(lambda: next(iter(stripe.Invoice.list(subscription=subscription.id).data), None),
-                    "the period invoice")
+    invoice = wait_for(lambda: next(iter(stripe.Invoice.list(subscription=subscription.id).data), None), 90,
+                       "the period invoice")
     assert (invoice.status, invoice.subtotal, invoice.amount_due) == ("open", 9000, 8000)  # 3000 x 3 - 1000
     tagged = stripe.Invoice.modify(invoice.id, metadata={"erp": "INV-1"})  # an invoice the workers made, too
     assert (tagged.metadata.to_dict(), tagged.amount_due) == ({"erp": "INV-1"}, 8000)
@@ -183,10 +182,3 @@ def test_a_period_invoice_is_paid_out_of_band_and_then_keeps_its_credits(stripe_
     assert sorted((t.type, (t.credit or t.debit).type) for t in transactions) == [
         ("credit", "credits_granted"), ("debit", "credits_applied")]  # not reinstated
 
-
-def _wait(probe: Any, what: str, timeout_s: float = 90) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (result := probe()):
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.3)
-    return result

@@ -9,24 +9,15 @@ during period 2, from period 3 on: period 2 still bills them.
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from api import walkthrough
+from tests.e2e.builders import wait_for
 
 START_S = walkthrough.START_S
-
-
-def _until(probe: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (result := probe()):
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.3)
-    return result
 
 
 def _metered_price(stripe: Any, name: str, cents: str) -> tuple[Any, Any]:
@@ -69,7 +60,7 @@ def test_items_added_and_removed_bill_from_the_next_period(api_base, secret_key,
     stripe.test_helpers.TestClock.advance(clock.id, frozen_time=period_1_end + 60)  # period 2, in period 1's grace
     _send(stripe, meter_in, customer.id, 10, period_1_end + 60)
     _send(stripe, meter_out, customer.id, 20, period_1_end + 60)
-    now_in_period_2 = _until(lambda: (s := stripe.Subscription.retrieve(subscription.id)).current_period_start
+    now_in_period_2 = wait_for(lambda: (s := stripe.Subscription.retrieve(subscription.id)).current_period_start
                              == period_1_end and s, 60, "period 2")
     assert _prices(now_in_period_2["items"]) == sorted([price_in.id, price_out.id])
     item_in = next(item for item in now_in_period_2["items"].data if item.price.id == price_in.id)
@@ -79,7 +70,7 @@ def test_items_added_and_removed_bill_from_the_next_period(api_base, secret_key,
     assert [item["price"]["id"] for item in removed["next_period_items"]["data"]] == [price_out.id]
 
     stripe.test_helpers.TestClock.advance(clock.id, frozen_time=period_2_end + walkthrough.GRACE_S + 60)
-    invoices = _until(lambda: (found := stripe.Invoice.list(customer=customer.id).data) and len(found) == 2 and found,
+    invoices = wait_for(lambda: (found := stripe.Invoice.list(customer=customer.id).data) and len(found) == 2 and found,
                       120, "two invoices")
     by_start = {invoice.period_start: invoice for invoice in invoices}
     first, second = by_start[START_S], by_start[period_1_end]

@@ -4,13 +4,12 @@ on the invoice exactly like v1 events."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.e2e.builders import unique
+from tests.e2e.builders import unique, wait_for
 
 START_S = 1_767_225_600  # 2026-01-01T00:00:00Z
 
@@ -64,10 +63,10 @@ def test_v2_session_stream_meter_events_and_adjustments_bill_like_v1(api_base, s
     def preview_subtotal() -> int:
         return client.v1.invoices.create_preview({"subscription": subscription.id}).subtotal
 
-    _wait(lambda: preview_subtotal() == 2250, "the events and the cancel in the preview")
+    wait_for(lambda: preview_subtotal() == 2250, 90, "the events and the cancel in the preview")
     client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": subscription.current_period_end + 3660})
-    invoice = _wait(lambda: next(iter(client.v1.invoices.list({"subscription": subscription.id}).data), None),
-                    "the period invoice")
+    invoice = wait_for(lambda: next(iter(client.v1.invoices.list({"subscription": subscription.id}).data), None), 90,
+                       "the period invoice")
     assert [(line.quantity, line.amount) for line in invoice.lines.data] == [(750, 2250)]  # 750 x 3 cents
 
 
@@ -120,10 +119,3 @@ def test_a_session_token_is_refused_when_expired_elsewhere_or_unknown_and_v2_err
     with pytest.raises(stripe.InvalidRequestError):
         client.v2.billing.meter_event_session.create({"ttl": 99999})
 
-
-def _wait(probe: Any, what: str, timeout_s: float = 90) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (result := probe()):
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.3)
-    return result

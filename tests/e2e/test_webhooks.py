@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from drawdown.settings import PROJECT_ROOT, Settings
+from tests.e2e.builders import wait_for
 
 FAST_RETRIES = {"webhook_retry_first_seconds": 0.1, "webhook_retry_max_seconds": 0.5,
                 "webhook_retry_window_seconds": 120.0, "webhook_timeout_seconds": 2.0, "webhook_lease_seconds": 3.0}
@@ -106,14 +107,6 @@ def endpoints(stripe_sdk: Any) -> Iterator[list[Any]]:
     yield created
     for endpoint in created:
         stripe_sdk.WebhookEndpoint.delete(endpoint.id)
-
-
-def wait_for(check: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return result
 
 
 def test_the_walkthrough_reaches_a_webhook_receiver_signed_as_stripe_signs(stripe_sdk, worker, dispatcher, receiver,

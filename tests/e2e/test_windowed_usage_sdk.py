@@ -7,29 +7,19 @@ per window counts")."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from api import walkthrough
+from tests.e2e.builders import wait_for
 from tests.oracle import model
 
 START_S = walkthrough.START_S  # 2026-01-01T00:00:00Z, the test clock's start; the period ends Feb 1
 HOUR_S = 3600
-
-
-def _until(probe: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (result := probe()):
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.3)
-    return result
 
 
 def _meter_with_price(stripe: Any, formula: str, window: str | None) -> tuple[Any, Any]:
@@ -60,12 +50,12 @@ def test_an_hour_windowed_sum_meter_previews_and_summarises_what_the_invoice_bil
     customer = stripe.Customer.create(name="Windowed", test_clock=clock.id)
     subscription = stripe.Subscription.create(customer=customer.id, items=[{"price": price.id}])
     stripe.test_helpers.TestClock.advance(clock.id, frozen_time=START_S + 2 * HOUR_S)  # events in hours 1 and 2
-    _until(lambda: stripe.test_helpers.TestClock.retrieve(clock.id).status == "ready", 60, "the clock")
+    wait_for(lambda: stripe.test_helpers.TestClock.retrieve(clock.id).status == "ready", 60, "the clock")
     for offset_s, value in ((60, "10"), (120, "20"), (180, "30"), (HOUR_S + 60, "7")):
         stripe.billing.MeterEvent.create(event_name=meter.event_name, timestamp=START_S + offset_s,
                                          payload={"stripe_customer_id": customer.id, "value": value})
     # One customer's events are one ordered log: once the second hour shows, the first is complete.
-    summaries = _until(lambda: (s := _hourly_summaries(stripe, meter.id, customer.id, 2))[1][1] and s, 60,
+    summaries = wait_for(lambda: (s := _hourly_summaries(stripe, meter.id, customer.id, 2))[1][1] and s, 60,
                        "the second hour's usage")
 
     # Hand-worked: the last event received in hour 1 is 30, in hour 2 it is 7: 37 units at 1 cent.
@@ -76,7 +66,7 @@ def test_an_hour_windowed_sum_meter_previews_and_summarises_what_the_invoice_bil
 
     period_end_s = subscription.current_period_end
     stripe.test_helpers.TestClock.advance(clock.id, frozen_time=period_end_s + walkthrough.GRACE_S + 60)
-    invoice = _until(lambda: stripe.Invoice.list(customer=customer.id, limit=1).data, 90, "the invoice")[0]
+    invoice = wait_for(lambda: stripe.Invoice.list(customer=customer.id, limit=1).data, 90, "the invoice")[0]
     assert [line.quantity for line in invoice.lines.data] == [37]
     assert invoice.subtotal == 37
 
@@ -136,7 +126,7 @@ def test_preview_and_summaries_equal_the_finalized_invoice_on_every_meter_kind(a
     subscription = stripe.Subscription.create(customer=customer.id,
                                               items=[{"price": price.id} for _, price in meters.values()])
     stripe.test_helpers.TestClock.advance(clock.id, frozen_time=START_S + 2 * DAY_S)
-    _until(lambda: stripe.test_helpers.TestClock.retrieve(clock.id).status == "ready", 60, "the clock")
+    wait_for(lambda: stripe.test_helpers.TestClock.retrieve(clock.id).status == "ready", 60, "the clock")
     for kind, (events, _) in usage.items():
         for identifier, offset_s, value in events:
             stripe.billing.MeterEvent.create(event_name=meters[kind][0].event_name, identifier=identifier,
@@ -149,12 +139,12 @@ def test_preview_and_summaries_equal_the_finalized_invoice_on_every_meter_kind(a
     # The customer's facts are one ordered log: once the last event shows, everything before it does.
     stripe.billing.MeterEvent.create(event_name=sentinel.event_name, timestamp=START_S,
                                      payload={"stripe_customer_id": customer.id, "value": "1"})
-    _until(lambda: _hourly_summaries(stripe, sentinel.id, customer.id, 1)[0][1], 60, "the last event")
+    wait_for(lambda: _hourly_summaries(stripe, sentinel.id, customer.id, 1)[0][1], 60, "the last event")
 
     preview = stripe.Invoice.create_preview(subscription=subscription.id)
     period_end_s = subscription.current_period_end
     stripe.test_helpers.TestClock.advance(clock.id, frozen_time=period_end_s + walkthrough.GRACE_S + 60)
-    invoice = _until(lambda: stripe.Invoice.list(customer=customer.id, limit=1).data, 90, "the invoice")[0]
+    invoice = wait_for(lambda: stripe.Invoice.list(customer=customer.id, limit=1).data, 90, "the invoice")[0]
     previewed = {line.price: (line.quantity, line.amount) for line in preview.lines.data}
     invoiced = {line.price: (line.quantity, line.amount) for line in invoice.lines.data}
     for kind, (meter, price) in meters.items():
@@ -186,9 +176,9 @@ def test_a_period_starting_mid_minute_previews_its_first_minutes_usage(api_base,
     for timestamp, value in ((START_S + 20, "3"), (START_S + 40, "5")):
         stripe.billing.MeterEvent.create(event_name=meter.event_name, timestamp=timestamp,
                                          payload={"stripe_customer_id": customer.id, "value": value})
-    _until(lambda: _hourly_summaries(stripe, meter.id, customer.id, 1)[0][1] == 8, 60, "both events")
+    wait_for(lambda: _hourly_summaries(stripe, meter.id, customer.id, 1)[0][1] == 8, 60, "both events")
     preview = stripe.Invoice.create_preview(subscription=subscription.id)
     stripe.test_helpers.TestClock.advance(clock.id, frozen_time=subscription.current_period_end + walkthrough.GRACE_S)
-    invoice = _until(lambda: stripe.Invoice.list(customer=customer.id, limit=1).data, 90, "the invoice")[0]
+    invoice = wait_for(lambda: stripe.Invoice.list(customer=customer.id, limit=1).data, 90, "the invoice")[0]
     assert invoice.subtotal == 5  # the engine bills it: its event time is inside the period
     assert preview.subtotal == 5
