@@ -562,6 +562,19 @@ class CreditBalanceTransaction:
 
 
 @_fact
+class PeriodUsage:
+    """A subscription period's usage of one meter, counted by each event's exact time: the quantity
+    its invoice would rate now. Minute buckets cannot tell it where a period starts mid-minute (a
+    subscription created at 12:00:30 bills the events from 12:00:30 on, half of the minute bucket
+    12:00); the invoice preview reads this instead."""
+
+    subscription_id: str
+    period_start_ms: int
+    value: Decimal  # the meter's aggregate over the period's events so far (the invoice line's quantity)
+    event_count: int
+
+
+@_fact
 class UsageBucketUpdated:
     customer_id: str
     meter_id: str
@@ -574,14 +587,16 @@ class UsageBucketUpdated:
     counted_event_time_ms: int | None = None
     counted_received_at_ms: int | None = None
     counted_identifier: str | None = None
+    # v3: the open periods' usage of this customer and meter, by exact event time, when the batch
+    # changed it (on the batch's last bucket of the meter: one record, not two, per touched customer)
+    period_usage: tuple[PeriodUsage, ...] = ()
 
 
 @_fact
 class PeriodUsageUpdated:
-    """A subscription period's usage of one meter changed: the quantity its invoice would rate now,
-    counted by each event's exact time. Minute buckets cannot tell it where a period starts
-    mid-minute (a subscription created at 12:00:30 bills the events from 12:00:30 on, half of
-    the minute bucket 12:00); the invoice preview reads this instead."""
+    """One PeriodUsage as a fact of its own: what workers wrote before UsageBucketUpdated v3 carried
+    it, and what they still write when a batch changed a period's usage but none of the meter's
+    buckets (an event already in the buckets, re-read after a crash). The projector keeps both."""
     customer_id: str
     subscription_id: str
     period_start_ms: int

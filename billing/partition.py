@@ -87,7 +87,7 @@ from billing.meter_events import (
 )
 from billing.periods import MILLISECONDS_PER_MINUTE
 from billing.usage import (CANCEL_NOT_IN_PARTITION, BucketKey, SeenEvent, UsageBucket, UsageLedger, bucket_fact,
-                           can_subtract, period_usage_fact)
+                           can_subtract, period_usage_fact, period_usage_of)
 
 CUSTOMER_FACTS = (CustomerCreated, CustomerUpdated, CustomerDeleted, SubscriptionCreated, SubscriptionUpdated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
                   SubscriptionCanceled, CreditGrantCreated, CreditGrantUpdated, CreditGrantExpired,
@@ -206,8 +206,9 @@ class PartitionProcessor:
         self.on_clock: set[str] = set()
         self.live_pending: set[str] = set()
         self._touched_buckets: dict[BucketKey, UsageBucket] = {}
-        # (customer, meter) whose open periods' usage changed this batch (a dict: emitted in fold order)
-        self._touched_period_usage: dict[tuple[str, str], None] = {}
+        # (customer, meter) whose open periods' usage changed this batch -> the bucket whose
+        # UsageBucketUpdated carries it (that of its last event)
+        self._touched_period_usage: dict[tuple[str, str], BucketKey] = {}
         self._touched_customers: set[str] = set()
         self._known_customers = _KnownCustomers(customers)
         self._aggregators: dict[str, MeterAggregator] = {}
@@ -313,18 +314,28 @@ class PartitionProcessor:
         """Facts owed at the end of a batch: the latest value of each touched usage bucket, and
         live balances of touched customers (throttled)."""
         out: list = []
-        # Period usage first: whoever sees a bucket in the projection sees its period's usage too.
-        for customer_id, meter_id in self._touched_period_usage:
+        # A period's usage rides on one bucket's record: one record per touched customer and meter,
+        # and whoever sees the bucket in the projection sees its period's usage too.
+        touched_buckets, carried = self._touched_buckets, {}
+        for (customer_id, meter_id), bucket_key in self._touched_period_usage.items():
             state = self.customers.get(customer_id)
-            if state is not None:
-                aggregator = self._aggregator(meter_id)
-                out.extend(period_usage_fact(customer_id, key, aggregator, usage, self.state.now_ms)
-                           for key, usage in state.period_usage.items() if key[2] == meter_id)
+            if state is None:
+                continue
+            period_usage = period_usage_of(state.period_usage, meter_id, self._aggregator(meter_id))
+            if bucket_key not in touched_buckets:  # re-read: the bucket had the event, the period had not
+                bucket = self.ledger.buckets.get(bucket_key)
+                if bucket is None:
+                    out.extend(period_usage_fact(customer_id, meter_id, usage, self.state.now_ms)
+                               for usage in period_usage)
+                    continue
+                touched_buckets[bucket_key] = bucket
+            carried[bucket_key] = period_usage
         self._touched_period_usage.clear()
-        for (customer_id, meter_id, bucket_start_ms), bucket in self._touched_buckets.items():
+        for bucket_key, bucket in touched_buckets.items():
+            customer_id, meter_id, bucket_start_ms = bucket_key
             out.append(bucket_fact(customer_id, meter_id, bucket_start_ms, self._aggregator(meter_id), bucket,
-                                   self.state.now_ms))
-        self._touched_buckets.clear()
+                                   self.state.now_ms, carried.get(bucket_key, ())))
+        touched_buckets.clear()
         for customer_id in sorted(self._touched_customers):
             state = self.customers[customer_id]
             if state.live_pending:
@@ -492,7 +503,7 @@ class PartitionProcessor:
             for key in keys:
                 period_usage[key] = add_plain(period_usage.get(key), reading)
             if keys:
-                self._touched_period_usage[(customer_id, meter_id)] = None
+                self._touched_period_usage[(customer_id, meter_id)] = bucket_key
             state.live_pending = True
             state.applied_offset = offset
             if received_at_ms > state.last_received_ms:
@@ -533,7 +544,7 @@ class PartitionProcessor:
             if self.state.meter_alerts:
                 adopt_meter_alerts(state.billing_alerts, self.state.meter_alerts, verdict.meter_id, offset)
             add_usage(state, verdict.meter_id, verdict.reading, aggregator, catalog)
-            self._touched_period_usage[(state.customer_id, verdict.meter_id)] = None
+            self._touched_period_usage[(state.customer_id, verdict.meter_id)] = outcome.bucket_key
             state.applied_offset = offset
             if event.received_at_ms > state.last_received_ms:
                 state.last_received_ms = event.received_at_ms
@@ -588,7 +599,7 @@ class PartitionProcessor:
                 remove_usage(state, canceled.seen.meter_id, canceled.seen.reading, aggregators[canceled.seen.meter_id],
                              self.catalog, partial(self.ledger.readings, canceled.customer_id, canceled.seen.meter_id),
                              canceled.seen.offset)
-                self._touched_period_usage[(canceled.customer_id, canceled.seen.meter_id)] = None
+                self._touched_period_usage[(canceled.customer_id, canceled.seen.meter_id)] = canceled.bucket_key
                 state.applied_offset = offset
                 self._store(state)
         return []

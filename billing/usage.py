@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from billing.facts import MeterAggregation, MeterEventCanceled, PeriodUsageUpdated, UsageBucketUpdated
+from billing.facts import MeterAggregation, MeterEventCanceled, PeriodUsage, PeriodUsageUpdated, UsageBucketUpdated
 from billing.meter_events import MeterEventAccepted
 from billing.meters import MeterAggregator, MeterReading, MeterUsage
 from billing.money import EXACT_CONTEXT
@@ -323,9 +323,10 @@ def bucket_value(aggregator: MeterAggregator, bucket: UsageBucket) -> tuple[Deci
 
 
 def bucket_fact(customer_id: str, meter_id: str, bucket_start_ms: int, aggregator: MeterAggregator,
-                bucket: UsageBucket, now_ms: int) -> UsageBucketUpdated:
-    """What a bucket's UsageBucketUpdated carries: its aggregated value, counted events, and the
-    reading the value comes from where readers need it to merge buckets (billing/usage_windows.py)."""
+                bucket: UsageBucket, now_ms: int, period_usage: tuple[PeriodUsage, ...] = ()) -> UsageBucketUpdated:
+    """What a bucket's UsageBucketUpdated carries: its aggregated value, counted events, the
+    reading the value comes from where readers need it to merge buckets (billing/usage_windows.py),
+    and `period_usage` (period_usage_of) when the batch changed it."""
     usage = bucket.usage
     value, event_count = bucket_value(aggregator, bucket)
     counted = counted_reading(aggregator, usage)
@@ -335,15 +336,22 @@ def bucket_fact(customer_id: str, meter_id: str, bucket_start_ms: int, aggregato
         updated_at_ms=usage.latest.received_at_ms if usage.latest else now_ms,
         counted_event_time_ms=None if counted is None else counted.event_time_ms,
         counted_received_at_ms=None if counted is None else counted.received_at_ms,
-        counted_identifier=None if counted is None else counted.identifier)
+        counted_identifier=None if counted is None else counted.identifier,
+        period_usage=period_usage)
 
 
-def period_usage_fact(customer_id: str, key: tuple[str, int, str], aggregator: MeterAggregator, usage: MeterUsage,
-                      now_ms: int) -> PeriodUsageUpdated:
-    """What a period's PeriodUsageUpdated carries: `key` is the customer state's period-usage key
-    (subscription, period start, meter) and `usage` what it holds, folded by exact event time."""
-    subscription_id, period_start_ms, meter_id = key
+def period_usage_of(period_usage: Mapping[tuple[str, int, str], MeterUsage], meter_id: str,
+                    aggregator: MeterAggregator) -> tuple[PeriodUsage, ...]:
+    """The open periods' usage of `meter_id` in a customer state's `period_usage` (keyed by
+    subscription, period start and meter; folded by exact event time), as the facts carry it."""
+    return tuple(PeriodUsage(subscription_id=subscription_id, period_start_ms=period_start_ms,
+                             value=aggregator.result(usage), event_count=aggregator.event_count(usage))
+                 for (subscription_id, period_start_ms, key_meter_id), usage in period_usage.items()
+                 if key_meter_id == meter_id)
+
+
+def period_usage_fact(customer_id: str, meter_id: str, usage: PeriodUsage, updated_at_ms: int) -> PeriodUsageUpdated:
+    """A PeriodUsage as a fact of its own, for a batch that has no bucket of the meter to carry it."""
     return PeriodUsageUpdated(
-        customer_id=customer_id, subscription_id=subscription_id, period_start_ms=period_start_ms,
-        meter_id=meter_id, value=aggregator.result(usage), event_count=aggregator.event_count(usage),
-        updated_at_ms=usage.latest.received_at_ms if usage.latest else now_ms)
+        customer_id=customer_id, subscription_id=usage.subscription_id, period_start_ms=usage.period_start_ms,
+        meter_id=meter_id, value=usage.value, event_count=usage.event_count, updated_at_ms=updated_at_ms)

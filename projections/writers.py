@@ -469,6 +469,10 @@ class Batch:
         self.usage_buckets[(fact.customer_id, fact.meter_id, fact.bucket_start_ms)] = (
             fact.customer_id, fact.meter_id, fact.bucket_start_ms, fact.value, fact.event_count, fact.updated_at_ms,
             fact.counted_event_time_ms, fact.counted_received_at_ms, fact.counted_identifier, partition, offset)
+        for usage in fact.period_usage:  # the whole current usage of the period: the last one in the batch wins
+            self.period_usage[(usage.subscription_id, usage.period_start_ms, fact.meter_id)] = (
+                usage.subscription_id, usage.period_start_ms, fact.meter_id, fact.customer_id, usage.value,
+                usage.event_count, fact.updated_at_ms, partition, offset)
 
     @_rule(f.PeriodUsageUpdated)
     def _(self, fact: f.PeriodUsageUpdated, partition: int, offset: int) -> None:

@@ -37,7 +37,7 @@ TOPICS: tuple[TopicSpec, ...] = (
                                       "time facts go to every partition"),
     TopicSpec("invoices", True, "InvoiceFinalized, InvoiceVoided"),
     TopicSpec("credit-balance-transactions", True, "CreditBalanceTransaction"),
-    TopicSpec("usage-buckets", True, "UsageBucketUpdated, PeriodUsageUpdated"),
+    TopicSpec("usage-buckets", True, "UsageBucketUpdated (with its periods' usage), PeriodUsageUpdated"),
     TopicSpec("live-balances", True, "LiveBalanceChanged, LowBalanceAlert"),
     TopicSpec("dead-letters", True, "DeadLetter: the original bytes and a reason code"),
 )

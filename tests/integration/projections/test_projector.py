@@ -97,6 +97,30 @@ def test_usage_bucket_updates_keep_the_aggregate_of_the_latest_offset(topics, pu
         (Decimal("4"),)]
 
 
+def test_period_usage_is_kept_from_the_bucket_records_that_carry_it_and_from_its_own_fact(topics, publish, schema):
+    # The period's current usage, not an increment: the latest offset wins, whichever record carried it.
+    settings = topics
+    customer_id, meter_id, sub_a, sub_b = unique("cus"), unique("mtr"), unique("sub"), unique("sub")
+
+    def bucket(value: str, *period_usage: f.PeriodUsage) -> f.UsageBucketUpdated:
+        return f.UsageBucketUpdated(customer_id=customer_id, meter_id=meter_id, bucket_start_ms=NOW_MS,
+                                    value=Decimal(value), event_count=1, updated_at_ms=NOW_MS,
+                                    period_usage=period_usage)
+
+    publish("usage-buckets", bucket("3", f.PeriodUsage(subscription_id=sub_a, period_start_ms=NOW_MS,
+                                                       value=Decimal("3"), event_count=1)), key=customer_id)
+    publish("usage-buckets", bucket("8"), key=customer_id)  # a bucket that carries none leaves it as it is
+    publish("usage-buckets", f.PeriodUsageUpdated(customer_id=customer_id, subscription_id=sub_b,
+                                                  period_start_ms=NOW_MS, meter_id=meter_id, value=Decimal("2"),
+                                                  event_count=2, updated_at_ms=NOW_MS), key=customer_id)
+    publish("usage-buckets", bucket("9", f.PeriodUsage(subscription_id=sub_b, period_start_ms=NOW_MS,
+                                                       value=Decimal("6"), event_count=3)), key=customer_id)
+    Projector(settings, schema=schema).catch_up(timeout_s=60)
+    assert sorted(query(settings, schema, "select subscription_id, value, event_count from period_usage"
+                                          " where customer_id = %s", customer_id)) == sorted([
+        (sub_a, Decimal("3"), 1), (sub_b, Decimal("6"), 3)])
+
+
 def test_a_batch_that_fails_before_commit_writes_neither_rows_nor_offsets_and_is_projected_once_later(
         topics, publish, schema):
     settings = topics

@@ -385,9 +385,16 @@ def _mid_minute_log(clock_id: str | None) -> list:
 
 
 def _period_usage(out: list) -> dict:
-    """The last PeriodUsageUpdated per (subscription, period start, meter): what the projection keeps."""
-    return {(f.subscription_id, f.period_start_ms, f.meter_id): (f.value, f.event_count)
-            for f in out if isinstance(f, PeriodUsageUpdated)}
+    """The last period usage per (subscription, period start, meter), as the projection keeps it
+    from UsageBucketUpdated.period_usage and from PeriodUsageUpdated."""
+    kept = {}
+    for f in out:
+        if isinstance(f, UsageBucketUpdated):
+            kept.update({(u.subscription_id, u.period_start_ms, f.meter_id): (u.value, u.event_count)
+                         for u in f.period_usage})
+        elif isinstance(f, PeriodUsageUpdated):
+            kept[(f.subscription_id, f.period_start_ms, f.meter_id)] = (f.value, f.event_count)
+    return kept
 
 
 def test_a_period_starting_mid_minute_publishes_only_its_part_of_that_minute():
@@ -401,11 +408,38 @@ def test_a_period_starting_mid_minute_publishes_only_its_part_of_that_minute():
         assert (bucket.bucket_start_ms, bucket.value, bucket.event_count) == (w.START_MS, Decimal("8"), 2), clock_id
 
 
-def test_the_period_usage_comes_before_the_buckets_of_the_same_batch():
-    # A reader that sees a bucket in the projection must see its period's usage too.
-    out = fold(processor(), _mid_minute_log("clock"))
-    kinds = [type(f) for f in out if isinstance(f, (PeriodUsageUpdated, UsageBucketUpdated))]
-    assert kinds == [PeriodUsageUpdated, UsageBucketUpdated]
+def test_the_period_usage_rides_on_the_bucket_record_not_a_fact_of_its_own():
+    # One record per touched customer and meter: whoever sees the bucket sees its period's usage.
+    for clock_id in ("clock", None):
+        out = fold(processor(), _mid_minute_log(clock_id))
+        assert [type(f) for f in out if isinstance(f, (PeriodUsageUpdated, UsageBucketUpdated))] == [
+            UsageBucketUpdated], clock_id
+
+
+def test_only_the_bucket_of_the_last_event_carries_the_period_usage():
+    # Hand-worked: 3 at 00:00:40 and 4 at 00:02:10, one batch: buckets 00:00 (3) and 00:02 (4);
+    # the period from 00:00:30 holds 7 in two events, carried by 00:02's record alone.
+    log = _mid_minute_log(None)[:-2] + [w.meter_event("cus_1", "3", "e1", w.START_MS + 40_000),
+                                        w.meter_event("cus_1", "4", "e2", w.START_MS + 130_000)]
+    buckets = [f for f in fold(processor(), log) if isinstance(f, UsageBucketUpdated)]
+    assert [(b.bucket_start_ms, b.value, [(u.value, u.event_count) for u in b.period_usage]) for b in buckets] == [
+        (w.START_MS, Decimal("3"), []), (w.START_MS + 120_000, Decimal("4"), [(Decimal("7"), 2)])]
+
+
+def test_a_reread_event_its_bucket_had_and_its_period_had_not_still_publishes_the_period_usage():
+    # A crash left the buckets ahead of the customer's state: the bucket has the last event (5 at
+    # 00:00:40), the customer's period has not. Re-reading it counts the 5 in the period and
+    # republishes the bucket, unchanged (3 + 5), to carry it.
+    log = _mid_minute_log("clock")
+    last = len(log) - 1
+    customers, ledger, state = {}, UsageLedger(), PartitionState()
+    fold(processor(customers, ledger, state), log[:last])
+    customers_before, state_before = records.loads(records.dumps((customers, state)))
+    fold(processor(customers, ledger, state), log, start=last)
+    out = fold(processor(customers_before, ledger, state_before), log, start=last)
+    assert [(f.bucket_start_ms, f.value, f.event_count) for f in out if isinstance(f, UsageBucketUpdated)] == [
+        (w.START_MS, Decimal("8"), 2)]
+    assert _period_usage(out) == {("sub_cus_1", w.START_MS + 30_000, "mtr_in"): (Decimal("5"), 1)}
 
 
 def test_the_invoice_of_a_mid_minute_period_bills_what_its_period_usage_said():
