@@ -86,7 +86,7 @@ def subscription(row: dict[str, Any], items: list[dict[str, Any]], prices: dict[
         "current_period_end": period_end, "customer": row["customer_id"], "ended_at": seconds(row["ended_ms"]),
         "items": {"object": "list", "has_more": False, "url": url, "data": [
             {"id": item["id"], "object": "subscription_item", "created": seconds(row["created_ms"]),
-             "current_period_start": period_start, "current_period_end": period_end, "metadata": {},
+             "current_period_start": period_start, "current_period_end": period_end, "metadata": item["metadata"],
              "price": price(prices[item["price_id"]]) if item["price_id"] in prices else None,
              "quantity": item["quantity"], "subscription": row["id"]} for item in items]},
         "livemode": False, "metadata": row["metadata"], "start_date": seconds(row["created_ms"]), "status": row["status"],
