@@ -174,3 +174,28 @@ def test_item_metadata_beyond_the_bounds_is_refused_naming_the_parameter(api_bas
 
 def _item_metadata(subscription: Any) -> dict[str, dict[str, str]]:
     return {item["id"]: item["metadata"].to_dict() for item in subscription["items"]["data"]}
+
+
+def test_an_invoice_line_shows_the_subscriptions_current_metadata_never_the_items(api_base, secret_key, worker):
+    # Stripe: "for line items with type=subscription, metadata reflects the current metadata from
+    # the subscription associated with the line item"; an item's metadata is copied nowhere.
+    import stripe
+
+    walkthrough.configure(stripe, api_base, secret_key)
+    meter_in, price_in = _metered_price(stripe, "input", "1")
+    clock = stripe.test_helpers.TestClock.create(frozen_time=START_S, name="line metadata")
+    customer = stripe.Customer.create(name="Line metadata", test_clock=clock.id)
+    subscription = stripe.Subscription.create(customer=customer.id, metadata={"order": "42"},
+                                              items=[{"price": price_in.id, "metadata": {"team": "ml"}}])
+    _send(stripe, meter_in, customer.id, 7, START_S + 60)
+
+    preview = wait_for(lambda: (found := stripe.Invoice.create_preview(subscription=subscription.id)).lines.data
+                       and found, 60, "a previewed line")
+    assert [line.metadata.to_dict() for line in preview.lines.data] == [{"order": "42"}]
+
+    stripe.test_helpers.TestClock.advance(clock.id, frozen_time=subscription.current_period_end + walkthrough.GRACE_S
+                                          + 60)
+    (invoice,) = wait_for(lambda: stripe.Invoice.list(customer=customer.id).data, 120, "the invoice")
+    assert [(line.quantity, line.metadata.to_dict()) for line in invoice.lines.data] == [(7, {"order": "42"})]
+    stripe.Subscription.modify(subscription.id, metadata={"order": "43"})
+    assert [line.metadata.to_dict() for line in stripe.Invoice.retrieve(invoice.id).lines.data] == [{"order": "43"}]
