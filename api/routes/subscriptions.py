@@ -165,13 +165,15 @@ def update_subscription(ctx: ApiContext, params: Params, id: str) -> dict[str, A
     cancel_at_period_end = params.bool("cancel_at_period_end")
     row = require(ctx.pool, "subscriptions", "subscription", id)
     metadata = params.metadata_update(row["metadata"])
-    customer = require(ctx.pool, "customers", "customer", row["customer_id"])
-    now_ms = read_customer_now_ms(ctx.pool, customer)
-    current, waiting = objects.subscription_item_versions(
-        lambda statement, *args: fetch_all(ctx.pool, statement, *args), id, now_ms)
-    # (an item's metadata is the same in every version: SubscriptionItemUpdated sets them all)
-    item_metadata = {item["id"]: item["metadata"] for item in current + waiting}
-    item_changes = _item_changes(params, item_metadata)
+    item_changes: list[_ItemChange] = []
+    if params.has("items"):  # (only then is the customer needed: a deleted one's subscription still answers)
+        customer = require(ctx.pool, "customers", "customer", row["customer_id"])
+        now_ms = read_customer_now_ms(ctx.pool, customer)
+        current, waiting = objects.subscription_item_versions(
+            lambda statement, *args: fetch_all(ctx.pool, statement, *args), id, now_ms)
+        # (an item's metadata is the same in every version: SubscriptionItemUpdated sets them all)
+        item_metadata = {item["id"]: item["metadata"] for item in current + waiting}
+        item_changes = _item_changes(params, item_metadata)
     params.str("proration_behavior", choices=["none"])  # items change from the next period: nothing to prorate
     params.done()
     if item_changes:
@@ -188,12 +190,14 @@ def update_subscription(ctx: ApiContext, params: Params, id: str) -> dict[str, A
                                                   changed_at_ms=now_ms, effective_from_ms=effective_from_ms))
         ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], fact) for fact in facts])
     if metadata != row["metadata"]:
+        customer = require(ctx.pool, "customers", "customer", row["customer_id"])
         ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], SubscriptionUpdated(
             subscription_id=id, customer_id=row["customer_id"], metadata=metadata,
             updated_at_ms=read_customer_now_ms(ctx.pool, customer)))])
     if cancel_at_period_end is not None:
         if row["status"] == "canceled":
             raise conflict(f"Subscription '{id}' is canceled.", "subscription_canceled")
+        customer = require(ctx.pool, "customers", "customer", row["customer_id"])
         fact = SubscriptionCancelScheduled(subscription_id=id, customer_id=row["customer_id"],
                                            cancel_at_period_end=cancel_at_period_end,
                                            scheduled_at_ms=read_customer_now_ms(ctx.pool, customer))
