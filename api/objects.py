@@ -86,7 +86,7 @@ def subscription(row: dict[str, Any], items: list[dict[str, Any]], prices: dict[
         "current_period_end": period_end, "customer": row["customer_id"], "ended_at": seconds(row["ended_ms"]),
         "items": {"object": "list", "has_more": False, "url": url, "data": [
             {"id": item["id"], "object": "subscription_item", "created": seconds(row["created_ms"]),
-             "current_period_start": period_start, "current_period_end": period_end, "metadata": {},
+             "current_period_start": period_start, "current_period_end": period_end, "metadata": item["metadata"],
              "price": price(prices[item["price_id"]]) if item["price_id"] in prices else None,
              "quantity": item["quantity"], "subscription": row["id"]} for item in items]},
         "livemode": False, "metadata": row["metadata"], "start_date": seconds(row["created_ms"]), "status": row["status"],
@@ -141,7 +141,10 @@ def load_invoice(fetch: Fetch, row: dict[str, Any]) -> dict[str, Any]:
     order = {line["id"]: index for index, line in enumerate(lines)}
     credits.sort(key=lambda credit: (order.get(credit["invoice_line_id"], 0), credit["position"]))
     customers = fetch("select test_clock_id from customers where id = %s", row["customer_id"])
-    return invoice(row, lines, credits, customers[0]["test_clock_id"] if customers else None)
+    subscriptions = fetch("select metadata from subscriptions where id = %s", row["subscription_id"]) \
+        if row["subscription_id"] else []
+    return invoice(row, lines, credits, customers[0]["test_clock_id"] if customers else None,
+                   subscriptions[0]["metadata"] if subscriptions else {})
 
 
 def credit_grant(row: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +179,7 @@ def credit_balance_transaction(row: dict[str, Any], test_clock_id: str | None = 
 
 
 def invoice_line(line: dict[str, Any], credits: list[dict[str, Any]], invoice_row: dict[str, Any],
-                 subscription_id: str | None) -> dict[str, Any]:
+                 subscription_id: str | None, subscription_metadata: dict[str, str]) -> dict[str, Any]:
     quantity = line["quantity"]
     invoice_item_id = line.get("invoice_item_id")
     parent = {"type": "invoice_item_details", "invoice_item_details": {"invoice_item": invoice_item_id}} \
@@ -184,7 +187,9 @@ def invoice_line(line: dict[str, Any], credits: list[dict[str, Any]], invoice_ro
             "subscription": subscription_id, "subscription_item": line["subscription_item_id"]}}
     return {
         "id": line["id"], "object": "line_item", "amount": line["amount_minor"], "currency": invoice_row["currency"],
-        "description": line.get("description"), "invoice": invoice_row.get("id"), "livemode": False, "metadata": {},
+        "description": line.get("description"), "invoice": invoice_row.get("id"), "livemode": False,
+        # Stripe: a subscription item's line shows its subscription's current metadata (never the item's)
+        "metadata": {} if invoice_item_id else subscription_metadata,
         "parent": parent,
         "period": {"start": seconds(invoice_row["period_start_ms"]), "end": seconds(invoice_row["period_end_ms"])},
         "pretax_credit_amounts": [
@@ -200,15 +205,17 @@ def invoice_line(line: dict[str, Any], credits: list[dict[str, Any]], invoice_ro
 
 
 def invoice(row: dict[str, Any], lines: list[dict[str, Any]], credits: list[dict[str, Any]],
-            test_clock_id: str | None = None) -> dict[str, Any]:
+            test_clock_id: str | None = None, subscription_metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """An invoice: a subscription period's (finalized by the workers), a one-off (draft or finalized),
-    or a preview (no id). A draft's amounts are its lines' so far."""
+    or a preview (no id). A draft's amounts are its lines' so far. `subscription_metadata`: its
+    subscription's current metadata."""
     by_line: dict[str, list[dict[str, Any]]] = {}
     for credit in credits:
         by_line.setdefault(credit["invoice_line_id"], []).append(credit)
     invoice_id = row.get("id")
     status = row["status"]
-    line_objects = [invoice_line(line, by_line.get(line["id"], []), row, row["subscription_id"]) for line in lines]
+    line_objects = [invoice_line(line, by_line.get(line["id"], []), row, row["subscription_id"],
+                                 subscription_metadata or {}) for line in lines]
     amount_paid = row.get("amount_paid_minor", 0)
     settled = status in ("paid", "void")
     subscription_id = row["subscription_id"]

@@ -51,6 +51,7 @@ from billing.facts import (
     SubscriptionUpdated,
     SubscriptionItem,
     SubscriptionItemsChanged,
+    SubscriptionItemUpdated,
     UsageType,
 )
 from billing.grants import GrantState, create_grant, expire_grant, update_grant, void_grant
@@ -366,7 +367,8 @@ def evolve(state: CustomerState, fact: object, catalog: Catalog, now_ms: int,
         if isinstance(fact, CustomerCreated):
             if state.created is None:
                 state.created = fact
-        elif isinstance(fact, (CustomerUpdated, SubscriptionUpdated, InvoiceUpdated, InvoiceItemUpdated)):
+        elif isinstance(fact, (CustomerUpdated, SubscriptionUpdated, SubscriptionItemUpdated, InvoiceUpdated,
+                               InvoiceItemUpdated)):
             pass  # names and metadata: nothing the money depends on (the projection keeps them)
         elif isinstance(fact, CustomerDeleted):
             if state.deleted_at_ms is None:

@@ -102,6 +102,9 @@ class SubscriptionItem:
     item_id: str
     price_id: str
     quantity: int = 1  # used by licensed prices only
+    # (v3 of the facts holding items) Not billing: no invoice line copies it (Stripe's lines show
+    # the subscription's metadata); its changes are SubscriptionItemUpdated, at once.
+    metadata: Mapping[str, str] = field(default_factory=_empty_map)
 
 
 @_fact
@@ -275,6 +278,17 @@ class SubscriptionItemsChanged:
     # The items bill the periods starting at or after this (the API: the current period's end, so
     # a change takes effect from the next period); None: at once, the open period included (v1).
     effective_from_ms: int | None = None
+
+
+@_fact
+class SubscriptionItemUpdated:
+    """A subscription item's metadata (the full new map): nothing the money depends on, so at once
+    (unlike SubscriptionItemsChanged), for the item in every period that has it."""
+    subscription_id: str
+    customer_id: str
+    item_id: str
+    metadata: Mapping[str, str] = field(default_factory=_empty_map)
+    updated_at_ms: int
 
 
 @_fact
@@ -665,6 +679,7 @@ ALL_FACTS: tuple[type, ...] = (
     SubscriptionCreated,
     SubscriptionUpdated,
     SubscriptionItemsChanged,
+    SubscriptionItemUpdated,
     SubscriptionCancelScheduled,
     SubscriptionCanceled,
     CreditGrantCreated,
@@ -717,6 +732,7 @@ Fact = (
     | SubscriptionCreated
     | SubscriptionUpdated
     | SubscriptionItemsChanged
+    | SubscriptionItemUpdated
     | SubscriptionCancelScheduled
     | SubscriptionCanceled
     | CreditGrantCreated

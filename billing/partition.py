@@ -68,6 +68,7 @@ from billing.facts import (
     InvoiceUpdated,
     InvoiceItemUpdated,
     SubscriptionItemsChanged,
+    SubscriptionItemUpdated,
     TestClockAdvanced,
     TestClockCreated,
     TestClockDeleted,
@@ -89,7 +90,8 @@ from billing.periods import MILLISECONDS_PER_MINUTE
 from billing.usage import (CANCEL_NOT_IN_PARTITION, BucketKey, SeenEvent, UsageBucket, UsageLedger, bucket_fact,
                            can_subtract, period_usage_fact, period_usage_of)
 
-CUSTOMER_FACTS = (CustomerCreated, CustomerUpdated, CustomerDeleted, SubscriptionCreated, SubscriptionUpdated, SubscriptionItemsChanged, SubscriptionCancelScheduled,
+CUSTOMER_FACTS = (CustomerCreated, CustomerUpdated, CustomerDeleted, SubscriptionCreated, SubscriptionUpdated,
+                  SubscriptionItemsChanged, SubscriptionItemUpdated, SubscriptionCancelScheduled,
                   SubscriptionCanceled, CreditGrantCreated, CreditGrantUpdated, CreditGrantExpired,
                   CreditGrantVoided, InvoiceVoidRequested, BillingAlertCreated, BillingAlertStatusChanged,
                   InvoiceUpdated, InvoiceItemUpdated, *INVOICE_LIFECYCLE_FACTS)

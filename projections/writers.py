@@ -233,11 +233,21 @@ class Batch:
 
     @staticmethod
     def _items(subscription_id: str, items: tuple[f.SubscriptionItem, ...], from_ms: int = 0) -> list[Statement]:
-        return [("insert into subscription_items (id, subscription_id, price_id, quantity, position, effective_from_ms)"
-                 " values (%s, %s, %s, %s, %s, %s) on conflict (id, effective_from_ms) do update set"
-                 " price_id = excluded.price_id, quantity = excluded.quantity, position = excluded.position",
-                 (item.item_id, subscription_id, item.price_id, item.quantity, position, from_ms))
+        return [("insert into subscription_items (id, subscription_id, price_id, quantity, position, effective_from_ms,"
+                 " metadata) values (%s, %s, %s, %s, %s, %s, %s) on conflict (id, effective_from_ms) do update set"
+                 " price_id = excluded.price_id, quantity = excluded.quantity, position = excluded.position,"
+                 " metadata = excluded.metadata",
+                 (item.item_id, subscription_id, item.price_id, item.quantity, position, from_ms,
+                  Jsonb(dict(item.metadata))))
                 for position, item in enumerate(items)]
+
+    @_rule(f.SubscriptionItemUpdated)
+    def _(self, fact: f.SubscriptionItemUpdated, partition: int, offset: int) -> None:
+        # Metadata is not billing: at once, on every version of the item (the current period's and a
+        # waiting one), unlike SubscriptionItemsChanged.
+        self._changed("customer.subscription.updated", events.subscription(fact.subscription_id, fact.updated_at_ms), [(
+            "update subscription_items set metadata = %s where id = %s and subscription_id = %s",
+            (Jsonb(dict(fact.metadata)), fact.item_id, fact.subscription_id))])
 
     @_rule(f.SubscriptionCancelScheduled)
     def _(self, fact: f.SubscriptionCancelScheduled, partition: int, offset: int) -> None:

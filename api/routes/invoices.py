@@ -276,7 +276,7 @@ def create_preview(ctx: ApiContext, params: Params) -> dict[str, Any]:
               "amount_minor": line.amount_minor} for line in invoice.lines]
     credits = [{"invoice_line_id": line.line_id, "credit_balance_transaction_id": credit.credit_balance_transaction_id,
                 "amount_minor": credit.amount_minor} for line in invoice.lines for credit in line.credits]
-    return objects.invoice(row, lines, credits, inputs.customer["test_clock_id"])
+    return objects.invoice(row, lines, credits, inputs.customer["test_clock_id"], inputs.subscription["metadata"])
 
 
 route(router, "GET", "/v1/invoices", list_invoices, summary="List invoices",

@@ -1,5 +1,5 @@
-"""/v1/subscriptions: create with metered (or licensed) items, change items from the next period,
-cancel at period end, cancel now."""
+"""/v1/subscriptions: create with metered (or licensed) items, change items from the next period
+(their metadata at once), cancel at period end, cancel now."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from api.ids import new_id
 from api.params import Params
 from api.store import fetch_all, fetch_one, paginate, read_customer_now_ms, require
 from billing.facts import SubscriptionCanceled, SubscriptionCancelScheduled, SubscriptionCreated, \
-    SubscriptionItem, SubscriptionItemsChanged, SubscriptionUpdated
+    SubscriptionItem, SubscriptionItemsChanged, SubscriptionItemUpdated, SubscriptionUpdated
 from billing.money import MAX_LICENSED_QUANTITY, MAX_TIMESTAMP_S
 
 router = APIRouter(tags=["subscriptions"])
@@ -37,6 +37,7 @@ def create_subscription(ctx: ApiContext, params: Params) -> dict[str, Any]:
     for item in items:
         requested.append((item.name("price"), item.str("price", required=True, max_length=200),
                           item.int("quantity", minimum=1, maximum=MAX_LICENSED_QUANTITY, default=1)))
+    item_metadata = [item.metadata() or {} for item in items]
     params.done()
     customer = require(ctx.pool, "customers", "customer", customer_id, param="customer")
     prices = _check_prices(ctx, requested)
@@ -50,8 +51,8 @@ def create_subscription(ctx: ApiContext, params: Params) -> dict[str, Any]:
         subscription_id=subscription_id, customer_id=customer_id, currency=currencies.pop(),
         billing_cycle_anchor_ms=max(anchor_ms, created_at_ms), created_at_ms=created_at_ms,
         test_clock_id=customer["test_clock_id"], metadata=metadata,
-        items=tuple(SubscriptionItem(item_id=new_id("si"), price_id=price_id, quantity=quantity)
-                    for _, price_id, quantity in requested))
+        items=tuple(SubscriptionItem(item_id=new_id("si"), price_id=price_id, quantity=quantity, metadata=metadata)
+                    for (_, price_id, quantity), metadata in zip(requested, item_metadata)))
     ctx.wait([ctx.publisher.publish("customer-facts", customer_id, fact)])
     return subscription_object(ctx, require(ctx.pool, "subscriptions", "subscription", subscription_id))
 
@@ -95,36 +96,48 @@ def _check_prices(ctx: ApiContext, requested: list[tuple[str, str, int]]) -> lis
 
 
 class _ItemChange(NamedTuple):
-    """One of Stripe's items[] on an update: an item's id with deleted, price or quantity; or a new price."""
+    """One of Stripe's items[] on an update: an item's id with deleted, price, quantity or metadata;
+    or a new price (with its metadata)."""
 
     param: str  # items[N]
     item_id: str | None
     deleted: bool
     price_id: str | None
     quantity: int | None
+    metadata: dict[str, str]  # the item's after the update (Stripe's merge for an existing item)
+
+    @property
+    def bills(self) -> bool:
+        """Whether it changes what the subscription bills (then it waits for the next period);
+        an item's metadata alone does not, so it applies at once."""
+        return self.item_id is None or self.deleted or self.price_id is not None or self.quantity is not None
 
 
-def _item_changes(params: Params) -> list[_ItemChange]:
+def _item_changes(params: Params, item_metadata: dict[str, dict[str, str]]) -> list[_ItemChange]:
+    """Stripe's items[] of an update; `item_metadata` is the metadata of each item (by id) of the
+    current period or a waiting change."""
     changes = []
     for index, change in enumerate(params.objects("items", max_items=MAX_ITEMS)):
         item_id = change.str("id", max_length=200)
+        if item_id is not None and item_id not in item_metadata:
+            raise invalid(change.name("id"), f"No such subscription item: '{item_id}'", code="resource_missing")
         deleted = bool(change.bool("deleted", default=False))
         if deleted and item_id is None:
             raise invalid(change.name("deleted"), "Give the id of the subscription item to delete.")
         changes.append(_ItemChange(f"items[{index}]", item_id, deleted,
                                    change.str("price", required=item_id is None and not deleted, max_length=200),
-                                   change.int("quantity", minimum=1, maximum=MAX_LICENSED_QUANTITY)))
+                                   change.int("quantity", minimum=1, maximum=MAX_LICENSED_QUANTITY),
+                                   change.metadata_update(item_metadata.get(item_id or "", {}))))
     return changes
 
 
-def _next_period_items(ctx: ApiContext, row: dict[str, Any], changes: list[_ItemChange],
-                       now_ms: int) -> tuple[tuple[SubscriptionItem, ...], int]:
-    """The items `changes` (Stripe's items[]: an item's id with deleted, price or quantity; or a
-    new price) make of the subscription's latest items, and the instant they bill from: the end of
-    the current period. drawdown changes items from the next period, without prorations."""
-    fetch = lambda statement, *args: fetch_all(ctx.pool, statement, *args)  # noqa: E731
-    current, waiting = objects.subscription_item_versions(fetch, row["id"], now_ms)
-    latest = {item["id"]: [item["price_id"], item["quantity"]] for item in (waiting or current)}
+def _next_period_items(ctx: ApiContext, row: dict[str, Any], changes: list[_ItemChange], now_ms: int,
+                       current: list, waiting: list) -> tuple[tuple[SubscriptionItem, ...], int]:
+    """The items `changes` (Stripe's items[]: an item's id with deleted, price, quantity or metadata;
+    or a new price) make of the subscription's latest items (`waiting`, else `current`: see
+    objects.subscription_item_versions), and the instant they bill from: the end of the current
+    period. drawdown changes items from the next period, without prorations."""
+    latest = {item["id"]: [item["price_id"], item["quantity"], item["metadata"]] for item in (waiting or current)}
     for change in changes:
         item_id, price_id, quantity = change.item_id, change.price_id, change.quantity
         if item_id is not None and item_id not in latest:
@@ -132,38 +145,50 @@ def _next_period_items(ctx: ApiContext, row: dict[str, Any], changes: list[_Item
         if change.deleted:
             del latest[item_id]
         elif item_id is None:
-            latest[new_id("si")] = [price_id, quantity or 1]
+            latest[new_id("si")] = [price_id, quantity or 1, change.metadata]
         else:
-            latest[item_id] = [price_id or latest[item_id][0], quantity or latest[item_id][1]]
+            latest[item_id] = [price_id or latest[item_id][0], quantity or latest[item_id][1], change.metadata]
     if not latest:
         raise invalid("items", "A subscription needs at least one item.")
     prices = _check_prices(ctx, [(f"items[{index}][price]", price_id, quantity)
-                                 for index, (price_id, quantity) in enumerate(latest.values())])
+                                 for index, (price_id, quantity, _) in enumerate(latest.values())])
     old_price = require(ctx.pool, "prices", "price", current[0]["price_id"]) if current else prices[0]
     if (prices[0]["currency"], prices[0]["recurring_interval"], prices[0]["recurring_interval_count"]) != \
             (old_price["currency"], old_price["recurring_interval"], old_price["recurring_interval_count"]):
         raise invalid("items", "The new items must have the subscription's currency and recurring interval.")
     _, period_end_ms = objects.current_period(row, old_price, now_ms)
-    return tuple(SubscriptionItem(item_id=item_id, price_id=price_id, quantity=quantity)
-                 for item_id, (price_id, quantity) in latest.items()), period_end_ms
+    return tuple(SubscriptionItem(item_id=item_id, price_id=price_id, quantity=quantity, metadata=metadata)
+                 for item_id, (price_id, quantity, metadata) in latest.items()), period_end_ms
 
 
 def update_subscription(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
     cancel_at_period_end = params.bool("cancel_at_period_end")
     row = require(ctx.pool, "subscriptions", "subscription", id)
     metadata = params.metadata_update(row["metadata"])
-    item_changes = _item_changes(params)
+    item_changes: list[_ItemChange] = []
+    if params.has("items"):  # (only then is the customer needed: a deleted one's subscription still answers)
+        customer = require(ctx.pool, "customers", "customer", row["customer_id"])
+        now_ms = read_customer_now_ms(ctx.pool, customer)
+        current, waiting = objects.subscription_item_versions(
+            lambda statement, *args: fetch_all(ctx.pool, statement, *args), id, now_ms)
+        # (an item's metadata is the same in every version: SubscriptionItemUpdated sets them all)
+        item_metadata = {item["id"]: item["metadata"] for item in current + waiting}
+        item_changes = _item_changes(params, item_metadata)
     params.str("proration_behavior", choices=["none"])  # items change from the next period: nothing to prorate
     params.done()
     if item_changes:
         if row["status"] == "canceled":
             raise conflict(f"Subscription '{id}' is canceled.", "subscription_canceled")
-        customer = require(ctx.pool, "customers", "customer", row["customer_id"])
-        now_ms = read_customer_now_ms(ctx.pool, customer)
-        items, effective_from_ms = _next_period_items(ctx, row, item_changes, now_ms)
-        ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], SubscriptionItemsChanged(
-            subscription_id=id, customer_id=row["customer_id"], items=items, changed_at_ms=now_ms,
-            effective_from_ms=effective_from_ms))])
+        facts: list = [
+            SubscriptionItemUpdated(subscription_id=id, customer_id=row["customer_id"], item_id=change.item_id,
+                                    metadata=change.metadata, updated_at_ms=now_ms)
+            for change in item_changes
+            if change.item_id is not None and not change.deleted and change.metadata != item_metadata[change.item_id]]
+        if any(change.bills for change in item_changes):
+            items, effective_from_ms = _next_period_items(ctx, row, item_changes, now_ms, current, waiting)
+            facts.append(SubscriptionItemsChanged(subscription_id=id, customer_id=row["customer_id"], items=items,
+                                                  changed_at_ms=now_ms, effective_from_ms=effective_from_ms))
+        ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], fact) for fact in facts])
     if metadata != row["metadata"]:
         customer = require(ctx.pool, "customers", "customer", row["customer_id"])
         ctx.wait([ctx.publisher.publish("customer-facts", row["customer_id"], SubscriptionUpdated(
@@ -196,7 +221,7 @@ def cancel_subscription(ctx: ApiContext, params: Params, id: str) -> dict[str, A
 
 route(router, "POST", "/v1/subscriptions", create_subscription, answers_with=retrieve_subscription, creates="sub", summary="Create a subscription",
       form={"customer": "string", "items[0][price]": "string", "items[0][quantity]": "integer",
-            "billing_cycle_anchor": "integer"})
+            "items[0][metadata][key]": "string", "billing_cycle_anchor": "integer"})
 route(router, "GET", "/v1/subscriptions", list_subscriptions, summary="List subscriptions",
       query={"customer": "string", "status": "string", "limit": "integer", "starting_after": "string",
              "ending_before": "string"})
@@ -204,6 +229,7 @@ route(router, "GET", "/v1/subscriptions/{id}", retrieve_subscription, summary="R
 route(router, "POST", "/v1/subscriptions/{id}", update_subscription, answers_with=retrieve_subscription,
       summary="Update cancel_at_period_end, metadata, or the items (from the next period)",
       form={"cancel_at_period_end": "boolean", "items[0][id]": "string", "items[0][price]": "string",
-            "items[0][quantity]": "integer", "items[0][deleted]": "boolean", "proration_behavior": "string"})
+            "items[0][quantity]": "integer", "items[0][deleted]": "boolean", "items[0][metadata][key]": "string",
+            "proration_behavior": "string"})
 route(router, "DELETE", "/v1/subscriptions/{id}", cancel_subscription, answers_with=retrieve_subscription, summary="Cancel a subscription now",
       form={"invoice_now": "boolean", "prorate": "boolean"})

@@ -102,3 +102,100 @@ def test_an_item_change_is_refused_clearly(api_base, secret_key, worker):
         with pytest.raises(stripe.InvalidRequestError) as refused:
             stripe.Subscription.modify(subscription.id, **params)
         assert refused.value.param == param, params
+
+
+def test_item_metadata_is_set_on_create_and_changes_at_once_while_a_price_change_waits(api_base, secret_key, worker):
+    import stripe
+
+    walkthrough.configure(stripe, api_base, secret_key)
+    _, price_in = _metered_price(stripe, "input", "1")
+    _, price_out = _metered_price(stripe, "output", "2")
+    _, price_in_2 = _metered_price(stripe, "input2", "3")
+    customer = stripe.Customer.create(name="Item metadata")
+    subscription = stripe.Subscription.create(
+        customer=customer.id, items=[{"price": price_in.id, "metadata": {"team": "ml", "cost_center": "7"}},
+                                     {"price": price_out.id}])
+    item_in, item_out = (next(item for item in subscription["items"].data if item.price.id == price.id)
+                         for price in (price_in, price_out))
+    assert (item_in.metadata.to_dict(), item_out.metadata.to_dict()) == ({"team": "ml", "cost_center": "7"}, {})
+
+    # Metadata alone: at once (Stripe's merge: a key given "" is deleted), and nothing waits for a period.
+    changed = stripe.Subscription.modify(subscription.id, items=[{"id": item_in.id, "metadata": {
+        "team": "search", "cost_center": ""}}])
+    assert _item_metadata(changed) == {item_in.id: {"team": "search"}, item_out.id: {}}
+    assert changed["next_period_items"] is None
+    assert _item_metadata(stripe.Subscription.retrieve(subscription.id)) == _item_metadata(changed)
+    listed = next(s for s in stripe.Subscription.list(customer=customer.id).data if s.id == subscription.id)
+    assert _item_metadata(listed) == _item_metadata(changed)
+
+    # A price change with metadata: the price waits for the next period, the metadata does not.
+    repriced = stripe.Subscription.modify(subscription.id, items=[{"id": item_in.id, "price": price_in_2.id,
+                                                                   "metadata": {"tier": "2"}}])
+    assert _prices(repriced["items"]) == sorted([price_in.id, price_out.id])  # this period keeps its prices
+    assert _item_metadata(repriced)[item_in.id] == {"team": "search", "tier": "2"}
+    waiting = {item["id"]: item for item in repriced["next_period_items"]["data"]}
+    assert waiting[item_in.id]["price"]["id"] == price_in_2.id
+    assert waiting[item_in.id]["metadata"].to_dict() == {"team": "search", "tier": "2"}
+
+    # Metadata of an item whose price change waits: this period's item and the waiting one alike, at once.
+    again = stripe.Subscription.modify(subscription.id, items=[{"id": item_in.id, "metadata": {"tier": "3"}}])
+    assert _item_metadata(again)[item_in.id] == {"team": "search", "tier": "3"}
+    assert {item["id"]: item["metadata"].to_dict() for item in again["next_period_items"]["data"]}[item_in.id] == \
+        {"team": "search", "tier": "3"}
+    assert again["next_period_items"]["effective_at"] == repriced["next_period_items"]["effective_at"]
+    assert _prices(again["items"]) == sorted([price_in.id, price_out.id])
+
+
+def test_item_metadata_beyond_the_bounds_is_refused_naming_the_parameter(api_base, secret_key, worker):
+    import stripe
+
+    walkthrough.configure(stripe, api_base, secret_key)
+    _, price_in = _metered_price(stripe, "input", "1")
+    customer = stripe.Customer.create(name="Item metadata refused")
+    too_many = {f"k{index}": "v" for index in range(51)}
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        stripe.Subscription.create(customer=customer.id, items=[{"price": price_in.id, "metadata": too_many}])
+    assert (refused.value.http_status, refused.value.param) == (400, "items[0][metadata]")
+
+    subscription = stripe.Subscription.create(customer=customer.id, items=[{"price": price_in.id}])
+    item = subscription["items"].data[0]
+    cases = [
+        ({"items": [{"id": item.id, "metadata": {"note": "x" * 501}}]}, "items[0][metadata][note]"),
+        ({"items": [{"id": item.id, "metadata": {"k" * 41: "v"}}]}, f"items[0][metadata][{'k' * 41}]"),
+        ({"items": [{"id": item.id, "metadata": too_many}]}, "items[0][metadata]"),
+        ({"items": [{"id": "si_missing", "metadata": {"a": "b"}}]}, "items[0][id]"),
+    ]
+    for params, param in cases:
+        with pytest.raises(stripe.InvalidRequestError) as refused:
+            stripe.Subscription.modify(subscription.id, **params)
+        assert (refused.value.http_status, refused.value.param) == (400, param), params
+    assert stripe.Subscription.retrieve(subscription.id)["items"].data[0].metadata.to_dict() == {}
+
+
+def _item_metadata(subscription: Any) -> dict[str, dict[str, str]]:
+    return {item["id"]: item["metadata"].to_dict() for item in subscription["items"]["data"]}
+
+
+def test_an_invoice_line_shows_the_subscriptions_current_metadata_never_the_items(api_base, secret_key, worker):
+    # Stripe: "for line items with type=subscription, metadata reflects the current metadata from
+    # the subscription associated with the line item"; an item's metadata is copied nowhere.
+    import stripe
+
+    walkthrough.configure(stripe, api_base, secret_key)
+    meter_in, price_in = _metered_price(stripe, "input", "1")
+    clock = stripe.test_helpers.TestClock.create(frozen_time=START_S, name="line metadata")
+    customer = stripe.Customer.create(name="Line metadata", test_clock=clock.id)
+    subscription = stripe.Subscription.create(customer=customer.id, metadata={"order": "42"},
+                                              items=[{"price": price_in.id, "metadata": {"team": "ml"}}])
+    _send(stripe, meter_in, customer.id, 7, START_S + 60)
+
+    preview = wait_for(lambda: (found := stripe.Invoice.create_preview(subscription=subscription.id)).lines.data
+                       and found, 60, "a previewed line")
+    assert [line.metadata.to_dict() for line in preview.lines.data] == [{"order": "42"}]
+
+    stripe.test_helpers.TestClock.advance(clock.id, frozen_time=subscription.current_period_end + walkthrough.GRACE_S
+                                          + 60)
+    (invoice,) = wait_for(lambda: stripe.Invoice.list(customer=customer.id).data, 120, "the invoice")
+    assert [(line.quantity, line.metadata.to_dict()) for line in invoice.lines.data] == [(7, {"order": "42"})]
+    stripe.Subscription.modify(subscription.id, metadata={"order": "43"})
+    assert [line.metadata.to_dict() for line in stripe.Invoice.retrieve(invoice.id).lines.data] == [{"order": "43"}]

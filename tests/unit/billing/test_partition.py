@@ -14,6 +14,7 @@ from billing.facts import (
     PeriodUsageUpdated,
     SubscriptionItem,
     SubscriptionItemsChanged,
+    SubscriptionItemUpdated,
     UsageBucketUpdated,
 )
 from billing.usage import UsageLedger
@@ -518,6 +519,29 @@ def test_a_second_change_made_before_the_first_took_effect_keeps_the_first_for_i
 def test_a_change_at_once_replaces_the_items_of_the_open_period():
     log = _items_log([(w.START_MS + w.HOUR_MS, (IN_ITEM, OUT_ITEM), None)])
     assert _subtotals(log)[0] == (w.START_MS, {"price_in": Decimal(100), "price_out": Decimal(200)})
+
+
+def test_item_metadata_bills_nothing_and_its_change_at_once_leaves_a_waiting_item_change_waiting():
+    # Items with metadata, and a metadata change (SubscriptionItemUpdated) after a change that waits
+    # for period 2: the invoices are those of the same change without metadata.
+    tagged = (replace(IN_ITEM, metadata={"team": "ml"}), replace(OUT_ITEM, metadata={"team": "ml"}))
+    log = _items_log([(w.START_MS + w.HOUR_MS, tagged, P1_END_MS)])
+    at = next(index for index, fact in enumerate(log) if isinstance(fact, SubscriptionItemsChanged)) + 1
+    update = SubscriptionItemUpdated(subscription_id="sub_cus_1", customer_id="cus_1", item_id=IN_ITEM.item_id,
+                                     metadata={"team": "search"}, updated_at_ms=w.START_MS + w.HOUR_MS)
+    customers: dict = {}
+    proc = processor(customers)
+    fold(proc, log[:at])
+    waiting = customers["cus_1"].subscriptions["sub_cus_1"].item_changes
+
+    assert proc.process(at, update, b"") + proc.finish_batch() == []
+    assert customers["cus_1"].subscriptions["sub_cus_1"].item_changes == waiting != ()
+    assert _subtotals([*log[:at], update, *log[at:]]) == \
+        _subtotals(_items_log([(w.START_MS + w.HOUR_MS, (IN_ITEM, OUT_ITEM), P1_END_MS)])) == [
+        (w.START_MS, {"price_in": Decimal(100)}),
+        (P1_END_MS, {"price_in": Decimal(100), "price_out": Decimal(200)}),
+        (P2_END_MS, {"price_in": Decimal(100), "price_out": Decimal(200)}),
+    ]
 
 
 # --- a usage alert without a customer filter watches every customer of its meter (hand-worked) ---

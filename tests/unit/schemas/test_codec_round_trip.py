@@ -15,6 +15,9 @@ from billing.facts import (
     ALL_FACTS,
     CustomerCreated,
     MeterEventRecorded,
+    SubscriptionCreated,
+    SubscriptionItem,
+    SubscriptionItemsChanged,
     UsageBucketUpdated,
 )
 from schemas.schema_files import load_catalogue
@@ -153,6 +156,42 @@ def test_an_older_schema_version_decodes_into_the_current_class_with_defaults():
 
     assert decoded == CustomerCreated(customer_id="cus_1", name="Ada", created_at_ms=5, metadata={"k": "v"})
     assert decoded.test_clock_id is None
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_subscription_created_with_items_decodes_into_items_with_empty_metadata(version):
+    # v1 and v2 wrote SubscriptionItem without metadata (their history files inline that item type).
+    old = load_catalogue().versions[SubscriptionCreated][version - 1]
+    record = {"subscription_id": "sub_1", "customer_id": "cus_1", "currency": "usd", "billing_cycle_anchor_ms": 5,
+              "created_at_ms": 5, "test_clock_id": None,
+              "items": [{"item_id": "si_1", "price_id": "price_1", "quantity": 3}]}
+    if version == 2:
+        record["metadata"] = {"plan": "pro"}
+    body = BytesIO()
+    schemaless_writer(body, old.parsed, record)
+
+    decoded = SINGLE_OBJECT_CODEC.decode(SINGLE_OBJECT_MAGIC + old.fingerprint + body.getvalue())
+
+    assert decoded.items == (SubscriptionItem(item_id="si_1", price_id="price_1", quantity=3),)
+    assert decoded.items[0].metadata == {}
+    assert decoded.metadata == ({"plan": "pro"} if version == 2 else {})
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_subscription_items_changed_decodes_into_items_with_empty_metadata(version):
+    old = load_catalogue().versions[SubscriptionItemsChanged][version - 1]
+    record = {"subscription_id": "sub_1", "customer_id": "cus_1", "changed_at_ms": 7,
+              "items": [{"item_id": "si_1", "price_id": "price_1", "quantity": 1},
+                        {"item_id": "si_2", "price_id": "price_2", "quantity": 2}]}
+    if version == 2:
+        record["effective_from_ms"] = 100
+    body = BytesIO()
+    schemaless_writer(body, old.parsed, record)
+
+    decoded = SINGLE_OBJECT_CODEC.decode(SINGLE_OBJECT_MAGIC + old.fingerprint + body.getvalue())
+
+    assert [(item.item_id, item.quantity, item.metadata) for item in decoded.items] == [("si_1", 1, {}), ("si_2", 2, {})]
+    assert decoded.effective_from_ms == (100 if version == 2 else None)
 
 
 def test_decode_many_yields_facts_and_errors_in_order():

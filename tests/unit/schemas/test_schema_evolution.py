@@ -7,7 +7,7 @@ import avro.schema
 import pytest
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
-from billing.facts import ALL_FACTS, CustomerCreated
+from billing.facts import ALL_FACTS, CustomerCreated, SubscriptionCreated, SubscriptionItemsChanged
 from schemas.schema_files import load_catalogue
 
 VERSION_PAIRS = [
@@ -48,3 +48,23 @@ def test_the_check_rejects_changing_a_field_type_incompatibly():
     next(field for field in breaking["fields"] if field["name"] == "created_at_ms")["type"] = "string"
 
     assert compatibility(reader_schema=breaking, writer_schema=current) is SchemaCompatibilityType.incompatible
+
+
+# Fingerprints of versions already written to logs: a stored fact names its schema by fingerprint, so
+# an older version's must never change (e.g. through a shared named type it refers to: the history
+# files inline SubscriptionItem as it was when they were current).
+STORED_FINGERPRINTS = {
+    (SubscriptionCreated, 1): "72397cdacfdffa33",
+    (SubscriptionCreated, 2): "bac9072455cd6a2b",
+    (SubscriptionItemsChanged, 1): "9a56463f6082f101",
+    (SubscriptionItemsChanged, 2): "0b563194d52733ec",
+}
+
+
+@pytest.mark.parametrize(("fact_class", "version"), list(STORED_FINGERPRINTS),
+                         ids=[f"{cls.__name__}-v{version}" for cls, version in STORED_FINGERPRINTS])
+def test_an_older_version_keeps_the_fingerprint_its_stored_facts_carry(fact_class, version):
+    older = load_catalogue().versions[fact_class][version - 1]
+
+    assert older.version == version
+    assert older.fingerprint.hex() == STORED_FINGERPRINTS[fact_class, version]
