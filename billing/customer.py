@@ -70,6 +70,7 @@ from billing.lifecycle import (
 )
 from billing.meters import MeterAggregator, MeterReading, MeterUsage
 from billing.periods import (
+    MILLISECONDS_PER_MINUTE,
     BillingPeriod,
     cancel_immediately,
     next_period,
@@ -170,6 +171,10 @@ class CustomerState:
     # Billing alerts on this customer (billing/alerts.py), by alert id.
     billing_alerts: dict[str, AlertWatch] = field(default_factory=dict)
     deleted_at_ms: int | None = None  # deleted: its meter events are refused (as an unknown customer's)
+    # Period-usage keys whose period shares a minute bucket with a neighbouring period's usage (see
+    # mark_split_minutes): only there do minute buckets not tell the period's usage, so only their
+    # usage is published (UsageBucketUpdated.period_usage) for the invoice preview.
+    split_period_usage: set[tuple[str, int, str]] = field(default_factory=set)
 
     @property
     def test_clock_id(self) -> str | None:
@@ -193,7 +198,8 @@ def copy_state(state: CustomerState) -> CustomerState:
                    voided_invoice_ids=set(state.voided_invoice_ids),
                    low_balance_watches=dict(state.low_balance_watches),
                    invoice_items=dict(state.invoice_items), drafts=dict(state.drafts),
-                   settled_invoices=dict(state.settled_invoices), billing_alerts=dict(state.billing_alerts))
+                   settled_invoices=dict(state.settled_invoices), billing_alerts=dict(state.billing_alerts),
+                   split_period_usage=set(state.split_period_usage))
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,14 +312,47 @@ def add_usage(state: CustomerState, meter_id: str, reading: MeterReading, aggreg
     """Count one accepted, first-seen reading toward every open period that bills its meter
     (`keys`: those periods' keys, when the caller has them from open_period_usage_span)."""
     period_usage = state.period_usage
-    if keys is None:
+    if keys is None:  # (the fast path, which has the keys, leaves the split minutes to this path)
         keys = _open_period_usage_keys(state, meter_id, reading.event_time_ms, catalog)
+        mark_split_minutes(state, meter_id, reading.event_time_ms, catalog)
     for key in keys:
         usage = period_usage.get(key)
         period_usage[key] = aggregator.add(aggregator.initialize() if usage is None else usage, reading)
     if state.billing_alerts:
         count_reading(state.billing_alerts, meter_id, reading, aggregator)
     state.live_pending = True
+
+
+def _boundary_in_minute(sub: SubscriptionState, minute_ms: int) -> int | None:
+    """The start of one of the subscription's periods inside the minute's bucket after its first
+    instant (a period boundary that splits the bucket), if any: there is at most one, periods
+    being a day long at least."""
+    end_ms = minute_ms + MILLISECONDS_PER_MINUTE
+    created_at_ms, open_start_ms, open_end_ms = sub.created.created_at_ms, sub.open_period.start_ms, sub.current_end_ms()
+    for boundary_ms in (created_at_ms, open_start_ms, open_end_ms):
+        if minute_ms < boundary_ms < end_ms:
+            return boundary_ms
+    if open_start_ms <= minute_ms and end_ms <= open_end_ms or end_ms <= created_at_ms:
+        return None  # inside the open period, or before the subscription: no calendar needed
+    period = subscription_period_containing(created_at_ms, sub.created.billing_cycle_anchor_ms, sub.interval,
+                                            sub.interval_count, end_ms - 1)
+    return period.start_ms if minute_ms < period.start_ms else None
+
+
+def mark_split_minutes(state: CustomerState, meter_id: str, event_time_ms: int, catalog: Catalog) -> None:
+    """A first-seen event of the meter in a minute that a period boundary splits (a subscription
+    created at 12:00:30 starts its periods mid-minute): the minute bucket there holds usage of two
+    periods and tells neither's, so both periods' usage of the meter is published exactly from now
+    on, whichever of them the event counts in (or none: an event before the subscription)."""
+    minute_ms = event_time_ms - event_time_ms % MILLISECONDS_PER_MINUTE
+    for sub, _ in _subscriptions_billing(state, meter_id, catalog):
+        boundary_ms = _boundary_in_minute(sub, minute_ms)
+        if boundary_ms is None:
+            continue
+        for instant_ms in (boundary_ms - 1, boundary_ms):  # the periods either side, if not invoiced yet
+            period = _period_of(sub, instant_ms)
+            if period is not None:
+                state.split_period_usage.add((sub.subscription_id, period.start_ms, meter_id))
 
 
 def usage_within(state: CustomerState, meter_id: str, reading: MeterReading, aggregator: MeterAggregator,
@@ -544,6 +583,7 @@ def _end_subscription(state: CustomerState, sub: SubscriptionState) -> None:
     sub.ended = True
     for key in [key for key in state.period_usage if key[0] == sub.subscription_id]:
         del state.period_usage[key]
+    state.split_period_usage = {key for key in state.split_period_usage if key[0] != sub.subscription_id}
 
 
 # --- time ----------------------------------------------------------------------------------------
@@ -618,6 +658,9 @@ def _finalize(state: CustomerState, sub: SubscriptionState, due_ms: int, catalog
     state.invoices[computation.invoice.invoice_id] = computation.invoice
     for key in [key for key in state.period_usage if key[0] == sub.subscription_id and key[1] == period.start_ms]:
         del state.period_usage[key]
+    if state.split_period_usage:
+        state.split_period_usage = {key for key in state.split_period_usage
+                                    if key[0] != sub.subscription_id or key[1] > period.start_ms}
     if final:
         _end_subscription(state, sub)
     else:

@@ -321,9 +321,12 @@ class PartitionProcessor:
         touched_buckets, carried = self._touched_buckets, {}
         for (customer_id, meter_id), bucket_key in self._touched_period_usage.items():
             state = self.customers.get(customer_id)
-            if state is None:
+            if state is None or not state.split_period_usage:
                 continue
-            period_usage = period_usage_of(state.period_usage, meter_id, self._aggregator(meter_id))
+            period_usage = period_usage_of(state.period_usage, state.split_period_usage, meter_id,
+                                           self._aggregator(meter_id))
+            if not period_usage:
+                continue
             if bucket_key not in touched_buckets:  # re-read: the bucket had the event, the period had not
                 bucket = self.ledger.buckets.get(bucket_key)
                 if bucket is None:
@@ -484,9 +487,12 @@ class PartitionProcessor:
                 if found is None:  # outside an open period: its keys are a calendar's work
                     return self._meter_event_general(offset, event, original_bytes, fresh)
                 keys, start_ms, end_ms = found
-                self._usage_keys.setdefault(customer_id, {})[meter_id] = (start_ms, end_ms, keys)
+                span = self._usage_keys.setdefault(customer_id, {})[meter_id] = (start_ms, end_ms, keys)
             else:
                 keys = span[2]
+            if event_time_ms - span[0] < MILLISECONDS_PER_MINUTE or span[1] - event_time_ms <= MILLISECONDS_PER_MINUTE:
+                # a period's first or last minute may be split with another period: add_usage marks it
+                return self._meter_event_general(offset, event, original_bytes, fresh)
             period_usage = state.period_usage
             limit = plain.safe_quantity
             if limit is not None:  # usage_within for a meter without window, spelled out (values >= 0 here)

@@ -27,7 +27,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -340,14 +340,22 @@ def bucket_fact(customer_id: str, meter_id: str, bucket_start_ms: int, aggregato
         period_usage=period_usage)
 
 
-def period_usage_of(period_usage: Mapping[tuple[str, int, str], MeterUsage], meter_id: str,
+def period_usage_of(period_usage: Mapping[tuple[str, int, str], MeterUsage],
+                    split_period_usage: Collection[tuple[str, int, str]], meter_id: str,
                     aggregator: MeterAggregator) -> tuple[PeriodUsage, ...]:
-    """The open periods' usage of `meter_id` in a customer state's `period_usage` (keyed by
-    subscription, period start and meter; folded by exact event time), as the facts carry it."""
-    return tuple(PeriodUsage(subscription_id=subscription_id, period_start_ms=period_start_ms,
-                             value=aggregator.result(usage), event_count=aggregator.event_count(usage))
-                 for (subscription_id, period_start_ms, key_meter_id), usage in period_usage.items()
-                 if key_meter_id == meter_id)
+    """The usage of `meter_id` in the periods of `split_period_usage` (a customer state's keys of
+    periods whose minute buckets do not tell their usage: billing.customer.mark_split_minutes),
+    from its `period_usage` (folded by exact event time; none yet is zero), as the facts carry it."""
+    published = []
+    for key in split_period_usage:
+        if key[2] == meter_id:
+            usage = period_usage.get(key)
+            if usage is None:
+                usage = aggregator.initialize()
+            published.append(PeriodUsage(subscription_id=key[0], period_start_ms=key[1],
+                                         value=aggregator.result(usage), event_count=aggregator.event_count(usage)))
+    published.sort(key=lambda usage: (usage.subscription_id, usage.period_start_ms))
+    return tuple(published)
 
 
 def period_usage_fact(customer_id: str, meter_id: str, usage: PeriodUsage, updated_at_ms: int) -> PeriodUsageUpdated:

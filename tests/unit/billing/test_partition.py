@@ -443,6 +443,43 @@ def test_a_reread_event_its_bucket_had_and_its_period_had_not_still_publishes_th
     assert _period_usage(out) == {("sub_cus_1", w.START_MS + 30_000, "mtr_in"): (Decimal("5"), 1)}
 
 
+def test_usage_away_from_a_split_minute_publishes_no_period_usage():
+    # The minute buckets tell the period's usage exactly there: nothing more to publish (the cost
+    # of exactness is paid only in a period's first and last minute).
+    for clock_id in ("clock", None):
+        setup = _mid_minute_log(clock_id)[:-2]
+        out = fold(processor(), setup + [w.meter_event("cus_1", "5", "e1", w.START_MS + 5 * 60_000)])
+        (bucket,) = [f for f in out if isinstance(f, UsageBucketUpdated)]
+        assert (bucket.value, bucket.period_usage) == (Decimal("5"), ()), clock_id
+        assert not [f for f in out if isinstance(f, PeriodUsageUpdated)], clock_id
+
+
+def test_an_event_before_the_period_in_its_split_minute_publishes_the_period_s_zero():
+    # 3 at 00:00:20, before the period that starts at 00:00:30: its bucket (00:00, 3) would make
+    # the preview bill 3; the period's own usage, 0, is published instead.
+    for clock_id in ("clock", None):
+        out = fold(processor(), _mid_minute_log(clock_id)[:-1])
+        assert _period_usage(out) == {("sub_cus_1", w.START_MS + 30_000, "mtr_in"): (Decimal("0"), 0)}, clock_id
+
+
+def test_an_event_in_a_period_s_last_split_minute_publishes_it_and_the_next_period():
+    # The period ends at P1_END (00:00:30 a month on); 4 at P1_END - 10 s lands in the bucket
+    # P1_END - 30 s, which the next period's first 30 seconds share: both periods are published,
+    # the first with 4, the next with 0, and each again as its usage changes (2 at P1_END + 5 s).
+    start_ms = w.START_MS + 30_000
+    end_ms = w.first_period_end_ms(start_ms)
+    log = _mid_minute_log("clock")[:-2] + [w.clock_advanced("clock", end_ms - 5_000),
+                                          w.meter_event("cus_1", "4", "e1", end_ms - 10_000)]
+    proc = processor()
+    out = fold(proc, log)
+    assert _period_usage(out) == {("sub_cus_1", start_ms, "mtr_in"): (Decimal("4"), 1),
+                                  ("sub_cus_1", end_ms, "mtr_in"): (Decimal("0"), 0)}
+    later = fold(proc, log + [w.clock_advanced("clock", end_ms + 10_000),
+                              w.meter_event("cus_1", "2", "e2", end_ms + 5_000)], start=len(log))
+    assert _period_usage(later) == {("sub_cus_1", start_ms, "mtr_in"): (Decimal("4"), 1),
+                                    ("sub_cus_1", end_ms, "mtr_in"): (Decimal("2"), 1)}
+
+
 def test_the_invoice_of_a_mid_minute_period_bills_what_its_period_usage_said():
     # 5 input tokens at 3 cents: 15 cents, covered by the 10 USD grant.
     log = _mid_minute_log("clock") + [w.clock_advanced("clock", w.first_period_end_ms(w.START_MS + 30_000)

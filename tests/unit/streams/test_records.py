@@ -184,7 +184,8 @@ _CUSTOMERS = _all_fields(
         AlertWatch, alert_id=TEXT, alert_type=st.sampled_from(AlertType), status=st.sampled_from(AlertStatus),
         meter_id=st.none() | TEXT, gte=st.none() | INT64, currency=st.none() | TEXT, lte_minor=st.none() | INT64,
         since_offset=INT64, usage=st.none() | _USAGES, crossed=st.booleans(), crossing_count=INT64), max_size=2),
-    deleted_at_ms=st.none() | INT64)
+    deleted_at_ms=st.none() | INT64,
+    split_period_usage=st.sets(st.tuples(TEXT, INT64, TEXT), max_size=2))
 
 
 @settings(max_examples=150, deadline=None)
