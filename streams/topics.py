@@ -9,6 +9,7 @@ is crc32, so every confluent-kafka producer must be configured with PRODUCER_PAR
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from drawdown.settings import Settings
 
@@ -47,6 +48,44 @@ class TopicLayoutError(RuntimeError):
     """An existing topic does not have the partition count co-partitioning needs."""
 
 
+class KafkaAccessError(RuntimeError):
+    """The brokers did not answer this client, or refused its credentials; the message says what to check."""
+
+
+def connect_admin(settings: Settings, timeout_s: float = 30.0) -> tuple[Any, dict[str, Any]]:
+    """An AdminClient that has reached the brokers, and their topics. Every engine process starts
+    here (ensure_topics), so a wrong password or security protocol stops it with an error that
+    names the settings, instead of librdkafka retrying forever with only log lines to show."""
+    import time
+
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    errors: list[KafkaError] = []
+    admin = AdminClient({**settings.kafka_client_config(), "error_cb": errors.append})
+    where = f"the Kafka brokers at {settings.effective_kafka_bootstrap_servers}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:  # short tries: an authentication failure is known after one, a slow broker gets the rest
+            return admin, admin.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic()))).topics
+        except KafkaException as exc:
+            admin.poll(0.1)  # serves error_cb: librdkafka reports the broker's refusal there
+            refused = [error for error in errors if error.code() == KafkaError._AUTHENTICATION]
+            if refused:
+                raise KafkaAccessError(
+                    f"{where} refused this client's credentials ({settings.kafka_security_protocol}"
+                    f"{' ' + settings.kafka_sasl_mechanism if settings.kafka_sasl_mechanism else ''}, user "
+                    f"'{settings.kafka_sasl_username}'): check DRAWDOWN_KAFKA_SASL_USERNAME, "
+                    f"DRAWDOWN_KAFKA_SASL_PASSWORD and DRAWDOWN_KAFKA_SASL_MECHANISM (or the TLS client "
+                    f"certificate). The broker said: {refused[-1].str()}") from exc
+            if time.monotonic() >= deadline:
+                raise KafkaAccessError(
+                    f"{where} did not answer in {timeout_s:.0f} s ({exc.args[0].str()}); check that they run, "
+                    "KAFKA_BOOTSTRAP_SERVERS, and DRAWDOWN_KAFKA_SECURITY_PROTOCOL (currently "
+                    f"{settings.kafka_security_protocol}): a broker that closes the connection at once often "
+                    "wants SASL or TLS") from exc
+
+
 def partitions_of(spec: TopicSpec, settings: Settings) -> int:
     return settings.partitions if spec.customer_keyed else 1
 
@@ -58,10 +97,9 @@ def topic_names(settings: Settings) -> dict[str, str]:
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     """Create the missing topics; check the partition counts of the existing ones."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
 
-    admin = AdminClient({"bootstrap.servers": settings.effective_kafka_bootstrap_servers})
-    existing = admin.list_topics(timeout=timeout_s).topics
+    admin, existing = connect_admin(settings, timeout_s)
     missing = []
     for spec in TOPICS:
         name, wanted = settings.topic(spec.name), partitions_of(spec, settings)
@@ -91,10 +129,8 @@ def delete_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     broker's data folder grows by thousands of partitions and its restart slows to minutes."""
     import logging
 
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": settings.effective_kafka_bootstrap_servers})
-    mine = [name for name in admin.list_topics(timeout=timeout_s).topics
+    admin, topics = connect_admin(settings, timeout_s)
+    mine = [name for name in topics
             if name.startswith((f"{settings.topic_prefix}.", f"{settings.topic_prefix}-"))]
     for future in admin.delete_topics(mine, operation_timeout=timeout_s).values() if mine else ():
         try:
