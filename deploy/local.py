@@ -211,18 +211,55 @@ def ensure_kafka_jars(settings: Settings) -> Path:
     return libs
 
 
+# Characters the local broker accepts in its SCRAM user and password: both go unescaped into
+# server.properties (JAAS) and into `kafka-storage format --add-scram`.
+LOCAL_SCRAM_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def local_kafka_listener(settings: Settings) -> str:
+    """The local broker's client listener, from the clients' own settings: PLAINTEXT, or
+    SASL_PLAINTEXT with SCRAM (its one user is DRAWDOWN_KAFKA_SASL_USERNAME/PASSWORD, created when
+    the storage is formatted). The controller listener stays PLAINTEXT on 127.0.0.1."""
+    protocol, mechanism = settings.kafka_security_protocol, settings.kafka_sasl_mechanism
+    if protocol == "PLAINTEXT":
+        return protocol
+    if protocol != "SASL_PLAINTEXT" or not mechanism.startswith("SCRAM-"):
+        raise LocalStackError(
+            f"the local broker speaks PLAINTEXT or SASL_PLAINTEXT with SCRAM, not {protocol}"
+            f"{' ' + mechanism if mechanism else ''}: set DRAWDOWN_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT and "
+            "DRAWDOWN_KAFKA_SASL_MECHANISM=SCRAM-SHA-512, or point KAFKA_BOOTSTRAP_SERVERS at your cluster")
+    for name, value in (("DRAWDOWN_KAFKA_SASL_USERNAME", settings.kafka_sasl_username),
+                        ("DRAWDOWN_KAFKA_SASL_PASSWORD", settings.kafka_sasl_password.get_secret_value())):
+        if not set(value) <= LOCAL_SCRAM_CHARACTERS:
+            raise LocalStackError(f"for the local broker, {name} may hold only letters, digits, '.', '_' and '-'")
+    return protocol
+
+
 def kafka_server_properties(settings: Settings) -> str:
     data = kafka_dir(settings) / "data"
+    listener = local_kafka_listener(settings)
+    if listener == "PLAINTEXT":
+        sasl = []
+    else:
+        mechanism = settings.kafka_sasl_mechanism
+        # The broker talks to itself over the same listener, as the same user.
+        sasl = [f"sasl.enabled.mechanisms={mechanism}",
+                f"sasl.mechanism.inter.broker.protocol={mechanism}",
+                f"listener.name.sasl_plaintext.{mechanism.lower()}.sasl.jaas.config="
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{settings.kafka_sasl_username}" '
+                f'password="{settings.kafka_sasl_password.get_secret_value()}";']
     return "\n".join([
         "# Written by deploy/local.py: a single-node KRaft broker+controller for development and tests.",
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.voters=1@127.0.0.1:{settings.kafka_controller_port}",
-        f"listeners=PLAINTEXT://127.0.0.1:{settings.kafka_port},CONTROLLER://127.0.0.1:{settings.kafka_controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{settings.kafka_port}",
+        f"listeners={listener}://127.0.0.1:{settings.kafka_port},CONTROLLER://127.0.0.1:{settings.kafka_controller_port}",
+        f"advertised.listeners={listener}://127.0.0.1:{settings.kafka_port}",
         "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"inter.broker.listener.name={listener}",
+        f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{listener}:{listener}",
+        *sasl,
         f"log.dirs={data}",
         "num.partitions=1",
         # One node: every internal topic at replication factor 1, and few partitions, because the
@@ -266,14 +303,17 @@ def kafka_log4j_properties(settings: Settings) -> str:
     ])
 
 
-def kafka_ready(bootstrap: str) -> bool:
+def kafka_ready(settings: Settings, bootstrap: str | None = None) -> bool:
+    """Whether the broker at `bootstrap` (default: the settings') answers a client with the settings' security."""
     from confluent_kafka.admin import AdminClient
+    bootstrap = bootstrap or settings.effective_kafka_bootstrap_servers
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     # Probe the socket first: a client against a closed port floods stderr with connect errors.
     if port.isdigit() and not port_open(int(port), host or "127.0.0.1"):
         return False
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000})
+        admin = AdminClient({**settings.kafka_client_config(), "bootstrap.servers": bootstrap,
+                             "socket.timeout.ms": 2000})
         admin.list_topics(timeout=2)
         return True
     except Exception:  # noqa: BLE001 - any failure just means "not yet"
@@ -284,21 +324,35 @@ def kafka_running(settings: Settings) -> bool:
     return pid_alive(read_pid(pid_file(settings, "kafka")))
 
 
-def start_kafka(settings: Settings) -> str:
-    """Start the local broker unless it already runs; return its bootstrap address."""
+def start_kafka(settings: Settings, jars: Settings | None = None) -> str:
+    """Start the local broker unless it already runs; return its bootstrap address. Its client
+    listener follows the settings' security (local_kafka_listener); `jars`: settings whose state
+    folder already caches the broker's jars (default: these)."""
     bootstrap = f"127.0.0.1:{settings.kafka_port}"
+    listener = local_kafka_listener(settings)
     if kafka_running(settings):
-        wait_until(lambda: kafka_ready(bootstrap), KAFKA_READY_TIMEOUT_S, lambda: kafka_running(settings),
+        wait_until(lambda: kafka_ready(settings, bootstrap), KAFKA_READY_TIMEOUT_S, lambda: kafka_running(settings),
                    "Kafka", log_file(settings, "kafka"))
         return bootstrap
     require_free_port(settings.kafka_port, "DRAWDOWN_KAFKA_PORT", "the local Kafka broker")
     require_free_port(settings.kafka_controller_port, "DRAWDOWN_KAFKA_CONTROLLER_PORT", "the local Kafka controller")
-    libs = ensure_kafka_jars(settings)
-    java = require_tool("java", "install Java 17 or newer")
     home = kafka_dir(settings)
+    # The SCRAM user exists only from format time: storage formatted for another listener would
+    # refuse (or not need) the clients' credentials.
+    formatted_for = home / "data-listener"
+    if (home / "data" / "meta.properties").exists():
+        before = formatted_for.read_text().strip() if formatted_for.exists() else "PLAINTEXT"
+        if before != listener:
+            raise LocalStackError(
+                f"the local broker's storage in {home / 'data'} was formatted for a {before} listener, but the settings "
+                f"ask for {listener}: use another DRAWDOWN_STATE_DIR (and ports), or `drawdown reset` this one")
+    libs = ensure_kafka_jars(jars or settings)
+    java = require_tool("java", "install Java 17 or newer")
     (home / "data").mkdir(parents=True, exist_ok=True)
     properties = home / "server.properties"
-    properties.write_text(kafka_server_properties(settings))
+    # Mode 0600 before the text goes in: with SCRAM it holds the broker's password.
+    with open(os.open(properties, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        out.write(kafka_server_properties(settings))
     log4j = home / "log4j2.properties"
     log4j.write_text(kafka_log4j_properties(settings))
     classpath = f"{libs}/*"
@@ -306,12 +360,17 @@ def start_kafka(settings: Settings) -> str:
     if not (home / "data" / "meta.properties").exists():
         say("formatting Kafka storage (once) ...")
         cluster_id = base64_uuid()
+        scram = []
+        if listener != "PLAINTEXT":  # KIP-900: SCRAM users of a KRaft cluster are created at format time
+            scram = ["--add-scram", f'{settings.kafka_sasl_mechanism}=[name="{settings.kafka_sasl_username}",'
+                                    f'password="{settings.kafka_sasl_password.get_secret_value()}"]']
         result = subprocess.run(
             [java, "-cp", classpath, logging_flag, "kafka.tools.StorageTool", "format",
-             "-t", cluster_id, "-c", str(properties)], capture_output=True, text=True)
+             "-t", cluster_id, "-c", str(properties), *scram], capture_output=True, text=True)
         if result.returncode != 0:
             raise LocalStackError(f"Kafka storage format failed:\n{result.stdout}{result.stderr}")
-    say(f"starting Kafka on {bootstrap} ...")
+        formatted_for.write_text(listener + "\n")
+    say(f"starting Kafka on {bootstrap} ({listener}) ...")
     pid = spawn(settings, "kafka", [
         java, f"-Xms{min(256, settings.kafka_heap_mb)}m", f"-Xmx{settings.kafka_heap_mb}m", "-XX:+UseG1GC",
         "-XX:TieredStopAtLevel=1",  # faster start-up on 2 cores; the broker is I/O bound here
@@ -319,7 +378,7 @@ def start_kafka(settings: Settings) -> str:
     )
     # log4j2 and the JVM's own stdout/stderr both append (O_APPEND) to logs/kafka.log (after a
     # roll-over the JVM's rare own lines land in kafka.log.1: start-up failures come before any).
-    wait_until(lambda: kafka_ready(bootstrap), KAFKA_READY_TIMEOUT_S, lambda: pid_alive(pid),
+    wait_until(lambda: kafka_ready(settings, bootstrap), KAFKA_READY_TIMEOUT_S, lambda: pid_alive(pid),
                "Kafka", log_file(settings, "kafka"))
     return bootstrap
 
@@ -611,7 +670,7 @@ def up(settings: Settings, with_engine: bool = True) -> dict[str, str]:
     """Bring the stack up (idempotent) and return what listens where."""
     started_at = time.monotonic()
     bootstrap = settings.kafka_bootstrap_servers or start_kafka(settings)
-    if settings.kafka_bootstrap_servers and not kafka_ready(bootstrap):
+    if settings.kafka_bootstrap_servers and not kafka_ready(settings, bootstrap):
         raise LocalStackError(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} does not answer; start that broker or unset the variable")
     database_url = start_postgres(settings)
     if with_engine:
