@@ -201,3 +201,20 @@ def certificate_authority(folder: Path) -> Path:
     (folder / "ca.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                       serialization.NoEncryption()))
     return folder / "ca.pem"
+
+
+def test_the_command_line_shows_a_refused_configuration_without_a_traceback_or_the_password(monkeypatch,
+                                                                                           capsys) -> None:
+    from drawdown import cli
+    from drawdown.settings import get_settings
+
+    monkeypatch.setenv("DRAWDOWN_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("DRAWDOWN_KAFKA_SASL_PASSWORD", PASSWORD)
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["status"]) == 2
+    finally:
+        get_settings.cache_clear()
+    error = capsys.readouterr().err
+    assert error.startswith("drawdown: settings: ") and "needs DRAWDOWN_KAFKA_SASL_MECHANISM" in error
+    assert "Traceback" not in error and PASSWORD not in error
