@@ -7,6 +7,7 @@ Dockerfile: a test checks that they agree.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -176,17 +177,22 @@ class Settings(BaseSettings):
         if self.postgres_sslmode == "disable" and any(pg_files.values()):
             raise ValueError("DRAWDOWN_POSTGRES_SSLMODE=disable but PostgreSQL TLS files are set: "
                              "choose require, verify-ca or verify-full, or unset the files")
+        files = {**tls_files, **pg_files}
         for cert, key in (("DRAWDOWN_KAFKA_SSL_CERT_FILE", "DRAWDOWN_KAFKA_SSL_KEY_FILE"),
                           ("DRAWDOWN_POSTGRES_SSLCERT", "DRAWDOWN_POSTGRES_SSLKEY")):
-            files = {**tls_files, **pg_files}
             if bool(files[cert]) != bool(files[key]):
                 raise ValueError(f"a client certificate goes with its key: set both {cert} and {key}, or neither")
         # A missing file would surface later as a TLS handshake failure that names no setting.
-        for name, path in {**tls_files, **pg_files}.items():
-            if path is not None and not path.is_file():
+        for name, path in files.items():
+            if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
                 raise ValueError(f"{name}={path} is not a readable file")
-        if self.database_url:
-            given = dict(parse_qsl(urlsplit(self.database_url).query))
+        if self.database_url and self._postgres_tls_parameters():
+            import psycopg
+
+            try:
+                given = psycopg.conninfo.conninfo_to_dict(self.database_url)
+            except psycopg.ProgrammingError:  # a malformed URL: the first connection says so
+                given = {}
             for key, value in self._postgres_tls_parameters().items():
                 if key in given and given[key] != value:
                     raise ValueError(f"DATABASE_URL sets {key}={given[key]} but DRAWDOWN_POSTGRES_{key.upper()}="
@@ -222,6 +228,10 @@ class Settings(BaseSettings):
         parameters = self._postgres_tls_parameters()
         if not parameters:
             return url
+        if "://" not in url:  # a key=value conninfo: libpq reads the parameters there too
+            from psycopg.conninfo import make_conninfo
+
+            return make_conninfo(url, **parameters)
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         query.update(parameters)

@@ -218,3 +218,15 @@ def test_the_command_line_shows_a_refused_configuration_without_a_traceback_or_t
     error = capsys.readouterr().err
     assert error.startswith("drawdown: settings: ") and "needs DRAWDOWN_KAFKA_SASL_MECHANISM" in error
     assert "Traceback" not in error and PASSWORD not in error
+
+
+def test_a_key_value_database_url_gets_the_postgres_tls_settings_too(pem: Path) -> None:
+    import psycopg
+
+    settings = Settings(database_url="host=db.example dbname=billing user=drawdown", postgres_sslmode="verify-ca",
+                        postgres_sslrootcert=pem)
+    info = psycopg.conninfo.conninfo_to_dict(settings.effective_database_url)
+    assert info == {"host": "db.example", "dbname": "billing", "user": "drawdown", "sslmode": "verify-ca",
+                    "sslrootcert": str(pem)}
+    with pytest.raises(ValidationError, match="DATABASE_URL sets sslmode=require but DRAWDOWN_POSTGRES_SSLMODE="):
+        Settings(database_url="host=db.example sslmode=require", postgres_sslmode="verify-ca")
