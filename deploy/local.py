@@ -216,18 +216,31 @@ def ensure_kafka_jars(settings: Settings) -> Path:
 LOCAL_SCRAM_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
-def local_kafka_listener(settings: Settings) -> str:
+@dataclass(frozen=True)
+class BrokerTls:
+    """The local broker's own TLS material, for an SSL or SASL_SSL listener (tests make it):
+    `keystore` holds its private key (PKCS#8 PEM, unencrypted) and certificate chain, for 127.0.0.1;
+    `ca` the CA certificate it trusts (itself, on the inter-broker connection). Clients trust `ca`
+    through DRAWDOWN_KAFKA_SSL_CA_FILE."""
+
+    keystore: Path
+    ca: Path
+
+
+def local_kafka_listener(settings: Settings, tls: BrokerTls | None = None) -> str:
     """The local broker's client listener, from the clients' own settings: PLAINTEXT, or
     SASL_PLAINTEXT with SCRAM (its one user is DRAWDOWN_KAFKA_SASL_USERNAME/PASSWORD, created when
-    the storage is formatted). The controller listener stays PLAINTEXT on 127.0.0.1."""
+    the storage is formatted); SSL or SASL_SSL with SCRAM too when given its TLS material. The
+    controller listener stays PLAINTEXT on 127.0.0.1."""
     protocol, mechanism = settings.kafka_security_protocol, settings.kafka_sasl_mechanism
-    if protocol == "PLAINTEXT":
-        return protocol
-    if protocol != "SASL_PLAINTEXT" or not mechanism.startswith("SCRAM-"):
+    served = ("PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL") if tls else ("PLAINTEXT", "SASL_PLAINTEXT")
+    if protocol not in served or (protocol.startswith("SASL_") and not mechanism.startswith("SCRAM-")):
         raise LocalStackError(
-            f"the local broker speaks PLAINTEXT or SASL_PLAINTEXT with SCRAM, not {protocol}"
+            f"the local broker speaks {', '.join(served)} (SASL: SCRAM only), not {protocol}"
             f"{' ' + mechanism if mechanism else ''}: set DRAWDOWN_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT and "
             "DRAWDOWN_KAFKA_SASL_MECHANISM=SCRAM-SHA-512, or point KAFKA_BOOTSTRAP_SERVERS at your cluster")
+    if not protocol.startswith("SASL_"):
+        return protocol
     for name, value in (("DRAWDOWN_KAFKA_SASL_USERNAME", settings.kafka_sasl_username),
                         ("DRAWDOWN_KAFKA_SASL_PASSWORD", settings.kafka_sasl_password.get_secret_value())):
         if not set(value) <= LOCAL_SCRAM_CHARACTERS:
@@ -235,20 +248,22 @@ def local_kafka_listener(settings: Settings) -> str:
     return protocol
 
 
-def kafka_server_properties(settings: Settings) -> str:
+def kafka_server_properties(settings: Settings, tls: BrokerTls | None = None) -> str:
     data = kafka_dir(settings) / "data"
-    listener = local_kafka_listener(settings)
-    if listener == "PLAINTEXT":
-        sasl = []
-    else:
+    listener = local_kafka_listener(settings, tls)
+    security = []
+    if listener.startswith("SASL_"):
         mechanism = settings.kafka_sasl_mechanism
         # The broker talks to itself over the same listener, as the same user.
-        sasl = [f"sasl.enabled.mechanisms={mechanism}",
-                f"sasl.mechanism.inter.broker.protocol={mechanism}",
-                f"listener.name.sasl_plaintext.{mechanism.lower()}.sasl.jaas.config="
-                "org.apache.kafka.common.security.scram.ScramLoginModule required "
-                f'username="{settings.kafka_sasl_username}" '
-                f'password="{settings.kafka_sasl_password.get_secret_value()}";']
+        security += [f"sasl.enabled.mechanisms={mechanism}",
+                     f"sasl.mechanism.inter.broker.protocol={mechanism}",
+                     f"listener.name.{listener.lower()}.{mechanism.lower()}.sasl.jaas.config="
+                     "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                     f'username="{settings.kafka_sasl_username}" '
+                     f'password="{settings.kafka_sasl_password.get_secret_value()}";']
+    if tls and listener.endswith("SSL"):
+        security += ["ssl.keystore.type=PEM", f"ssl.keystore.location={tls.keystore}",
+                     "ssl.truststore.type=PEM", f"ssl.truststore.location={tls.ca}"]
     return "\n".join([
         "# Written by deploy/local.py: a single-node KRaft broker+controller for development and tests.",
         "process.roles=broker,controller",
@@ -259,7 +274,7 @@ def kafka_server_properties(settings: Settings) -> str:
         "controller.listener.names=CONTROLLER",
         f"inter.broker.listener.name={listener}",
         f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{listener}:{listener}",
-        *sasl,
+        *security,
         f"log.dirs={data}",
         "num.partitions=1",
         # One node: every internal topic at replication factor 1, and few partitions, because the
@@ -324,12 +339,13 @@ def kafka_running(settings: Settings) -> bool:
     return pid_alive(read_pid(pid_file(settings, "kafka")))
 
 
-def start_kafka(settings: Settings, jars: Settings | None = None) -> str:
+def start_kafka(settings: Settings, jars: Settings | None = None, tls: BrokerTls | None = None) -> str:
     """Start the local broker unless it already runs; return its bootstrap address. Its client
-    listener follows the settings' security (local_kafka_listener); `jars`: settings whose state
-    folder already caches the broker's jars (default: these)."""
+    listener follows the settings' security (local_kafka_listener; `tls`: its own certificate for
+    SSL or SASL_SSL); `jars`: settings whose state folder already caches the broker's jars
+    (default: these)."""
     bootstrap = f"127.0.0.1:{settings.kafka_port}"
-    listener = local_kafka_listener(settings)
+    listener = local_kafka_listener(settings, tls)
     if kafka_running(settings):
         wait_until(lambda: kafka_ready(settings, bootstrap), KAFKA_READY_TIMEOUT_S, lambda: kafka_running(settings),
                    "Kafka", log_file(settings, "kafka"))
@@ -352,7 +368,7 @@ def start_kafka(settings: Settings, jars: Settings | None = None) -> str:
     properties = home / "server.properties"
     # Mode 0600 before the text goes in: with SCRAM it holds the broker's password.
     with open(os.open(properties, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
-        out.write(kafka_server_properties(settings))
+        out.write(kafka_server_properties(settings, tls))
     log4j = home / "log4j2.properties"
     log4j.write_text(kafka_log4j_properties(settings))
     classpath = f"{libs}/*"
@@ -361,7 +377,7 @@ def start_kafka(settings: Settings, jars: Settings | None = None) -> str:
         say("formatting Kafka storage (once) ...")
         cluster_id = base64_uuid()
         scram = []
-        if listener != "PLAINTEXT":  # KIP-900: SCRAM users of a KRaft cluster are created at format time
+        if listener.startswith("SASL_"):  # KIP-900: SCRAM users of a KRaft cluster are created at format time
             scram = ["--add-scram", f'{settings.kafka_sasl_mechanism}=[name="{settings.kafka_sasl_username}",'
                                     f'password="{settings.kafka_sasl_password.get_secret_value()}"]']
         result = subprocess.run(

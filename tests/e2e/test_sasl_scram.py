@@ -1,8 +1,9 @@
 """The engine end to end against a broker that requires SASL/SCRAM (issue 16): a local broker of
 this module's own (deploy/local.py, a SASL_PLAINTEXT listener with SCRAM-SHA-512, its user made
-when its storage is formatted), and the walkthrough through the API, the stream worker (Faust's
-aiokafka clients and confluent-kafka ones) and the projector, every client logging in with the
-settings. The broker must start: a failure to start it is an error, never a skip."""
+when its storage is formatted; then the same over TLS, SASL_SSL, with a CA of the test's own),
+and the walkthrough through the API, the stream worker (Faust's aiokafka clients and
+confluent-kafka ones) and the projector, every client logging in with the settings. The broker
+must start: a failure to start it is an error, never a skip."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -19,25 +19,29 @@ from pydantic import SecretStr
 from deploy import local
 from drawdown.settings import PROJECT_ROOT, Settings
 from tests.e2e.conftest import free_port, own_engine, running_projector, running_worker, serving, started_app
+from tests.tls import certificate_authority, issue
 
 USER = "drawdown-e2e"
 PASSWORD = "scram-e2e-password-5813"
 
 
-def scram_security(password: str = PASSWORD) -> dict[str, Any]:
-    return {"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_mechanism": "SCRAM-SHA-512",
-            "kafka_sasl_username": USER, "kafka_sasl_password": SecretStr(password)}
-
-
-@pytest.fixture(scope="module")
-def scram_broker(local_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """A broker that accepts only SCRAM-SHA-512 logins: own state folder, free ports; stopped at the end."""
+@pytest.fixture(scope="module", params=["SASL_PLAINTEXT", "SASL_SSL"])
+def scram_broker(request, local_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A broker that accepts only SCRAM-SHA-512 logins (over TLS with SASL_SSL): own state folder,
+    free ports; stopped at the end. Yields the clients' settings for it."""
+    home = tmp_path_factory.mktemp(f"scram-broker-{request.param.lower()}")
     port = free_port()
-    broker = Settings(state_dir=tmp_path_factory.mktemp("scram-broker"), kafka_port=port,
-                      kafka_controller_port=free_port(), kafka_bootstrap_servers=f"127.0.0.1:{port}",
-                      **{**scram_security(), "kafka_sasl_password": PASSWORD})
+    tls, ca_file = None, None
+    if request.param == "SASL_SSL":
+        ca = certificate_authority(home / "pki")
+        tls = local.BrokerTls(keystore=issue(home / "pki", "broker", ca).combined(), ca=ca.certificate)
+        ca_file = ca.certificate
+    broker = Settings(state_dir=home / "state", kafka_port=port, kafka_controller_port=free_port(),
+                      kafka_bootstrap_servers=f"127.0.0.1:{port}", kafka_security_protocol=request.param,
+                      kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username=USER, kafka_sasl_password=PASSWORD,
+                      kafka_ssl_ca_file=ca_file)
     try:
-        local.start_kafka(broker, jars=local_settings)  # raises LocalStackError with the broker's log tail
+        local.start_kafka(broker, jars=local_settings, tls=tls)  # raises LocalStackError with the broker's log tail
         yield broker
     finally:
         local.stop_recorded(broker, "kafka")
@@ -46,9 +50,10 @@ def scram_broker(local_settings: Settings, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="module")
 def scram_engine(settings: Settings, database_url: str, scram_broker: Settings) -> Iterator[Settings]:
     """The session's settings pointed at the SCRAM broker, with topics and a database of their own."""
-    secured = settings.model_copy(update={"kafka_bootstrap_servers": scram_broker.kafka_bootstrap_servers,
-                                          **scram_security()})
-    with own_engine(secured, database_url, "scram") as own:
+    secured = settings.model_copy(update={name: getattr(scram_broker, name) for name in (
+        "kafka_bootstrap_servers", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+        "kafka_sasl_password", "kafka_ssl_ca_file")})
+    with own_engine(secured, database_url, scram_broker.kafka_security_protocol.lower()) as own:
         yield own
 
 

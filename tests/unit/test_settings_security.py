@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from deploy import local
 from drawdown.settings import Settings
+from tests.tls import certificate_authority
 
 PASSWORD = "pw-never-shown-4711"
 SCRAM = dict(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="SCRAM-SHA-512",
@@ -46,7 +47,7 @@ def test_sasl_scram_reaches_confluent_kafka_and_faust_alike() -> None:
 def test_sasl_ssl_with_a_ca_file_gives_both_clients_tls(tmp_path: Path) -> None:
     import faust
 
-    ca = certificate_authority(tmp_path)
+    ca = certificate_authority(tmp_path).certificate
     settings = Settings(**{**SCRAM, "kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "SCRAM-SHA-256"},
                         kafka_ssl_ca_file=ca)
     config = settings.kafka_client_config()
@@ -60,7 +61,7 @@ def test_sasl_ssl_with_a_ca_file_gives_both_clients_tls(tmp_path: Path) -> None:
 def test_mutual_tls_passes_the_client_certificate_and_key(tmp_path: Path) -> None:
     import faust
 
-    ca = certificate_authority(tmp_path)
+    ca = certificate_authority(tmp_path).certificate
     settings = Settings(kafka_security_protocol="SSL", kafka_ssl_ca_file=ca, kafka_ssl_cert_file=ca,
                         kafka_ssl_key_file=tmp_path / "ca.key")
     config = settings.kafka_client_config()
@@ -170,7 +171,7 @@ def test_the_local_broker_requires_scram_when_the_clients_use_it(tmp_path: Path)
 
 
 @pytest.mark.parametrize("given, named", [
-    ({"kafka_security_protocol": "SASL_SSL"}, "PLAINTEXT or SASL_PLAINTEXT with SCRAM, not SASL_SSL"),
+    ({"kafka_security_protocol": "SASL_SSL"}, "speaks PLAINTEXT, SASL_PLAINTEXT (SASL: SCRAM only), not SASL_SSL"),
     ({"kafka_sasl_mechanism": "PLAIN"}, "not SASL_PLAINTEXT PLAIN"),
     ({"kafka_sasl_password": 'a"b'}, "DRAWDOWN_KAFKA_SASL_PASSWORD may hold only"),
 ])
@@ -179,28 +180,6 @@ def test_the_local_broker_refuses_what_it_cannot_serve(tmp_path: Path, given, na
         local.kafka_server_properties(Settings(state_dir=tmp_path, **{**SCRAM, **given}))
     assert named in str(refused.value)
 
-
-def certificate_authority(folder: Path) -> Path:
-    """A self-signed CA certificate (ca.pem) and its key (ca.key): enough for an SSL context to load."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "drawdown test CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(now)
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                   .sign(key, hashes.SHA256()))
-    (folder / "ca.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (folder / "ca.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                      serialization.NoEncryption()))
-    return folder / "ca.pem"
 
 
 def test_the_command_line_shows_a_refused_configuration_without_a_traceback_or_the_password(monkeypatch,
@@ -230,3 +209,12 @@ def test_a_key_value_database_url_gets_the_postgres_tls_settings_too(pem: Path) 
                     "sslrootcert": str(pem)}
     with pytest.raises(ValidationError, match="DATABASE_URL sets sslmode=require but DRAWDOWN_POSTGRES_SSLMODE="):
         Settings(database_url="host=db.example sslmode=require", postgres_sslmode="verify-ca")
+
+
+def test_given_its_certificate_the_local_broker_serves_sasl_ssl(tmp_path: Path) -> None:
+    tls = local.BrokerTls(keystore=tmp_path / "broker.keystore.pem", ca=tmp_path / "ca.pem")
+    settings = Settings(state_dir=tmp_path, kafka_port=39092, **{**SCRAM, "kafka_security_protocol": "SASL_SSL"})
+    properties = local.kafka_server_properties(settings, tls)
+    assert "listeners=SASL_SSL://127.0.0.1:39092,CONTROLLER://" in properties
+    assert "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=" in properties
+    assert f"ssl.keystore.location={tls.keystore}" in properties and f"ssl.truststore.location={tls.ca}" in properties
