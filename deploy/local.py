@@ -264,6 +264,8 @@ def kafka_server_properties(settings: Settings, tls: BrokerTls | None = None) ->
     if tls and listener.endswith("SSL"):
         security += ["ssl.keystore.type=PEM", f"ssl.keystore.location={tls.keystore}",
                      "ssl.truststore.type=PEM", f"ssl.truststore.location={tls.ca}"]
+    if listener == "SSL":  # without SASL, a client certificate signed by the CA is the login (mutual TLS)
+        security.append("ssl.client.auth=required")
     return "\n".join([
         "# Written by deploy/local.py: a single-node KRaft broker+controller for development and tests.",
         "process.roles=broker,controller",

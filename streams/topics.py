@@ -54,8 +54,8 @@ class KafkaAccessError(RuntimeError):
 
 def connect_admin(settings: Settings, timeout_s: float = 30.0) -> tuple[Any, dict[str, Any]]:
     """An AdminClient that has reached the brokers, and their topics. Every engine process starts
-    here (ensure_topics), so a wrong password or security protocol stops it with an error that
-    names the settings, instead of librdkafka retrying forever with only log lines to show."""
+    here (ensure_topics), so a wrong password, certificate or security protocol stops it with an
+    error that names the settings, instead of librdkafka retrying forever with only log lines to show."""
     import time
 
     from confluent_kafka import KafkaError, KafkaException
@@ -66,24 +66,42 @@ def connect_admin(settings: Settings, timeout_s: float = 30.0) -> tuple[Any, dic
     where = f"the Kafka brokers at {settings.effective_kafka_bootstrap_servers}"
     deadline = time.monotonic() + timeout_s
     while True:
-        try:  # short tries: an authentication failure is known after one, a slow broker gets the rest
+        try:  # short tries: a refusal is known after one, a slow broker gets the rest
             return admin, admin.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic()))).topics
         except KafkaException as exc:
             admin.poll(0.1)  # serves error_cb: librdkafka reports the broker's refusal there
-            refused = [error for error in errors if error.code() == KafkaError._AUTHENTICATION]
-            if refused:
-                raise KafkaAccessError(
-                    f"{where} refused this client's credentials ({settings.kafka_security_protocol}"
-                    f"{' ' + settings.kafka_sasl_mechanism if settings.kafka_sasl_mechanism else ''}, user "
-                    f"'{settings.kafka_sasl_username}'): check DRAWDOWN_KAFKA_SASL_USERNAME, "
-                    f"DRAWDOWN_KAFKA_SASL_PASSWORD and DRAWDOWN_KAFKA_SASL_MECHANISM (or the TLS client "
-                    f"certificate). The broker said: {refused[-1].str()}") from exc
+            reasons = [f"{where} {refusal}. librdkafka said: {error.str()}"
+                       for error in reversed(errors) if (refusal := _refusal(error, settings))]
+            if reasons:
+                del admin  # not kept retrying by the traceback's reference to this frame
+                raise KafkaAccessError(reasons[0]) from exc
             if time.monotonic() >= deadline:
                 raise KafkaAccessError(
                     f"{where} did not answer in {timeout_s:.0f} s ({exc.args[0].str()}); check that they run, "
                     "KAFKA_BOOTSTRAP_SERVERS, and DRAWDOWN_KAFKA_SECURITY_PROTOCOL (currently "
                     f"{settings.kafka_security_protocol}): a broker that closes the connection at once often "
                     "wants SASL or TLS") from exc
+
+
+def _refusal(error: Any, settings: Settings) -> str | None:
+    """What a client error means the operator must fix, if it is a refusal that retrying cannot cure."""
+    from confluent_kafka import KafkaError
+
+    if error.code() == KafkaError._AUTHENTICATION:
+        return (f"refused this client's credentials ({settings.kafka_security_protocol} "
+                f"{settings.kafka_sasl_mechanism}, user '{settings.kafka_sasl_username}'): check "
+                "DRAWDOWN_KAFKA_SASL_USERNAME, DRAWDOWN_KAFKA_SASL_PASSWORD and DRAWDOWN_KAFKA_SASL_MECHANISM")
+    if error.code() == KafkaError._SSL:
+        return ("could not be verified over TLS (or the handshake failed): check DRAWDOWN_KAFKA_SSL_CA_FILE "
+                "(the CA that signed the brokers' certificates) and the brokers' host names")
+    # A broker that wants a client certificate and gets none, or one it does not trust, answers with
+    # a TLS alert, which librdkafka reports only as a transport error naming it.
+    if error.code() == KafkaError._TRANSPORT and any(alert in error.str() for alert in (
+            "alert bad certificate", "alert certificate unknown", "alert certificate required",
+            "alert unknown ca", "alert certificate expired", "alert certificate revoked")):
+        return ("refused this client's TLS certificate: check DRAWDOWN_KAFKA_SSL_CERT_FILE and "
+                "DRAWDOWN_KAFKA_SSL_KEY_FILE (a certificate the brokers' CA signed)")
+    return None
 
 
 def partitions_of(spec: TopicSpec, settings: Settings) -> int:
