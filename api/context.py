@@ -45,7 +45,7 @@ class ApiContext:
         from streams.source import progress_group
 
         if self._admin is None:
-            self._admin = AdminClient({"bootstrap.servers": self.settings.effective_kafka_bootstrap_servers})
+            self._admin = AdminClient(self.settings.kafka_client_config())
         request = ConsumerGroupTopicPartitions(progress_group(self.settings),
                                               [TopicPartition(topic, partition) for topic, partition in partitions])
         try:
@@ -61,7 +61,7 @@ class ApiContext:
 
         with self._consumer_lock:
             if self._consumer is None:
-                self._consumer = Consumer({"bootstrap.servers": self.settings.effective_kafka_bootstrap_servers,
+                self._consumer = Consumer({**self.settings.kafka_client_config(),
                                            "group.id": f"{self.settings.topic_prefix}.api-watermarks",
                                            "enable.auto.commit": False})
             ends = {}

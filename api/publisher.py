@@ -65,7 +65,7 @@ class Publisher:
         self.settings = settings
         self.codec = codec or FactCodec(settings.schema_registry_url or None)
         self._producer = Producer({
-            "bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+            **settings.kafka_client_config(),
             # Retries never duplicate or reorder a fact (implies acks=all: acked = durable).
             "enable.idempotence": True,
             # murmur2 like Faust/aiokafka/Java, so a customer's facts land on one co-partitioned partition.

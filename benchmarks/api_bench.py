@@ -258,7 +258,7 @@ def _bare_produce_events_per_second(settings: Settings, event_name: str, count: 
         customer_id=f"cus_bench_{index % CUSTOMERS:04d}", event_name=event_name, identifier=f"bare-{index}",
         payload={"stripe_customer_id": f"cus_bench_{index % CUSTOMERS:04d}", "value": "1"}, event_time_ms=now,
         received_at_ms=now))) for index in range(count)]
-    producer = Producer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers, "enable.idempotence": True,
+    producer = Producer({**settings.kafka_client_config(), "enable.idempotence": True,
                          "partitioner": PRODUCER_PARTITIONER, "linger.ms": 2, "compression.type": "lz4"})
     topic = settings.topic("customer-facts")
     started = time.perf_counter()

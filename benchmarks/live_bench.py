@@ -280,9 +280,9 @@ class _LagSampler(threading.Thread):
 
         self.topic = settings.topic("customer-facts")
         self.partitions = [TopicPartition(self.topic, p) for p in range(settings.partitions)]
-        self.admin = AdminClient({"bootstrap.servers": settings.effective_kafka_bootstrap_servers})
+        self.admin = AdminClient(settings.kafka_client_config())
         self.request = ConsumerGroupTopicPartitions(progress_group(settings), self.partitions)
-        self.watermarks = Consumer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+        self.watermarks = Consumer({**settings.kafka_client_config(),
                                     "group.id": f"{settings.topic_prefix}.live-lag"})
         self.samples: list[float] = []
         self.stopping = threading.Event()
@@ -350,7 +350,7 @@ class LiveRig:
         from schemas.codec import FactCodec
 
         self.codec = FactCodec(self.settings.schema_registry_url or None)
-        self.reader = Consumer({"bootstrap.servers": self.settings.effective_kafka_bootstrap_servers,
+        self.reader = Consumer({**self.settings.kafka_client_config(),
                                 "group.id": f"{self.settings.topic_prefix}.live-freshness",
                                 "enable.auto.commit": False})
         self.reader.assign([TopicPartition(self.settings.topic("live-balances"), p, OFFSET_END)

@@ -123,7 +123,7 @@ def open_raw_producer(settings: Settings, key: bytes, value: bytes, timestamp_ms
     only, through a callback, as the SDK asks), warmed up by one record sent and flushed."""
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers, **PRODUCER_CONFIG,
+    producer = Producer({**settings.kafka_client_config(), **PRODUCER_CONFIG,
                          "delivery.report.only.error": True, "on_delivery": lambda error, message: None})
     producer.produce(settings.topic("customer-facts"), value, key, timestamp=timestamp_ms)
     if producer.flush(60) != 0:

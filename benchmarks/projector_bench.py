@@ -51,7 +51,7 @@ def _produce(settings: Settings, topic: str, facts: list[Any]) -> None:
     from confluent_kafka import Producer
 
     codec = FactCodec(settings.schema_registry_url or None)
-    producer = Producer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+    producer = Producer({**settings.kafka_client_config(),
                          "enable.idempotence": True, "partitioner": PRODUCER_PARTITIONER, "linger.ms": 20,
                          "compression.type": "lz4"})
     for fact in facts:

@@ -70,7 +70,7 @@ def bare_consume_and_decode(settings: Settings, ranges: list[PartitionRange], co
 
     wanted = [r for r in ranges if r.record_count > 0]
     total = sum(r.record_count for r in wanted)
-    consumer = Consumer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+    consumer = Consumer({**settings.kafka_client_config(),
                          "group.id": f"bench-ceiling-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
                          "isolation.level": "read_committed",
                          "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 16 * 1024 * 1024})
@@ -109,7 +109,7 @@ def bare_ceiling(settings: Settings, start_ms: int, end_ms: int, codec, processe
     from confluent_kafka import Consumer
 
     topic = settings.topic("customer-facts")
-    planner = Consumer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+    planner = Consumer({**settings.kafka_client_config(),
                         "group.id": f"bench-ceiling-plan-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
     try:
         partitions = range(len(planner.list_topics(topic, timeout=30).topics[topic].partitions))

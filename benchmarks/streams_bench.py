@@ -165,7 +165,7 @@ def _end_offsets(settings: Settings) -> dict[int, int]:
     from confluent_kafka import Consumer, TopicPartition
 
     topic = settings.topic("customer-facts")
-    probe = Consumer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+    probe = Consumer({**settings.kafka_client_config(),
                       "group.id": f"{settings.topic_prefix}.bench-probe"})
     try:
         return {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
@@ -183,7 +183,7 @@ def _wait_durable_to(settings: Settings, worker: _Worker, ends: dict[int, int], 
     from streams.source import progress_group
 
     topic = settings.topic("customer-facts")
-    admin = AdminClient({"bootstrap.servers": settings.effective_kafka_bootstrap_servers})
+    admin = AdminClient(settings.kafka_client_config())
     request = ConsumerGroupTopicPartitions(progress_group(settings), [TopicPartition(topic, p) for p in ends])
     deadline = time.monotonic() + timeout_s
     durable: dict[int, int] = {}
@@ -230,7 +230,7 @@ def _ceiling_events_per_second(settings: Settings, starts: dict[int, int], total
     from schemas.codec import FactCodec
 
     codec = FactCodec(settings.schema_registry_url or None)
-    consumer = Consumer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+    consumer = Consumer({**settings.kafka_client_config(),
                          "group.id": f"{settings.topic_prefix}.ceiling", "enable.auto.commit": False})
     topic = settings.topic("customer-facts")
     consumer.assign([TopicPartition(topic, p, offset) for p, offset in starts.items()])
@@ -264,7 +264,7 @@ def _freshness_ms(settings: Settings, worker: _Worker, customers: list[str], rng
     codec = FactCodec(settings.schema_registry_url or None)
     probes = [f"cus_probe_{n}" for n in range(PROBE_CUSTOMERS)]
     now_ms = time.time_ns() // 1_000_000
-    reader = Consumer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+    reader = Consumer({**settings.kafka_client_config(),
                        "group.id": f"{settings.topic_prefix}.freshness", "enable.auto.commit": False})
     reader.assign([TopicPartition(settings.topic("live-balances"), p, OFFSET_END) for p in range(settings.partitions)])
     latencies: list[float] = []

@@ -97,7 +97,7 @@ class KafkaCluster:
 
     def wait_node(self, index: int) -> None:
         node = self.nodes[index - 1]
-        local.wait_until(lambda: local.kafka_ready(f"127.0.0.1:{node.kafka_port}"), local.KAFKA_READY_TIMEOUT_S,
+        local.wait_until(lambda: local.kafka_ready(node, f"127.0.0.1:{node.kafka_port}"), local.KAFKA_READY_TIMEOUT_S,
                          lambda: local.pid_alive(self.pids[index]), f"Kafka node {index}", local.log_file(node, "kafka"))
 
     def kill_node(self, index: int) -> None:

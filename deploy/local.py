@@ -211,18 +211,72 @@ def ensure_kafka_jars(settings: Settings) -> Path:
     return libs
 
 
-def kafka_server_properties(settings: Settings) -> str:
+# Characters the local broker accepts in its SCRAM user and password: both go unescaped into
+# server.properties (JAAS) and into `kafka-storage format --add-scram`.
+LOCAL_SCRAM_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """The local broker's own TLS material, for an SSL or SASL_SSL listener (tests make it):
+    `keystore` holds its private key (PKCS#8 PEM, unencrypted) and certificate chain, for 127.0.0.1;
+    `ca` the CA certificate it trusts (itself, on the inter-broker connection). Clients trust `ca`
+    through DRAWDOWN_KAFKA_SSL_CA_FILE."""
+
+    keystore: Path
+    ca: Path
+
+
+def local_kafka_listener(settings: Settings, tls: BrokerTls | None = None) -> str:
+    """The local broker's client listener, from the clients' own settings: PLAINTEXT, or
+    SASL_PLAINTEXT with SCRAM (its one user is DRAWDOWN_KAFKA_SASL_USERNAME/PASSWORD, created when
+    the storage is formatted); SSL or SASL_SSL with SCRAM too when given its TLS material. The
+    controller listener stays PLAINTEXT on 127.0.0.1."""
+    protocol, mechanism = settings.kafka_security_protocol, settings.kafka_sasl_mechanism
+    served = ("PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL") if tls else ("PLAINTEXT", "SASL_PLAINTEXT")
+    if protocol not in served or (protocol.startswith("SASL_") and not mechanism.startswith("SCRAM-")):
+        raise LocalStackError(
+            f"the local broker speaks {', '.join(served)} (SASL: SCRAM only), not {protocol}"
+            f"{' ' + mechanism if mechanism else ''}: set DRAWDOWN_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT and "
+            "DRAWDOWN_KAFKA_SASL_MECHANISM=SCRAM-SHA-512, or point KAFKA_BOOTSTRAP_SERVERS at your cluster")
+    if not protocol.startswith("SASL_"):
+        return protocol
+    for name, value in (("DRAWDOWN_KAFKA_SASL_USERNAME", settings.kafka_sasl_username),
+                        ("DRAWDOWN_KAFKA_SASL_PASSWORD", settings.kafka_sasl_password.get_secret_value())):
+        if not set(value) <= LOCAL_SCRAM_CHARACTERS:
+            raise LocalStackError(f"for the local broker, {name} may hold only letters, digits, '.', '_' and '-'")
+    return protocol
+
+
+def kafka_server_properties(settings: Settings, tls: BrokerTls | None = None) -> str:
     data = kafka_dir(settings) / "data"
+    listener = local_kafka_listener(settings, tls)
+    security = []
+    if listener.startswith("SASL_"):
+        mechanism = settings.kafka_sasl_mechanism
+        # The broker talks to itself over the same listener, as the same user.
+        security += [f"sasl.enabled.mechanisms={mechanism}",
+                     f"sasl.mechanism.inter.broker.protocol={mechanism}",
+                     f"listener.name.{listener.lower()}.{mechanism.lower()}.sasl.jaas.config="
+                     "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                     f'username="{settings.kafka_sasl_username}" '
+                     f'password="{settings.kafka_sasl_password.get_secret_value()}";']
+    if tls and listener.endswith("SSL"):
+        security += ["ssl.keystore.type=PEM", f"ssl.keystore.location={tls.keystore}",
+                     "ssl.truststore.type=PEM", f"ssl.truststore.location={tls.ca}"]
+    if listener == "SSL":  # without SASL, a client certificate signed by the CA is the login (mutual TLS)
+        security.append("ssl.client.auth=required")
     return "\n".join([
         "# Written by deploy/local.py: a single-node KRaft broker+controller for development and tests.",
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.voters=1@127.0.0.1:{settings.kafka_controller_port}",
-        f"listeners=PLAINTEXT://127.0.0.1:{settings.kafka_port},CONTROLLER://127.0.0.1:{settings.kafka_controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{settings.kafka_port}",
+        f"listeners={listener}://127.0.0.1:{settings.kafka_port},CONTROLLER://127.0.0.1:{settings.kafka_controller_port}",
+        f"advertised.listeners={listener}://127.0.0.1:{settings.kafka_port}",
         "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"inter.broker.listener.name={listener}",
+        f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{listener}:{listener}",
+        *security,
         f"log.dirs={data}",
         "num.partitions=1",
         # One node: every internal topic at replication factor 1, and few partitions, because the
@@ -266,14 +320,17 @@ def kafka_log4j_properties(settings: Settings) -> str:
     ])
 
 
-def kafka_ready(bootstrap: str) -> bool:
+def kafka_ready(settings: Settings, bootstrap: str | None = None) -> bool:
+    """Whether the broker at `bootstrap` (default: the settings') answers a client with the settings' security."""
     from confluent_kafka.admin import AdminClient
+    bootstrap = bootstrap or settings.effective_kafka_bootstrap_servers
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     # Probe the socket first: a client against a closed port floods stderr with connect errors.
     if port.isdigit() and not port_open(int(port), host or "127.0.0.1"):
         return False
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000})
+        admin = AdminClient({**settings.kafka_client_config(), "bootstrap.servers": bootstrap,
+                             "socket.timeout.ms": 2000})
         admin.list_topics(timeout=2)
         return True
     except Exception:  # noqa: BLE001 - any failure just means "not yet"
@@ -284,21 +341,36 @@ def kafka_running(settings: Settings) -> bool:
     return pid_alive(read_pid(pid_file(settings, "kafka")))
 
 
-def start_kafka(settings: Settings) -> str:
-    """Start the local broker unless it already runs; return its bootstrap address."""
+def start_kafka(settings: Settings, jars: Settings | None = None, tls: BrokerTls | None = None) -> str:
+    """Start the local broker unless it already runs; return its bootstrap address. Its client
+    listener follows the settings' security (local_kafka_listener; `tls`: its own certificate for
+    SSL or SASL_SSL); `jars`: settings whose state folder already caches the broker's jars
+    (default: these)."""
     bootstrap = f"127.0.0.1:{settings.kafka_port}"
+    listener = local_kafka_listener(settings, tls)
     if kafka_running(settings):
-        wait_until(lambda: kafka_ready(bootstrap), KAFKA_READY_TIMEOUT_S, lambda: kafka_running(settings),
+        wait_until(lambda: kafka_ready(settings, bootstrap), KAFKA_READY_TIMEOUT_S, lambda: kafka_running(settings),
                    "Kafka", log_file(settings, "kafka"))
         return bootstrap
     require_free_port(settings.kafka_port, "DRAWDOWN_KAFKA_PORT", "the local Kafka broker")
     require_free_port(settings.kafka_controller_port, "DRAWDOWN_KAFKA_CONTROLLER_PORT", "the local Kafka controller")
-    libs = ensure_kafka_jars(settings)
-    java = require_tool("java", "install Java 17 or newer")
     home = kafka_dir(settings)
+    # The SCRAM user exists only from format time: storage formatted for another listener would
+    # refuse (or not need) the clients' credentials.
+    formatted_for = home / "data-listener"
+    if (home / "data" / "meta.properties").exists():
+        before = formatted_for.read_text().strip() if formatted_for.exists() else "PLAINTEXT"
+        if before != listener:
+            raise LocalStackError(
+                f"the local broker's storage in {home / 'data'} was formatted for a {before} listener, but the settings "
+                f"ask for {listener}: use another DRAWDOWN_STATE_DIR (and ports), or `drawdown reset` this one")
+    libs = ensure_kafka_jars(jars or settings)
+    java = require_tool("java", "install Java 17 or newer")
     (home / "data").mkdir(parents=True, exist_ok=True)
     properties = home / "server.properties"
-    properties.write_text(kafka_server_properties(settings))
+    # Mode 0600 before the text goes in: with SCRAM it holds the broker's password.
+    with open(os.open(properties, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        out.write(kafka_server_properties(settings, tls))
     log4j = home / "log4j2.properties"
     log4j.write_text(kafka_log4j_properties(settings))
     classpath = f"{libs}/*"
@@ -306,12 +378,17 @@ def start_kafka(settings: Settings) -> str:
     if not (home / "data" / "meta.properties").exists():
         say("formatting Kafka storage (once) ...")
         cluster_id = base64_uuid()
+        scram = []
+        if listener.startswith("SASL_"):  # KIP-900: SCRAM users of a KRaft cluster are created at format time
+            scram = ["--add-scram", f'{settings.kafka_sasl_mechanism}=[name="{settings.kafka_sasl_username}",'
+                                    f'password="{settings.kafka_sasl_password.get_secret_value()}"]']
         result = subprocess.run(
             [java, "-cp", classpath, logging_flag, "kafka.tools.StorageTool", "format",
-             "-t", cluster_id, "-c", str(properties)], capture_output=True, text=True)
+             "-t", cluster_id, "-c", str(properties), *scram], capture_output=True, text=True)
         if result.returncode != 0:
             raise LocalStackError(f"Kafka storage format failed:\n{result.stdout}{result.stderr}")
-    say(f"starting Kafka on {bootstrap} ...")
+        formatted_for.write_text(listener + "\n")
+    say(f"starting Kafka on {bootstrap} ({listener}) ...")
     pid = spawn(settings, "kafka", [
         java, f"-Xms{min(256, settings.kafka_heap_mb)}m", f"-Xmx{settings.kafka_heap_mb}m", "-XX:+UseG1GC",
         "-XX:TieredStopAtLevel=1",  # faster start-up on 2 cores; the broker is I/O bound here
@@ -319,7 +396,7 @@ def start_kafka(settings: Settings) -> str:
     )
     # log4j2 and the JVM's own stdout/stderr both append (O_APPEND) to logs/kafka.log (after a
     # roll-over the JVM's rare own lines land in kafka.log.1: start-up failures come before any).
-    wait_until(lambda: kafka_ready(bootstrap), KAFKA_READY_TIMEOUT_S, lambda: pid_alive(pid),
+    wait_until(lambda: kafka_ready(settings, bootstrap), KAFKA_READY_TIMEOUT_S, lambda: pid_alive(pid),
                "Kafka", log_file(settings, "kafka"))
     return bootstrap
 
@@ -611,7 +688,7 @@ def up(settings: Settings, with_engine: bool = True) -> dict[str, str]:
     """Bring the stack up (idempotent) and return what listens where."""
     started_at = time.monotonic()
     bootstrap = settings.kafka_bootstrap_servers or start_kafka(settings)
-    if settings.kafka_bootstrap_servers and not kafka_ready(bootstrap):
+    if settings.kafka_bootstrap_servers and not kafka_ready(settings, bootstrap):
         raise LocalStackError(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} does not answer; start that broker or unset the variable")
     database_url = start_postgres(settings)
     if with_engine:

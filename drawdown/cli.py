@@ -99,10 +99,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # the local stack's errors say what to do; show them without a traceback
-        from deploy.local import LocalStackError
+    except Exception as exc:  # errors that say what to do are shown without a traceback
+        from pydantic import ValidationError
 
-        if isinstance(exc, LocalStackError):
+        from deploy.local import LocalStackError
+        from streams.topics import KafkaAccessError
+
+        if isinstance(exc, (LocalStackError, KafkaAccessError)):
             print(f"drawdown: {exc}", file=sys.stderr)
             return 1
+        if isinstance(exc, ValidationError) and exc.title == "Settings":  # never the values: they may be secrets
+            for error in exc.errors(include_input=False, include_url=False):
+                where = ".".join(str(part) for part in error["loc"])
+                print(f"drawdown: settings: {where + ': ' if where else ''}{error['msg']}", file=sys.stderr)
+            return 2
         raise

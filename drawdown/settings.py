@@ -7,10 +7,13 @@ Dockerfile: a test checks that they agree.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +22,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 class Settings(BaseSettings):
     """Configuration for the local stack, the workers, the projector and the API."""
 
-    model_config = SettingsConfigDict(env_prefix="DRAWDOWN_", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a refused configuration's error must not print the passwords it was given.
+    model_config = SettingsConfigDict(env_prefix="DRAWDOWN_", extra="ignore", populate_by_name=True,
+                                      hide_input_in_errors=True)
 
     # --- where the services are -------------------------------------------------------------
     kafka_bootstrap_servers: str = Field(
@@ -37,6 +42,32 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SCHEMA_REGISTRY_URL", "DRAWDOWN_SCHEMA_REGISTRY_URL"),
         description="Confluent Schema Registry URL. Empty: Avro single-object encoding.",
     )
+
+    # --- securing the connections (README: "Secured clusters") ---------------------------------
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How every Kafka client (confluent-kafka and Faust's) talks to the "
+        "brokers: SSL is TLS, SASL_* authenticate with a user name and password (SASL_SSL over TLS).")
+    kafka_sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="", description="SASL mechanism, with SASL_PLAINTEXT or SASL_SSL.")
+    kafka_sasl_username: str = Field(default="", description="SASL user, with SASL_PLAINTEXT or SASL_SSL.")
+    kafka_sasl_password: SecretStr = Field(default=SecretStr(""), description="SASL password, with SASL_PLAINTEXT "
+                                           "or SASL_SSL; never printed or logged.")
+    kafka_ssl_ca_file: Path | None = Field(default=None, description="PEM file of the CA that signed the brokers' "
+                                           "certificates, with SSL or SASL_SSL. Empty: the system's CAs.")
+    kafka_ssl_cert_file: Path | None = Field(default=None, description="PEM client certificate for brokers that "
+                                             "require one (mutual TLS), with its key file.")
+    kafka_ssl_key_file: Path | None = Field(default=None, description="PEM private key of the client certificate.")
+    kafka_ssl_key_password: SecretStr = Field(default=SecretStr(""), description="Password of an encrypted client "
+                                              "key file; never printed or logged.")
+    postgres_sslmode: Literal["", "disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
+        default="", description="libpq's sslmode for every PostgreSQL connection. Empty: the URL's, else libpq's "
+        "default (prefer).")
+    postgres_sslrootcert: Path | None = Field(default=None, description="PEM file of the CA that signed the "
+                                              "PostgreSQL server's certificate (for verify-ca, verify-full).")
+    postgres_sslcert: Path | None = Field(default=None, description="PEM client certificate for PostgreSQL, with "
+                                          "its key file.")
+    postgres_sslkey: Path | None = Field(default=None, description="Private key of the PostgreSQL client "
+                                         "certificate (libpq wants it mode 0600).")
 
     # --- the embedded local stack -----------------------------------------------------------
     state_dir: Path = Field(default=PROJECT_ROOT / ".state", description="Data, logs and pids.")
@@ -111,6 +142,63 @@ class Settings(BaseSettings):
                              "35 days (the lateness limit) plus the grace period")
         return days
 
+    @field_validator("kafka_ssl_ca_file", "kafka_ssl_cert_file", "kafka_ssl_key_file", "postgres_sslrootcert",
+                     "postgres_sslcert", "postgres_sslkey", mode="before")
+    @classmethod
+    def _empty_is_no_file(cls, value: object) -> object:
+        return None if value == "" else value  # DRAWDOWN_KAFKA_SSL_CA_FILE= means unset, not "."
+
+    @model_validator(mode="after")
+    def _security_settings_agree(self) -> Settings:
+        """Refuse combinations a client would ignore or fail on late, naming what to set."""
+        protocol = self.kafka_security_protocol
+        sasl = protocol.startswith("SASL_")
+        tls = protocol in ("SSL", "SASL_SSL")
+        if sasl:
+            missing = [name for name, value in (("DRAWDOWN_KAFKA_SASL_MECHANISM", self.kafka_sasl_mechanism),
+                                                ("DRAWDOWN_KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+                                                ("DRAWDOWN_KAFKA_SASL_PASSWORD",
+                                                 self.kafka_sasl_password.get_secret_value())) if not value]
+            if missing:
+                raise ValueError(f"DRAWDOWN_KAFKA_SECURITY_PROTOCOL={protocol} needs {', '.join(missing)} "
+                                 "(mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
+        elif self.kafka_sasl_mechanism or self.kafka_sasl_username or self.kafka_sasl_password.get_secret_value():
+            raise ValueError(f"the DRAWDOWN_KAFKA_SASL_* settings are set but DRAWDOWN_KAFKA_SECURITY_PROTOCOL="
+                             f"{protocol} does not use them: set it to SASL_PLAINTEXT or SASL_SSL, or unset them")
+        tls_files = {"DRAWDOWN_KAFKA_SSL_CA_FILE": self.kafka_ssl_ca_file,
+                     "DRAWDOWN_KAFKA_SSL_CERT_FILE": self.kafka_ssl_cert_file,
+                     "DRAWDOWN_KAFKA_SSL_KEY_FILE": self.kafka_ssl_key_file}
+        if not tls and (any(tls_files.values()) or self.kafka_ssl_key_password.get_secret_value()):
+            raise ValueError(f"the DRAWDOWN_KAFKA_SSL_* settings are set but DRAWDOWN_KAFKA_SECURITY_PROTOCOL="
+                             f"{protocol} does not use TLS: set it to SSL or SASL_SSL, or unset them")
+        pg_files = {"DRAWDOWN_POSTGRES_SSLROOTCERT": self.postgres_sslrootcert,
+                    "DRAWDOWN_POSTGRES_SSLCERT": self.postgres_sslcert,
+                    "DRAWDOWN_POSTGRES_SSLKEY": self.postgres_sslkey}
+        if self.postgres_sslmode == "disable" and any(pg_files.values()):
+            raise ValueError("DRAWDOWN_POSTGRES_SSLMODE=disable but PostgreSQL TLS files are set: "
+                             "choose require, verify-ca or verify-full, or unset the files")
+        files = {**tls_files, **pg_files}
+        for cert, key in (("DRAWDOWN_KAFKA_SSL_CERT_FILE", "DRAWDOWN_KAFKA_SSL_KEY_FILE"),
+                          ("DRAWDOWN_POSTGRES_SSLCERT", "DRAWDOWN_POSTGRES_SSLKEY")):
+            if bool(files[cert]) != bool(files[key]):
+                raise ValueError(f"a client certificate goes with its key: set both {cert} and {key}, or neither")
+        # A missing file would surface later as a TLS handshake failure that names no setting.
+        for name, path in files.items():
+            if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+                raise ValueError(f"{name}={path} is not a readable file")
+        if self.database_url and self._postgres_tls_parameters():
+            import psycopg
+
+            try:
+                given = psycopg.conninfo.conninfo_to_dict(self.database_url)
+            except psycopg.ProgrammingError:  # a malformed URL: the first connection says so
+                given = {}
+            for key, value in self._postgres_tls_parameters().items():
+                if key in given and given[key] != value:
+                    raise ValueError(f"DATABASE_URL sets {key}={given[key]} but DRAWDOWN_POSTGRES_{key.upper()}="
+                                     f"{value}: keep one of them")
+        return self
+
     # --- derived ------------------------------------------------------------------------------
     @property
     def logs_dir(self) -> Path:
@@ -127,13 +215,82 @@ class Settings(BaseSettings):
 
     @property
     def effective_database_url(self) -> str:
+        """The URL every PostgreSQL connection uses, with the DRAWDOWN_POSTGRES_SSL* settings in its
+        query (libpq reads sslmode, sslrootcert, sslcert and sslkey from there)."""
         if self.database_url:
-            return self.database_url
-        try:
-            credentials = f"drawdown:{self.postgres_password_file.read_text().strip()}"
-        except FileNotFoundError:  # a cluster from before passwords, until `make up` switches it
-            credentials = "drawdown"
-        return f"postgresql://{credentials}@127.0.0.1:{self.postgres_port}/drawdown"
+            url = self.database_url
+        else:
+            try:
+                credentials = f"drawdown:{self.postgres_password_file.read_text().strip()}"
+            except FileNotFoundError:  # a cluster from before passwords, until `make up` switches it
+                credentials = "drawdown"
+            url = f"postgresql://{credentials}@127.0.0.1:{self.postgres_port}/drawdown"
+        parameters = self._postgres_tls_parameters()
+        if not parameters:
+            return url
+        if "://" not in url:  # a key=value conninfo: libpq reads the parameters there too
+            from psycopg.conninfo import make_conninfo
+
+            return make_conninfo(url, **parameters)
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        query.update(parameters)
+        # Slashes of file paths quoted too: callers derive sibling databases at the URL's last "/".
+        return urlunsplit(parts._replace(query="&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())))
+
+    def _postgres_tls_parameters(self) -> dict[str, str]:
+        values = {"sslmode": self.postgres_sslmode, "sslrootcert": self.postgres_sslrootcert,
+                  "sslcert": self.postgres_sslcert, "sslkey": self.postgres_sslkey}
+        return {key: str(value) for key, value in values.items() if value}
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """bootstrap.servers and the security settings of a confluent-kafka (librdkafka) client:
+        every Producer, Consumer and AdminClient starts from this."""
+        config: dict[str, Any] = {"bootstrap.servers": self.effective_kafka_bootstrap_servers,
+                                  "security.protocol": self.kafka_security_protocol.lower()}
+        if self.kafka_security_protocol.startswith("SASL_"):
+            config.update({"sasl.mechanism": self.kafka_sasl_mechanism,
+                           "sasl.username": self.kafka_sasl_username,
+                           "sasl.password": self.kafka_sasl_password.get_secret_value()})
+        optional = {"ssl.ca.location": self.kafka_ssl_ca_file, "ssl.certificate.location": self.kafka_ssl_cert_file,
+                    "ssl.key.location": self.kafka_ssl_key_file,
+                    "ssl.key.password": self.kafka_ssl_key_password.get_secret_value()}
+        config.update({key: str(value) for key, value in optional.items() if value})
+        return config
+
+    def faust_broker_credentials(self) -> Any:
+        """The same security settings for Faust's aiokafka clients (broker_credentials=): None for
+        PLAINTEXT, else faust.SSLCredentials or faust.SASLCredentials (over TLS with SASL_SSL)."""
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return None
+        import faust
+
+        context = None
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            context = create_ssl_context(
+                cafile=str(self.kafka_ssl_ca_file) if self.kafka_ssl_ca_file else None,
+                certfile=str(self.kafka_ssl_cert_file) if self.kafka_ssl_cert_file else None,
+                keyfile=str(self.kafka_ssl_key_file) if self.kafka_ssl_key_file else None,
+                password=self.kafka_ssl_key_password.get_secret_value() or None)
+        if self.kafka_security_protocol == "SSL":
+            return faust.SSLCredentials(context)
+        return faust.SASLCredentials(username=self.kafka_sasl_username,
+                                     password=self.kafka_sasl_password.get_secret_value(),
+                                     mechanism=self.kafka_sasl_mechanism, ssl_context=context)
+
+    def kafka_security_env(self) -> dict[str, str]:
+        """The security settings as the environment variables a child process reads them from."""
+        values = {"DRAWDOWN_KAFKA_SECURITY_PROTOCOL": self.kafka_security_protocol,
+                  "DRAWDOWN_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
+                  "DRAWDOWN_KAFKA_SASL_USERNAME": self.kafka_sasl_username,
+                  "DRAWDOWN_KAFKA_SASL_PASSWORD": self.kafka_sasl_password.get_secret_value(),
+                  "DRAWDOWN_KAFKA_SSL_CA_FILE": self.kafka_ssl_ca_file,
+                  "DRAWDOWN_KAFKA_SSL_CERT_FILE": self.kafka_ssl_cert_file,
+                  "DRAWDOWN_KAFKA_SSL_KEY_FILE": self.kafka_ssl_key_file,
+                  "DRAWDOWN_KAFKA_SSL_KEY_PASSWORD": self.kafka_ssl_key_password.get_secret_value()}
+        return {name: str(value or "") for name, value in values.items()}
 
     def topic(self, name: str) -> str:
         """Full topic name, e.g. topic('customer-facts') -> 'drawdown.customer-facts'."""

@@ -31,7 +31,7 @@ def read_catalog(settings: Settings, *, codec=None, timeout_s: float = 30.0) -> 
     codec = codec or FactCodec(settings.schema_registry_url or None)
     topic = settings.topic("catalog")
     consumer = Consumer({
-        "bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+        **settings.kafka_client_config(),
         "group.id": f"drawdown-catalog-reader-{uuid.uuid4().hex[:8]}",  # assign() only: never joins
         "enable.auto.commit": False,
         "isolation.level": "read_committed",

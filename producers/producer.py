@@ -234,7 +234,7 @@ class FactProducer:
         self._failures: list[DeliveryReport] = []
         self._unpolled_count = 0
         producer_config = {
-            "bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+            **settings.kafka_client_config(),
             **PRODUCER_CONFIG,
             # Success reports cost a Python call per record: ask for them only if someone listens.
             "delivery.report.only.error": on_delivery is None,

@@ -127,7 +127,7 @@ class Projector:
         from confluent_kafka import Consumer
 
         config = {
-            "bootstrap.servers": self.settings.effective_kafka_bootstrap_servers,
+            **self.settings.kafka_client_config(),
             "group.id": f"{self.settings.topic_prefix}.projector.{self.schema}.{self.projection}",
             # Offsets live in Postgres, in the same transaction as the rows: Kafka's are never used.
             "enable.auto.commit": False,

@@ -151,7 +151,7 @@ def scan(settings: Settings, ranges: list[PartitionRange], folds: Mapping[int, P
     stop = {r.partition: r.stop_offset for r in wanted}
     remaining = {r.partition for r in wanted}
     consumer = Consumer({
-        "bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+        **settings.kafka_client_config(),
         "group.id": f"drawdown-replay-{uuid.uuid4().hex[:8]}",  # assign() only: never joins a group
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
@@ -256,7 +256,7 @@ def replay_usage(
     codec = codec or FactCodec(settings.schema_registry_url or None)
     catalog = catalog if catalog is not None else read_catalog(settings, codec=codec)
     topic = settings.topic("customer-facts")
-    planner = Consumer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+    planner = Consumer({**settings.kafka_client_config(),
                         "group.id": f"drawdown-replay-plan-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
     try:
         metadata = planner.list_topics(topic, timeout=30).topics.get(topic)

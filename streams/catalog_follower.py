@@ -31,7 +31,7 @@ class CatalogFollower:
         self._topic = settings.topic("catalog")
         self._codec = codec
         self._consumer = Consumer({
-            "bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+            **settings.kafka_client_config(),
             "group.id": f"{settings.topic_prefix}.catalog-follower",  # never commits: assign() only
             "enable.auto.commit": False,
             "enable.partition.eof": False,

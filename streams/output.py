@@ -22,7 +22,7 @@ class OutputProducer:
         from streams.topics import PRODUCER_PARTITIONER
 
         self._producer = Producer({
-            "bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+            **settings.kafka_client_config(),
             "enable.idempotence": True,  # retries neither duplicate nor reorder within a partition
             "acks": "all",
             "linger.ms": 2,  # a batch is flushed at once anyway: do not wait to fill it

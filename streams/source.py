@@ -44,7 +44,7 @@ class SourceReader:
 
         self.topic = topic
         self._consumer = Consumer({
-            "bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+            **settings.kafka_client_config(),
             "group.id": progress_group(settings),
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,

@@ -20,7 +20,7 @@ def run_ticker(settings: Settings, ticks: int | None = None) -> int:
     ensure_topics(settings)
     codec = FactCodec(settings.schema_registry_url or None)
     topic = settings.topic("customer-facts")
-    producer = Producer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+    producer = Producer({**settings.kafka_client_config(),
                          "enable.idempotence": True, "linger.ms": 5})
     partitions = len(producer.list_topics(topic, timeout=10).topics[topic].partitions)
     stopping = []

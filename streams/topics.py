@@ -9,6 +9,7 @@ is crc32, so every confluent-kafka producer must be configured with PRODUCER_PAR
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from drawdown.settings import Settings
 
@@ -47,6 +48,62 @@ class TopicLayoutError(RuntimeError):
     """An existing topic does not have the partition count co-partitioning needs."""
 
 
+class KafkaAccessError(RuntimeError):
+    """The brokers did not answer this client, or refused its credentials; the message says what to check."""
+
+
+def connect_admin(settings: Settings, timeout_s: float = 30.0) -> tuple[Any, dict[str, Any]]:
+    """An AdminClient that has reached the brokers, and their topics. Every engine process starts
+    here (ensure_topics), so a wrong password, certificate or security protocol stops it with an
+    error that names the settings, instead of librdkafka retrying forever with only log lines to show."""
+    import time
+
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    errors: list[KafkaError] = []
+    admin = AdminClient({**settings.kafka_client_config(), "error_cb": errors.append})
+    where = f"the Kafka brokers at {settings.effective_kafka_bootstrap_servers}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:  # short tries: a refusal is known after one, a slow broker gets the rest
+            return admin, admin.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic()))).topics
+        except KafkaException as exc:
+            admin.poll(0.1)  # serves error_cb: librdkafka reports the broker's refusal there
+            reasons = [f"{where} {refusal}. librdkafka said: {error.str()}"
+                       for error in reversed(errors) if (refusal := _refusal(error, settings))]
+            if reasons:
+                del admin  # not kept retrying by the traceback's reference to this frame
+                raise KafkaAccessError(reasons[0]) from exc
+            if time.monotonic() >= deadline:
+                raise KafkaAccessError(
+                    f"{where} did not answer in {timeout_s:.0f} s ({exc.args[0].str()}); check that they run, "
+                    "KAFKA_BOOTSTRAP_SERVERS, and DRAWDOWN_KAFKA_SECURITY_PROTOCOL (currently "
+                    f"{settings.kafka_security_protocol}): a broker that closes the connection at once often "
+                    "wants SASL or TLS") from exc
+
+
+def _refusal(error: Any, settings: Settings) -> str | None:
+    """What a client error means the operator must fix, if it is a refusal that retrying cannot cure."""
+    from confluent_kafka import KafkaError
+
+    if error.code() == KafkaError._AUTHENTICATION:
+        return (f"refused this client's credentials ({settings.kafka_security_protocol} "
+                f"{settings.kafka_sasl_mechanism}, user '{settings.kafka_sasl_username}'): check "
+                "DRAWDOWN_KAFKA_SASL_USERNAME, DRAWDOWN_KAFKA_SASL_PASSWORD and DRAWDOWN_KAFKA_SASL_MECHANISM")
+    if error.code() == KafkaError._SSL:
+        return ("could not be verified over TLS (or the handshake failed): check DRAWDOWN_KAFKA_SSL_CA_FILE "
+                "(the CA that signed the brokers' certificates) and the brokers' host names")
+    # A broker that wants a client certificate and gets none, or one it does not trust, answers with
+    # a TLS alert, which librdkafka reports only as a transport error naming it.
+    if error.code() == KafkaError._TRANSPORT and any(alert in error.str() for alert in (
+            "alert bad certificate", "alert certificate unknown", "alert certificate required",
+            "alert unknown ca", "alert certificate expired", "alert certificate revoked")):
+        return ("refused this client's TLS certificate: check DRAWDOWN_KAFKA_SSL_CERT_FILE and "
+                "DRAWDOWN_KAFKA_SSL_KEY_FILE (a certificate the brokers' CA signed)")
+    return None
+
+
 def partitions_of(spec: TopicSpec, settings: Settings) -> int:
     return settings.partitions if spec.customer_keyed else 1
 
@@ -58,10 +115,9 @@ def topic_names(settings: Settings) -> dict[str, str]:
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     """Create the missing topics; check the partition counts of the existing ones."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
 
-    admin = AdminClient({"bootstrap.servers": settings.effective_kafka_bootstrap_servers})
-    existing = admin.list_topics(timeout=timeout_s).topics
+    admin, existing = connect_admin(settings, timeout_s)
     missing = []
     for spec in TOPICS:
         name, wanted = settings.topic(spec.name), partitions_of(spec, settings)
@@ -91,10 +147,8 @@ def delete_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     broker's data folder grows by thousands of partitions and its restart slows to minutes."""
     import logging
 
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": settings.effective_kafka_bootstrap_servers})
-    mine = [name for name in admin.list_topics(timeout=timeout_s).topics
+    admin, topics = connect_admin(settings, timeout_s)
+    mine = [name for name in topics
             if name.startswith((f"{settings.topic_prefix}.", f"{settings.topic_prefix}-"))]
     for future in admin.delete_topics(mine, operation_timeout=timeout_s).values() if mine else ():
         try:

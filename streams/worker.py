@@ -62,6 +62,7 @@ def create_app(settings: Settings) -> tuple[Any, BatchPipeline]:
     app = faust.App(
         f"{settings.topic_prefix}.worker",
         broker=f"kafka://{settings.effective_kafka_bootstrap_servers}",
+        broker_credentials=settings.faust_broker_credentials(),  # None: PLAINTEXT
         store="rocksdb://",
         datadir=str(worker_data_dir(settings)),
         web_port=settings.worker_web_port,

@@ -30,7 +30,7 @@ def facts_on(settings: Settings, topic_name: str) -> list[Any]:
 
     codec = FactCodec(None)
     topic = settings.topic(topic_name)
-    consumer = Consumer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+    consumer = Consumer({**settings.kafka_client_config(),
                          "group.id": "unused", "enable.auto.commit": False})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions

@@ -51,9 +51,11 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal
+from typing import Any
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -756,8 +758,9 @@ def run(catalog: dict[int, list], customer_facts: dict[int, list], grace_ms: int
     return oracle.results
 
 
-def run_from_kafka(bootstrap: str, topic_prefix: str, grace_ms: int, dedupe_window_ms: int) -> Results:
+def run_from_kafka(kafka: Mapping[str, Any], topic_prefix: str, grace_ms: int, dedupe_window_ms: int) -> Results:
+    """The oracle over the facts now on the topics; `kafka`: the client configuration to read them with."""
     from tests.oracle import wire
 
-    return run(wire.read_facts(bootstrap, f"{topic_prefix}.catalog"),
-               wire.read_facts(bootstrap, f"{topic_prefix}.customer-facts"), grace_ms, dedupe_window_ms)
+    return run(wire.read_facts(kafka, f"{topic_prefix}.catalog"),
+               wire.read_facts(kafka, f"{topic_prefix}.customer-facts"), grace_ms, dedupe_window_ms)

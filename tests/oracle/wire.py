@@ -9,7 +9,9 @@ their canonical strings. No schema registry (the tests run without one).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from fastavro import parse_schema, schemaless_reader
@@ -62,9 +64,10 @@ def decode(data: bytes) -> tuple[str, dict]:
     return name, schemaless_reader(BytesIO(data[10:]), schema, None)
 
 
-def read_records(bootstrap: str, topic: str) -> dict[int, list[tuple[int, bytes]]]:
-    """partition -> [(offset, value)] of every record now on `topic`, in offset order."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused-oracle-reader",
+def read_records(kafka: Mapping[str, Any], topic: str) -> dict[int, list[tuple[int, bytes]]]:
+    """partition -> [(offset, value)] of every record now on `topic`, in offset order. `kafka`: the
+    client configuration (bootstrap servers and security: Settings.kafka_client_config())."""
+    consumer = Consumer({**kafka, "group.id": "unused-oracle-reader",
                          "enable.auto.commit": False, "fetch.wait.max.ms": 10})
     try:
         partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
@@ -92,10 +95,10 @@ def read_records(bootstrap: str, topic: str) -> dict[int, list[tuple[int, bytes]
     return records
 
 
-def read_facts(bootstrap: str, topic: str) -> dict[int, list[tuple[int, str | None, dict | bytes]]]:
+def read_facts(kafka: Mapping[str, Any], topic: str) -> dict[int, list[tuple[int, str | None, dict | bytes]]]:
     """partition -> [(offset, record name or None when undecodable, fields or the raw bytes)]."""
     facts = {}
-    for partition, rows in read_records(bootstrap, topic).items():
+    for partition, rows in read_records(kafka, topic).items():
         decoded = []
         for offset, value in rows:
             try:

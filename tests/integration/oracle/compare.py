@@ -17,7 +17,7 @@ STRIPE_METER_EVENT_CODES = {  # STRIPE.md "Meter events": the codes the oracle s
 
 
 def oracle_results(settings) -> model.Results:
-    return model.run_from_kafka(settings.effective_kafka_bootstrap_servers, settings.topic_prefix,
+    return model.run_from_kafka(settings.kafka_client_config(), settings.topic_prefix,
                                 settings.grace_period_seconds * 1000, settings.dedupe_window_seconds * 1000)
 
 
@@ -25,7 +25,7 @@ def engine_outputs(settings) -> dict[str, list[dict]]:
     """Record name -> the facts of that name on the derived topics, each partition in offset order."""
     outputs: dict[str, list[dict]] = {}
     for short_name in DERIVED:
-        for rows in wire.read_facts(settings.effective_kafka_bootstrap_servers, settings.topic(short_name)).values():
+        for rows in wire.read_facts(settings.kafka_client_config(), settings.topic(short_name)).values():
             for _, name, fields in rows:
                 assert name is not None, f"undecodable record on {short_name}"
                 outputs.setdefault(name, []).append(fields)

@@ -12,7 +12,7 @@ from drawdown.settings import Settings
 
 def read_records(settings: Settings, topic: str, timeout_s: float = 30.0) -> list:
     """Every record of `topic` (all partitions) up to its current end, in partition order."""
-    consumer = Consumer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+    consumer = Consumer({**settings.kafka_client_config(),
                          "group.id": f"test-reader-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions

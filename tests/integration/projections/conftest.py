@@ -27,7 +27,7 @@ def publish(topics: Settings) -> Iterator[Callable[..., tuple[int, int]]]:
     """publish(topic_short_name, fact, key=..., partition=...) -> (partition, offset), acked."""
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": topics.effective_kafka_bootstrap_servers, "enable.idempotence": True,
+    producer = Producer({**topics.kafka_client_config(), "enable.idempotence": True,
                          "partitioner": PRODUCER_PARTITIONER, "linger.ms": 0})
 
     def publish_(topic: str, fact: Any, key: str = "", partition: int | None = None) -> tuple[int, int]:

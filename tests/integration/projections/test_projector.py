@@ -77,7 +77,7 @@ def test_every_fact_kind_becomes_rows_and_offsets_reach_the_log_end(topics, publ
                  customer_id) == [(-8000,)]
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers, "group.id": "watermarks"})
+    consumer = Consumer({**settings.kafka_client_config(), "group.id": "watermarks"})
     stored = dict(((topic, partition), offset) for topic, partition, offset in query(
         settings, schema, "select topic, partition, next_offset from projection_offset"))
     for (topic, partition), next_offset in stored.items():
@@ -182,7 +182,7 @@ def test_undecodable_records_become_dead_letter_rows_instead_of_stopping_the_pro
     settings = topics
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers})
+    producer = Producer(settings.kafka_client_config())
     producer.produce(settings.topic("invoices"), b"\xc3\x01garbage", b"cus_bad")
     producer.flush(10)
     Projector(settings, schema=schema).catch_up(timeout_s=60)
@@ -213,7 +213,7 @@ def test_rebuild_replays_the_topics_into_tables_identical_to_the_live_projection
     thread.start()
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers, "group.id": "watermarks"})
+    consumer = Consumer({**settings.kafka_client_config(), "group.id": "watermarks"})
     import time
 
     deadline = time.monotonic() + 60

@@ -36,7 +36,7 @@ def test_a_projector_killed_and_restarted_ends_with_exactly_its_facts_rows(topic
     with psycopg.connect(settings.effective_database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
     database_url = f"{server}/{database}"
-    producer = Producer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers, "enable.idempotence": True,
+    producer = Producer({**settings.kafka_client_config(), "enable.idempotence": True,
                          "partitioner": PRODUCER_PARTITIONER, "linger.ms": 20})
     rng = random.Random(11)
     expected_buckets: dict[tuple[str, int], Decimal] = {}
@@ -63,7 +63,7 @@ def test_a_projector_killed_and_restarted_ends_with_exactly_its_facts_rows(topic
         return subprocess.Popen([sys.executable, "-m", "drawdown", "projector"], cwd=PROJECT_ROOT, env=env,
                                 stdout=open(tmp_path / "projector.log", "ab"), stderr=subprocess.STDOUT)
 
-    consumer = Consumer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers, "group.id": "ends"})
+    consumer = Consumer({**settings.kafka_client_config(), "group.id": "ends"})
     ends = {(settings.topic(topic), partition): consumer.get_watermark_offsets(
         TopicPartition(settings.topic(topic), partition), timeout=10)[1]
         for topic in ("usage-buckets", "credit-balance-transactions") for partition in range(settings.partitions)}

@@ -31,6 +31,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "KAFKA_BOOTSTRAP_SERVERS": settings.effective_kafka_bootstrap_servers,
+        **settings.kafka_security_env(),
         "DATABASE_URL": settings.database_url,
         "DRAWDOWN_TOPIC_PREFIX": settings.topic_prefix,
         "DRAWDOWN_PARTITIONS": str(settings.partitions),
@@ -134,10 +135,9 @@ def wait_until_durable_to_the_end(settings: Settings, timeout_s: float = 240) ->
 
     from streams.source import progress_group
 
-    bootstrap = settings.effective_kafka_bootstrap_servers
     topic = settings.topic("customer-facts")
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused-test-probe"})
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    probe = Consumer({**settings.kafka_client_config(), "group.id": "unused-test-probe"})
+    admin = AdminClient(settings.kafka_client_config())
     try:
         ends = {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
                 for p in range(settings.partitions)}
@@ -167,7 +167,7 @@ class OutputReader:
         from schemas.codec import FactCodec
 
         self.codec = FactCodec(settings.schema_registry_url or None)
-        self.consumer = Consumer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+        self.consumer = Consumer({**settings.kafka_client_config(),
                                   "group.id": "unused-test-reader", "enable.auto.commit": False})
         self.consumer.assign([TopicPartition(settings.topic(name), p, OFFSET_BEGINNING)
                               for name in self.TOPICS for p in range(settings.partitions)])

@@ -20,7 +20,7 @@ def test_the_ticker_writes_a_time_fact_to_every_partition(stream_settings):
                                                   "tick_interval_ms": 50})
     assert run_ticker(settings, ticks=3) == 0
     codec = FactCodec()
-    log = read_records(settings.effective_kafka_bootstrap_servers, settings.topic("customer-facts"))
+    log = read_records(settings.kafka_client_config(), settings.topic("customer-facts"))
     assert len(log) == settings.partitions
     for partition, rows in log.items():
         ticks = [codec.decode(value) for _, value in rows]

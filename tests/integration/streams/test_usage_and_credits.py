@@ -143,7 +143,7 @@ def test_invalid_events_and_undecodable_bytes_are_dead_lettered_and_processing_g
     run.tokens("not-a-number", "bad-value", at_ms)
     run.tokens("5", "too-old", at_ms - 36 * 24 * w.HOUR_MS)
     producer.flush()
-    raw = Producer({"bootstrap.servers": stream_settings.effective_kafka_bootstrap_servers,
+    raw = Producer({**stream_settings.kafka_client_config(),
                     "partitioner": PRODUCER_PARTITIONER})
     raw.produce(stream_settings.topic("customer-facts"), b"\xc3\x01garbage-not-avro", key=run.customer_id.encode())
     raw.flush(10)

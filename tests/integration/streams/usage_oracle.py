@@ -27,7 +27,7 @@ def raw_facts(settings: Settings, short_name: str) -> list:
 
     codec = FactCodec(None)
     topic = settings.topic(short_name)
-    consumer = Consumer({"bootstrap.servers": settings.effective_kafka_bootstrap_servers,
+    consumer = Consumer({**settings.kafka_client_config(),
                          "group.id": "unused-oracle", "enable.auto.commit": False})
     facts: list = []
     try:

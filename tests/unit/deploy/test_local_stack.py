@@ -75,3 +75,26 @@ def test_stopping_a_recorded_process_stops_exactly_that_process(tmp_path: Path) 
     local.stop_recorded(settings, "sleeper")
     assert not local.pid_alive(pid)
     assert not local.pid_file(settings, "sleeper").exists()
+
+
+@pytest.mark.parametrize("formatted_for, asked", [("SASL_PLAINTEXT", "PLAINTEXT"), (None, "SASL_PLAINTEXT")])
+def test_a_broker_storage_formatted_for_another_listener_is_refused_before_starting(tmp_path: Path, formatted_for,
+                                                                                    asked) -> None:
+    """Its SCRAM user exists from format time on, so the storage keeps the listener kind it was made for
+    (storage from before the marker was PLAINTEXT)."""
+    security = {} if asked == "PLAINTEXT" else {
+        "kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_mechanism": "SCRAM-SHA-512",
+        "kafka_sasl_username": "u", "kafka_sasl_password": "p"}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings(state_dir=tmp_path, kafka_port=port, kafka_controller_port=port, **security)
+    (local.kafka_dir(settings) / "data").mkdir(parents=True)
+    (local.kafka_dir(settings) / "data" / "meta.properties").write_text("version=1\n")
+    if formatted_for:
+        (local.kafka_dir(settings) / "data-listener").write_text(formatted_for + "\n")
+    with pytest.raises(local.LocalStackError) as refused:
+        local.start_kafka(settings)
+    assert f"formatted for a {formatted_for or 'PLAINTEXT'} listener, but the settings ask for {asked}" in \
+        str(refused.value)
+    assert "DRAWDOWN_STATE_DIR" in str(refused.value)
