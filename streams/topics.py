@@ -73,8 +73,7 @@ def topic_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Create the missing topics; check the partition counts of the existing ones, and give an
-    existing customer-facts the timestamp type the receipt bound needs (an upgraded installation)."""
+    """Create the missing topics; check the partition counts of the existing ones."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": settings.effective_kafka_bootstrap_servers})
@@ -88,7 +87,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
                 raise TopicLayoutError(
                     f"topic {name} has {actual} partitions but DRAWDOWN_PARTITIONS needs {wanted}; "
                     "customer topics must be co-partitioned (recreate them, or set DRAWDOWN_PARTITIONS to match)")
-            if spec.name == "customer-facts":
+            if spec.name == "customer-facts":  # an upgraded installation, or the bound turned on or off
                 set_timestamp_type(admin, name, customer_facts_timestamp_type(settings), timeout_s)
             continue
         missing.append(NewTopic(name, num_partitions=wanted, replication_factor=settings.replication_factor,
