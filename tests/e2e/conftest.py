@@ -22,7 +22,7 @@ from tests.processes import wait_until_serving
 
 
 @pytest.fixture(scope="session")
-def engine_settings(settings: Settings, database_url: str, local_settings: Settings) -> Iterator[Settings]:
+def engine_settings(settings: Settings, database_url: str) -> Iterator[Settings]:
     """The session's settings with topics and a database of the API tests' own: they publish
     stand-in worker facts that other suites reading the session's topics must not see."""
     import psycopg
@@ -35,11 +35,9 @@ def engine_settings(settings: Settings, database_url: str, local_settings: Setti
     own_database = f"{name}_api"
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(own_database)))
-    # The API stamps received_at itself: the receipt bound is on, at its default, as in production.
     own = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "-api",
                                       "database_url": f"{server}/{own_database}",
-                                      "read_your_writes_timeout_ms": 15_000,
-                                      "receipt_bound_seconds": local_settings.receipt_bound_seconds})
+                                      "read_your_writes_timeout_ms": 15_000})
     ensure_topics(own)
     migrate(own.effective_database_url)
     yield own
@@ -102,6 +100,13 @@ def worker_fact(app: Any) -> Callable[..., None]:
     return publish
 
 
+@pytest.fixture(scope="session")
+def settings(settings: Settings, local_settings: Settings) -> Settings:
+    """tests/conftest.py's settings, with the receipt bound on at its default (as in production):
+    the e2e engine is fed by the API, which stamps received_at itself, as every e2e test does."""
+    return settings.model_copy(update={"receipt_bound_seconds": local_settings.receipt_bound_seconds})
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -134,7 +139,6 @@ def worker(engine_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Pop
                DATABASE_URL=engine_settings.effective_database_url, DRAWDOWN_TOPIC_PREFIX=engine_settings.topic_prefix,
                DRAWDOWN_PARTITIONS=str(engine_settings.partitions),
                DRAWDOWN_GRACE_PERIOD_SECONDS=str(engine_settings.grace_period_seconds),
-               DRAWDOWN_RECEIPT_BOUND_SECONDS=str(engine_settings.receipt_bound_seconds),
                DRAWDOWN_WORKER_DATA_DIR=str(tmp_path / "worker"), DRAWDOWN_WORKER_WEB_PORT=str(web_port),
                DRAWDOWN_STATE_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1", PYTHONPATH=str(PROJECT_ROOT))
     log_path = tmp_path / "worker.log"
