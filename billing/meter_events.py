@@ -69,6 +69,31 @@ def is_timely(event_time_ms: int, now_ms: int) -> bool:
     return -MAX_EVENT_LEAD_MS <= now_ms - event_time_ms <= MAX_EVENT_AGE_MS
 
 
+class ReceivedAtOutOfBound(Exception):
+    """A meter event or cancel whose `received_at` is refused by the receipt rule (dead-lettered)."""
+
+    reason_code = "received_at_out_of_bound"
+
+
+def is_received_within_bound(received_at_ms: int, appended_at_ms: int, bound_ms: int) -> bool:
+    """THE receipt rule, the one place it lives: a producer stamps `received_at` on its own clock,
+    and every window keyed on it (lateness, dedupe, cancel) and every purge by those windows trusts
+    it; so it may lie at most `bound_ms` from when the broker appended the record (the record's
+    LogAppendTime), either way, both inclusive. 0 turns the rule off (the producers' clocks are
+    trusted: loading history with its own times). The worker and the replay both ask it."""
+    return bound_ms <= 0 or -bound_ms <= appended_at_ms - received_at_ms <= bound_ms
+
+
+def receipt_refusal(received_at_ms: int, appended_at_ms: int, bound_ms: int) -> ReceivedAtOutOfBound | None:
+    """is_received_within_bound, with the dead letter's reason when it is not."""
+    if is_received_within_bound(received_at_ms, appended_at_ms, bound_ms):
+        return None
+    return ReceivedAtOutOfBound(
+        f"received_at {received_at_ms} lies {(appended_at_ms - received_at_ms) / 1000:+.3f} s from the broker's "
+        f"append time {appended_at_ms}; at most {bound_ms / 1000:.0f} s either way is accepted "
+        "(check the producer's clock, or DRAWDOWN_RECEIPT_BOUND_SECONDS)")
+
+
 def customer_now_ms(wall_clock_now_ms: int, test_clock_frozen_time_ms: int | None) -> int:
     """A customer's "now": its test clock's frozen time when it has one, else the wall clock."""
     return wall_clock_now_ms if test_clock_frozen_time_ms is None else test_clock_frozen_time_ms

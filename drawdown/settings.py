@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     replication_factor: int = Field(default=1, ge=1, description="Replication factor of new topics.")
     grace_period_seconds: int = Field(default=3600, ge=0, le=72 * 3600, description="Period end to finalization.")
     dedupe_window_seconds: int = Field(default=35 * 86400, ge=86400, description="Meter event identifier uniqueness window.")
+    receipt_bound_seconds: int = Field(default=3600, ge=0, description="How far a meter event's or cancel's "
+                                       "received_at (stamped by its producer) may lie from the broker's append time "
+                                       "(LogAppendTime on customer-facts), either way; beyond it the fact is "
+                                       "dead-lettered (received_at_out_of_bound). Every window keyed on received_at "
+                                       "rests on it. 0 trusts the producers' clocks (CreateTime): for loading "
+                                       "history that carries its own times, as the tests do.")
     live_balance_interval_ms: int = Field(default=250, ge=0, description="Least time between live-balance facts per customer.")
     low_balance_thresholds_minor: list[int] = Field(default=[0], description="Live-balance thresholds that raise an alert when crossed downward.")
     tick_interval_ms: int = Field(default=1000, ge=10, description="How often the ticker writes a time fact to every partition.")

@@ -469,7 +469,8 @@ class FactProducer:
         self._check(event, now_ms, position=f"event {index} of the batch (nothing sent): ")
 
     def _produce(self, topic: str, value: bytes, key: bytes, timestamp_ms: int, partition: int = -1) -> None:
-        # The record timestamp is the arrival time: replay seeks by it (offsets_for_times).
+        # The record timestamp is the arrival time (received_at): replay seeks by it (offsets_for_times).
+        # With the receipt bound on, the broker replaces it by its append time (LogAppendTime).
         try:
             self._producer.produce(topic, value, key, partition=partition, timestamp=timestamp_ms)
         except BufferError:

@@ -3,19 +3,23 @@
     result = replay_usage(settings, start_ms, end_ms, group_by="hour")
     for row in result.rows: print(row.customer_id, row.meter_id, row.period_start_ms, row.value)
 
-How (DESIGN.md, Reads): an event's time is at most 5 minutes after its arrival, and the Kafka record
-timestamp is the arrival time, so every event of [start, end) arrived after start - 5 minutes:
-seek each partition of customer-facts there by arrival time (offsets_for_times) and read to
-end + the lateness limit (35 days) or the log end, whichever comes first. Each partition is folded
-on its own, in log order, by billing/replay_fold.py (the rules of billing.usage.UsageLedger, the
-one definition of usage, as the stream worker applies them). Buckets whose minute lies in
-[start, end) are then grouped.
+How (DESIGN.md, Reads): an event's time is at most 5 minutes after its arrival (received_at), and
+a counted event's Kafka record timestamp lies at most the receipt bound from its arrival (the
+broker's append time, billing.meter_events.is_received_within_bound; with the bound off, 0, the
+producer's timestamp, which the SDK sets to the arrival), so every event of [start, end) was
+appended after start - 5 minutes - bound: seek each partition of customer-facts there by record
+timestamp (offsets_for_times) and read to end + the lateness limit (35 days) + bound or the log
+end, whichever comes first. Meter events and cancels the receipt rule refuses are skipped, as the
+worker dead-letters them (by the same record timestamps). Each partition is folded on its own, in
+log order, by billing/replay_fold.py (the rules of billing.usage.UsageLedger, the one definition
+of usage, as the stream worker applies them). Buckets whose minute lies in [start, end) are then
+grouped.
 
 What the engine knows from before the seek point (which customers exist, on which test clock) is
 read from the start of each partition, decoding only those facts (picked by schema fingerprint).
 Limits, stated: events are validated against the catalog as it is now (the engine used the
-catalog of the moment); an identifier first used more than 5 minutes before the window and
-reused for an event inside it would be deduplicated by the engine but counted here.
+catalog of the moment); an identifier first used more than 5 minutes + the bound before the window
+and reused for an event inside it would be deduplicated by the engine but counted here.
 """
 
 from __future__ import annotations
@@ -30,8 +34,16 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from billing.catalog import Catalog
-from billing.facts import CustomerCreated, CustomerDeleted, TestClockAdvanced, TestClockCreated, TestClockDeleted
-from billing.meter_events import MAX_EVENT_AGE_MS, MAX_EVENT_LEAD_MS
+from billing.facts import (
+    CustomerCreated,
+    CustomerDeleted,
+    MeterEventCanceled,
+    MeterEventRecorded,
+    TestClockAdvanced,
+    TestClockCreated,
+    TestClockDeleted,
+)
+from billing.meter_events import MAX_EVENT_AGE_MS, MAX_EVENT_LEAD_MS, ReceivedAtOutOfBound, is_received_within_bound
 from billing.periods import MILLISECONDS_PER_MINUTE
 from billing.replay_fold import GROUP_SIZES_MS, PartitionFold, UsageRow, group_rows
 from drawdown.settings import Settings
@@ -99,16 +111,16 @@ def partition_of(customer_id: str, partition_count: int) -> int:
 
 def plan_ranges(consumer, topic: str, partitions: Iterable[int], start_ms: int, end_ms: int,
                 lateness_ms: int = LATENESS_LIMIT_MS, with_history: bool = True,
-                timeout_s: float = 30.0) -> list[PartitionRange]:
-    """Per partition: fold from the first record that arrived at or after start - 5 minutes, stop
-    before the first that arrived after end + lateness (or at the log end as of now)."""
+                timeout_s: float = 30.0, receipt_bound_ms: int = 0) -> list[PartitionRange]:
+    """Per partition: fold from the first record appended at or after start - 5 minutes - the
+    receipt bound, stop before the first appended after end + lateness + the bound (or at the log
+    end as of now): a counted record's timestamp lies at most the bound from its arrival."""
     from confluent_kafka import TopicPartition
 
     partitions = sorted(partitions)
-    seek_at = consumer.offsets_for_times([TopicPartition(topic, p, start_ms - SEEK_BACK_MS) for p in partitions],
-                                         timeout=timeout_s)
-    stop_at = consumer.offsets_for_times([TopicPartition(topic, p, end_ms + lateness_ms + 1) for p in partitions],
-                                         timeout=timeout_s)
+    seek_ms, stop_ms = start_ms - SEEK_BACK_MS - receipt_bound_ms, end_ms + lateness_ms + receipt_bound_ms + 1
+    seek_at = consumer.offsets_for_times([TopicPartition(topic, p, seek_ms) for p in partitions], timeout=timeout_s)
+    stop_at = consumer.offsets_for_times([TopicPartition(topic, p, stop_ms) for p in partitions], timeout=timeout_s)
     ranges = []
     for partition, seek, stop in zip(partitions, seek_at, stop_at, strict=True):
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
@@ -135,7 +147,9 @@ def scan(settings: Settings, ranges: list[PartitionRange], folds: Mapping[int, P
          timeout_s: float = 60.0) -> int:
     """Read every range and fold it; returns the records read. `customer_keys` (when given) skips
     records of other customers without decoding them (records with an empty key are kept: time
-    facts and cancellations without a customer)."""
+    facts and cancellations without a customer). Meter events and cancels the receipt rule
+    refuses (settings.receipt_bound_seconds, by the record timestamp, as the worker's decode
+    judges them) are not folded: a refused meter event counts as rejected."""
     from confluent_kafka import Consumer, TopicPartition
 
     from schemas.errors import UndecodableFact
@@ -150,6 +164,8 @@ def scan(settings: Settings, ranges: list[PartitionRange], folds: Mapping[int, P
     fold_from = {r.partition: r.fold_offset for r in wanted}
     stop = {r.partition: r.stop_offset for r in wanted}
     remaining = {r.partition for r in wanted}
+    bound_ms = settings.receipt_bound_seconds * 1000
+    refused = ReceivedAtOutOfBound.reason_code
     consumer = Consumer({
         **settings.kafka_client_config(),
         "group.id": f"drawdown-replay-{uuid.uuid4().hex[:8]}",  # assign() only: never joins a group
@@ -207,8 +223,16 @@ def scan(settings: Settings, ranges: list[PartitionRange], folds: Mapping[int, P
                     continue  # the engine dead-letters it: it counts nothing
                 if before_window:
                     fold.apply_directory(fact)
-                else:
-                    apply(offset, fact)
+                    continue
+                if bound_ms:
+                    fact_class = type(fact)
+                    if (fact_class is MeterEventRecorded or fact_class is MeterEventCanceled) \
+                            and not is_received_within_bound(fact.received_at_ms, message.timestamp()[1], bound_ms):
+                        if fact_class is MeterEventRecorded:  # the worker dead-letters it
+                            fold.meter_events += 1
+                            fold.rejected[refused] += 1
+                        continue
+                apply(offset, fact)
             if progress is not None:
                 progress(read, total)
     finally:
@@ -265,7 +289,8 @@ def replay_usage(
         partition_count = len(metadata.partitions)
         partitions = ({partition_of(c, partition_count) for c in customer_ids} if customer_ids
                       else set(range(partition_count)))
-        ranges = plan_ranges(planner, topic, partitions, start_ms, end_ms, lateness_ms, with_history)
+        ranges = plan_ranges(planner, topic, partitions, start_ms, end_ms, lateness_ms, with_history,
+                             receipt_bound_ms=settings.receipt_bound_seconds * 1000)
     finally:
         planner.close()
     processes = max(1, min(processes or os.cpu_count() or 1, len(ranges)))

@@ -19,7 +19,8 @@ from typing import Any
 from rocksdict import WriteBatch
 
 from billing.customer import CustomerState, FoldConfig
-from billing.facts import MeterEventRecorded
+from billing.facts import MeterEventCanceled, MeterEventRecorded
+from billing.meter_events import is_received_within_bound, receipt_refusal
 from billing.partition import UNENCODABLE_OUTPUT, PartitionProcessor, PartitionState, output_key, output_topic
 from billing.usage import UsageLedger
 from drawdown.settings import Settings
@@ -116,6 +117,7 @@ class BatchPipeline:
         self.customers_table = customers_table
         self.usage_table = usage_table
         self.config = fold_config(settings)
+        self.receipt_bound_ms = settings.receipt_bound_seconds * 1000  # 0: off (see _decode)
         self.source_topic = settings.topic("customer-facts")
         self.topic_names = {name: settings.topic(name) for name in
                             ("invoices", "credit-balance-transactions", "usage-buckets", "live-balances",
@@ -392,10 +394,13 @@ class BatchPipeline:
     def _decode(self, messages: list) -> tuple[list, bool]:
         """(offset, value, key, fact, error) per message; an undecodable one carries its error
         (dead-lettered by the fold), a schema registry outage raises (retry: the bytes may be
-        fine). And whether a fact names a meter or price the catalog does not know yet."""
+        fine). So does a meter event or cancel whose received_at the receipt rule refuses (judged
+        by the record's timestamp, the broker's append time; replay/usage.py scan judges it the
+        same way). And whether a fact names a meter or price the catalog does not know yet."""
         decode = self.codec.decode
         catalog = self.catalog_follower.catalog
         meter_names = catalog.meters_by_event_name
+        bound_ms = self.receipt_bound_ms
         names_unknown = False
         items = []
         append = items.append
@@ -408,8 +413,15 @@ class BatchPipeline:
                     raise
                 append((message.offset(), value, message.key(), None, error))
                 continue
+            fact_class = type(fact)
+            if bound_ms and (fact_class is MeterEventRecorded or fact_class is MeterEventCanceled):
+                appended_at_ms = message.timestamp()[1]
+                if not is_received_within_bound(fact.received_at_ms, appended_at_ms, bound_ms):
+                    append((message.offset(), value, message.key(), None,
+                            receipt_refusal(fact.received_at_ms, appended_at_ms, bound_ms)))
+                    continue
             append((message.offset(), value, message.key(), fact, None))
-            if type(fact) is MeterEventRecorded:
+            if fact_class is MeterEventRecorded:
                 if fact.event_name not in meter_names:
                     names_unknown = True
             elif not names_unknown and _names_unknown_price(fact, catalog):

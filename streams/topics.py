@@ -24,6 +24,11 @@ IDEMPOTENCY_KEY_HEADER = "drawdown-idempotency-key"
 # Facts are the source of truth and projections are rebuilt from them: keep them forever.
 KEEP_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 
+# customer-facts' record timestamps: the broker's append time while the receipt rule is on
+# (billing.meter_events.is_received_within_bound judges each received_at by it), the producer's
+# own when it is off (loading history that carries its own times: its append times would be new).
+TIMESTAMP_TYPE = "message.timestamp.type"
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -113,6 +118,17 @@ def topic_names(settings: Settings) -> dict[str, str]:
     return {spec.name: settings.topic(spec.name) for spec in TOPICS}
 
 
+def customer_facts_timestamp_type(settings: Settings) -> str:
+    return "LogAppendTime" if settings.receipt_bound_seconds > 0 else "CreateTime"
+
+
+def topic_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
+    config = dict(KEEP_FOREVER)
+    if spec.name == "customer-facts":
+        config[TIMESTAMP_TYPE] = customer_facts_timestamp_type(settings)
+    return config
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     """Create the missing topics; check the partition counts of the existing ones."""
     from confluent_kafka.admin import NewTopic
@@ -127,9 +143,11 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
                 raise TopicLayoutError(
                     f"topic {name} has {actual} partitions but DRAWDOWN_PARTITIONS needs {wanted}; "
                     "customer topics must be co-partitioned (recreate them, or set DRAWDOWN_PARTITIONS to match)")
+            if spec.name == "customer-facts":  # an upgraded installation, or the bound turned on or off
+                set_timestamp_type(admin, name, customer_facts_timestamp_type(settings), timeout_s)
             continue
         missing.append(NewTopic(name, num_partitions=wanted, replication_factor=settings.replication_factor,
-                                config=dict(KEEP_FOREVER)))
+                                config=topic_config(spec, settings)))
     if not missing:
         return
     for name, future in admin.create_topics(missing, operation_timeout=timeout_s).items():
@@ -139,6 +157,23 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
     wait_for_leaders(admin, [topic.topic for topic in missing], timeout_s)
+
+
+def set_timestamp_type(admin, name: str, timestamp_type: str, timeout_s: float) -> None:
+    """Give topic `name` this message.timestamp.type, unless it has it (read first: a process
+    that may describe but not alter configs starts as before once the topic is right). It applies
+    to records appended from then on."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    (described,) = admin.describe_configs([ConfigResource(ResourceType.TOPIC, name)],
+                                          request_timeout=timeout_s).values()
+    entry = described.result(timeout=timeout_s).get(TIMESTAMP_TYPE)
+    if entry is not None and entry.value == timestamp_type:
+        return
+    change = ConfigResource(ResourceType.TOPIC, name, incremental_configs=[
+        ConfigEntry(TIMESTAMP_TYPE, timestamp_type, incremental_operation=AlterConfigOpType.SET)])
+    for future in admin.incremental_alter_configs([change], request_timeout=timeout_s).values():
+        future.result(timeout=timeout_s)
 
 
 def delete_topics(settings: Settings, timeout_s: float = 30.0) -> None:

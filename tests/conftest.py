@@ -102,8 +102,10 @@ def database_url(postgres_server_url: str, session_id: str) -> Iterator[str]:
 def settings(kafka_bootstrap: str, database_url: str, session_id: str, local_settings: Settings,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings for the engine under test: real services, this session's topics and database.
-    The session's topics (and those of prefixes derived from its own) are deleted at the end,
-    unless DRAWDOWN_KEEP_TEST_TOPICS is set."""
+    The receipt bound is off (0): the tests publish history with its own times (January 2026)
+    straight to Kafka, whose append times are now (the e2e engine, fed by the API, runs with the
+    default). The session's topics (and those of prefixes derived from its own) are deleted at the
+    end, unless DRAWDOWN_KEEP_TEST_TOPICS is set."""
     from streams.topics import delete_topics
 
     settings = local_settings.model_copy(update={
@@ -111,6 +113,7 @@ def settings(kafka_bootstrap: str, database_url: str, session_id: str, local_set
         "database_url": database_url,
         "topic_prefix": f"test-{session_id}",
         "worker_data_dir": tmp_path_factory.mktemp("worker"),
+        "receipt_bound_seconds": 0,
     })
     yield settings
     if not os.environ.get("DRAWDOWN_KEEP_TEST_TOPICS"):  # set it to look into a failed run's topics

@@ -126,6 +126,13 @@ def worker_fact(app: Any) -> Callable[..., None]:
     return publish
 
 
+@pytest.fixture(scope="session")
+def settings(settings: Settings, local_settings: Settings) -> Settings:
+    """tests/conftest.py's settings, with the receipt bound on at its default (as in production):
+    the e2e engine is fed by the API, which stamps received_at itself, as every e2e test does."""
+    return settings.model_copy(update={"receipt_bound_seconds": local_settings.receipt_bound_seconds})
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -21,10 +21,13 @@ from tests.integration.streams.conftest import OutputReader, WorkerProcess
 ENGINE_TIMEOUT_S = 180
 
 
-@pytest.fixture(scope="module")
-def engine_settings(settings: Settings) -> Iterator[Settings]:
-    """This module's own topics (3 partitions), deleted afterwards."""
-    yield from own_topics(settings, "e")
+@pytest.fixture(scope="module", params=[0, 4 * DAY_MS // 1000], ids=["bound-off", "bound-4-days"])
+def engine_settings(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """This module's own topics (3 partitions), deleted afterwards; the receipt bound off, or 4
+    days: the history's arrivals (received_at) run from 5 days ago, appended now, so its first day
+    is dead-lettered by the worker and skipped by the replay, the rest folded (cancels and
+    duplicates of refused events among them)."""
+    yield from own_topics(settings.model_copy(update={"receipt_bound_seconds": request.param}), "e")
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +63,8 @@ def test_replay_equals_the_engines_usage_buckets_for_random_windows(engine_setti
     end_ms = (engine_history.last_arrival_ms // MINUTE_MS + 60) * MINUTE_MS
     everything = replayed(engine_settings, start_ms, end_ms)
     assert len(everything) > 300
+    refused = replay_usage(engine_settings, start_ms, end_ms).rejected.get("received_at_out_of_bound", 0)
+    assert refused > 300 if engine_settings.receipt_bound_seconds else refused == 0  # (about a third)
     reader = OutputReader(engine_settings)
     try:
         deadline_s = time.monotonic() + ENGINE_TIMEOUT_S

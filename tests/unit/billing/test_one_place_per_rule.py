@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from billing.meter_events import is_timely
+from billing.meter_events import ReceivedAtOutOfBound, is_received_within_bound, is_timely, receipt_refusal
 from billing.usage import within_cancel_window, within_dedupe_window
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -44,12 +44,36 @@ def test_the_cancel_rule_holds_for_24_hours_after_the_event():
     assert not within_cancel_window(NOW_MS, NOW_MS + DAY_MS + 1)
 
 
+HOUR_MS = 3_600_000
+
+
+@pytest.mark.parametrize(("received_at_ms", "bound_ms", "within"), [
+    (NOW_MS - HOUR_MS, HOUR_MS, True),  # stamped an hour before the broker appended it: inclusive
+    (NOW_MS + HOUR_MS, HOUR_MS, True),  # an hour after (the producer's clock runs ahead): inclusive
+    (NOW_MS - HOUR_MS - 1, HOUR_MS, False),  # 3600.001 s either way: refused
+    (NOW_MS + HOUR_MS + 1, HOUR_MS, False),
+    (NOW_MS, HOUR_MS, True),
+    (NOW_MS - 365 * DAY_MS, 0, True),  # 0: the rule is off, the producers' clocks are trusted
+    (NOW_MS + 365 * DAY_MS, 0, True),
+])
+def test_the_receipt_rule_accepts_received_at_within_the_bound_of_the_append_time_either_way(
+        received_at_ms, bound_ms, within):
+    assert is_received_within_bound(received_at_ms, NOW_MS, bound_ms) is within
+    refusal = receipt_refusal(received_at_ms, NOW_MS, bound_ms)
+    assert (refusal is None) is within
+    if refusal is not None:
+        assert isinstance(refusal, ReceivedAtOutOfBound)
+        assert refusal.reason_code == "received_at_out_of_bound"
+        assert "3600.001 s" in str(refusal) and "3600 s" in str(refusal)
+
+
 # (constant or expression, the only module allowed to compare with it)
 RULE_CONSTANTS = [
     (r"MAX_EVENT_AGE_MS", {"billing/meter_events.py", "replay/usage.py"}),  # replay/usage.py: offset planning
     (r"MAX_EVENT_LEAD_MS", {"billing/meter_events.py", "replay/usage.py"}),
     (r"CANCEL_WINDOW_MS", {"billing/usage.py"}),
     (r"received_at_ms\s*-\s*\w+", {"billing/usage.py", "billing/meter_events.py"}),
+    (r"-\s*[\w.]*received_at_ms\b", {"billing/usage.py", "billing/meter_events.py"}),  # e.g. the receipt rule
 ]
 FOLD_SOURCES = ["billing", "streams", "replay", "producers", "api", "projections"]
 
