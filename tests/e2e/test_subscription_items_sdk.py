@@ -323,3 +323,33 @@ def test_the_subscription_items_endpoints_refuse_clearly(api_base, secret_key, w
         assert (canceled.value.http_status, canceled.value.code) == (400, "subscription_canceled")
     assert stripe.SubscriptionItem.retrieve(item.id).price.id == price_in.id
 
+
+def test_a_finalized_invoice_keeps_the_subscription_metadata_it_was_finalized_with(api_base, secret_key, worker):
+    # Stripe: parent.subscription_details.metadata "becomes an immutable snapshot of the subscription
+    # metadata at the time of invoice finalization"; a preview shows the subscription's current one.
+    import stripe
+
+    walkthrough.configure(stripe, api_base, secret_key)
+    meter_in, price_in = _metered_price(stripe, "input", "1")
+    clock = stripe.test_helpers.TestClock.create(frozen_time=START_S, name="invoice metadata")
+    customer = stripe.Customer.create(name="Invoice metadata", test_clock=clock.id)
+    subscription = stripe.Subscription.create(customer=customer.id, metadata={"order": "42"},
+                                              items=[{"price": price_in.id}])
+    _send(stripe, meter_in, customer.id, 7, START_S + 60)
+    preview = stripe.Invoice.create_preview(subscription=subscription.id)
+    assert preview.parent.subscription_details.metadata.to_dict() == {"order": "42"}
+
+    stripe.test_helpers.TestClock.advance(clock.id, frozen_time=subscription.current_period_end + walkthrough.GRACE_S
+                                          + 60)
+    (invoice,) = wait_for(lambda: stripe.Invoice.list(customer=customer.id).data, 120, "the invoice")
+    assert (invoice.parent.subscription_details.subscription, invoice.parent.subscription_details.metadata.to_dict()) \
+        == (subscription.id, {"order": "42"})
+
+    stripe.Subscription.modify(subscription.id, metadata={"order": "43", "note": "renewed"})
+    again = stripe.Invoice.retrieve(invoice.id)
+    assert again.parent.subscription_details.metadata.to_dict() == {"order": "42"}
+    assert [line.metadata.to_dict() for line in again.lines.data] == [{"order": "43", "note": "renewed"}]  # current
+    assert stripe.Invoice.list(customer=customer.id).data[0].parent.subscription_details.metadata.to_dict() == \
+        {"order": "42"}
+    assert stripe.Invoice.create_preview(subscription=subscription.id).parent.subscription_details.metadata \
+        .to_dict() == {"order": "43", "note": "renewed"}
