@@ -405,8 +405,10 @@ class Batch:
         status = str(status_after_finalization(fact.amount_due_minor))
         # A one-off invoice's draft row becomes the finalized invoice; a finalized row is left as it
         # is (a replayed fact must not turn a paid or void invoice back to open).
-        # A subscription invoice keeps its subscription's metadata as it is now (Stripe's snapshot at
-        # finalization); a replayed fact finds the row written and changes nothing.
+        # A subscription invoice keeps its subscription's metadata as the projection has it now
+        # (Stripe's snapshot at finalization); a replayed fact finds the row written and changes
+        # nothing. (The projection's view, not the worker's: customer-facts and invoices are
+        # separate topics, so a rebuild that reads a later SubscriptionUpdated first snapshots that.)
         self.statements.append((
             "insert into invoices (id, customer_id, subscription_id, currency, period_start_ms, period_end_ms,"
             " billing_reason, finalized_ms, subtotal_minor, total_credits_minor, amount_due_minor, status, created_ms,"
