@@ -208,7 +208,8 @@ def invoice(row: dict[str, Any], lines: list[dict[str, Any]], credits: list[dict
             test_clock_id: str | None = None, subscription_metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """An invoice: a subscription period's (finalized by the workers), a one-off (draft or finalized),
     or a preview (no id). A draft's amounts are its lines' so far. `subscription_metadata`: its
-    subscription's current metadata."""
+    subscription's current metadata (its lines show it; its parent shows it on a preview only, a
+    finalized invoice the snapshot its row keeps)."""
     by_line: dict[str, list[dict[str, Any]]] = {}
     for credit in credits:
         by_line.setdefault(credit["invoice_line_id"], []).append(credit)
@@ -230,8 +231,10 @@ def invoice(row: dict[str, Any], lines: list[dict[str, Any]], credits: list[dict
         "lines": {"object": "list", "data": line_objects, "has_more": False,
                   "url": f"/v1/invoices/{invoice_id}/lines" if invoice_id else "/v1/invoices/create_preview/lines"},
         "livemode": False, "metadata": row.get("metadata") or {},
-        "parent": {"type": "subscription_details",
-                   "subscription_details": {"subscription": subscription_id, "metadata": {}}} if subscription_id else None,
+        "parent": {"type": "subscription_details", "subscription_details": {
+            "subscription": subscription_id,
+            "metadata": (row.get("subscription_metadata") or {}) if invoice_id else (subscription_metadata or {})}}
+        if subscription_id else None,
         "period_start": seconds(row["period_start_ms"]), "period_end": seconds(row["period_end_ms"]),
         "status": status,
         "status_transitions": {"finalized_at": seconds(row["finalized_ms"]) if invoice_id else None,

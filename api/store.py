@@ -139,5 +139,28 @@ def paginate(pool: ConnectionPool, params: Params, url: str, table: str, conditi
     return {"object": "list", "data": [render(row) for row in rows], "has_more": has_more, "url": url}
 
 
+def page_of(params: Params, items: list[dict[str, Any]], url: str) -> dict[str, Any]:
+    """`paginate` over a list already in hand (in its order): `limit`, `starting_after`, `ending_before`."""
+    limit = params.int("limit", minimum=1, maximum=LIST_LIMIT_MAX, default=LIST_LIMIT_DEFAULT)
+    starting_after = params.str("starting_after", max_length=200)
+    ending_before = params.str("ending_before", max_length=200)
+    params.done()
+    if starting_after and ending_before:
+        raise invalid("ending_before", "You may only specify one of starting_after and ending_before.")
+    ids = [item["id"] for item in items]
+    start, stop = 0, len(items)
+    if starting_after:
+        if starting_after not in ids:
+            raise invalid("starting_after", f"No such object: '{starting_after}'", code="resource_missing")
+        start = ids.index(starting_after) + 1
+    if ending_before:
+        if ending_before not in ids:
+            raise invalid("ending_before", f"No such object: '{ending_before}'", code="resource_missing")
+        stop = ids.index(ending_before)
+        start = max(0, stop - limit)
+        return list_object(items[start:stop], url, has_more=start > 0)
+    return list_object(items[start:start + limit], url, has_more=start + limit < stop)
+
+
 def list_object(data: list[Any], url: str, has_more: bool = False) -> dict[str, Any]:
     return {"object": "list", "data": data, "has_more": has_more, "url": url}

@@ -13,7 +13,7 @@ from api.context import ApiContext
 from api.errors import conflict, invalid
 from api.ids import new_id
 from api.params import Params
-from api.store import fetch_one, list_object, now_ms, paginate, projected_usage, require
+from api.store import fetch_one, now_ms, page_of, paginate, projected_usage, require
 from billing.facts import EventTimeWindow, MeterAggregation, MeterDeactivated, MeterDefined, MeterDisplayNameChanged, \
     MeterReactivated
 from billing.meters import MeterAggregator
@@ -128,27 +128,7 @@ def event_summaries(ctx: ApiContext, params: Params, id: str) -> dict[str, Any]:
                           "aggregated_value": objects.number(total), "end_time": (window_start_ms + step_ms) // 1000,
                           "livemode": False, "meter": id, "start_time": window_start_ms // 1000})
     summaries.reverse()  # newest first, like every Stripe list
-    return _page(params, summaries, f"/v1/billing/meters/{id}/event_summaries")
-
-
-def _page(params: Params, items: list[dict[str, Any]], url: str) -> dict[str, Any]:
-    limit = params.int("limit", minimum=1, maximum=100, default=10)
-    starting_after = params.str("starting_after", max_length=200)
-    ending_before = params.str("ending_before", max_length=200)
-    params.done()
-    ids = [item["id"] for item in items]
-    start, stop = 0, len(items)
-    if starting_after:
-        if starting_after not in ids:
-            raise invalid("starting_after", f"No such object: '{starting_after}'", code="resource_missing")
-        start = ids.index(starting_after) + 1
-    if ending_before:
-        if ending_before not in ids:
-            raise invalid("ending_before", f"No such object: '{ending_before}'", code="resource_missing")
-        stop = ids.index(ending_before)
-        start = max(0, stop - limit)
-        return list_object(items[start:stop], url, has_more=start > 0)
-    return list_object(items[start:start + limit], url, has_more=start + limit < stop)
+    return page_of(params, summaries, f"/v1/billing/meters/{id}/event_summaries")
 
 
 STRING = "string"

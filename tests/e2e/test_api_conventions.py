@@ -145,5 +145,6 @@ def test_healthz_and_prometheus_metrics_answer_without_a_key(app, client):
 def test_the_openapi_document_lists_the_stripe_paths(app):
     document = TestClient(app).get("/openapi.json").json()
     for path in ("/v1/billing/meters", "/v1/billing/credit_grants", "/v1/invoices/create_preview",
-                 "/v1/test_helpers/test_clocks/{id}/advance", "/v2/billing/meter_event_stream"):
+                 "/v1/test_helpers/test_clocks/{id}/advance", "/v2/billing/meter_event_stream",
+                 "/v1/subscription_items", "/v1/subscription_items/{id}"):
         assert path in document["paths"]

@@ -70,6 +70,8 @@ def templates(known: dict[str, list[str]], event_name: str, pick: random.Random)
                                       "applicability_config[scope][price_type]": "metered"},
         "/v1/subscriptions": {"customer": some("/v1/customers"), "items[0][price]": some("/v1/prices"),
                               "items[0][quantity]": "1"},
+        "/v1/subscription_items": {"subscription": some("/v1/subscriptions"), "price": some("/v1/prices"),
+                                   "quantity": "1"},
         "/v1/customers": {"name": "Jenny", "test_clock": some("/v1/test_helpers/test_clocks")},
         "/v1/test_helpers/test_clocks": {"frozen_time": "1767225600", "name": "fuzz"},
         "/v1/billing/meters": {"display_name": "d", "event_name": f"fuzz_{pick.getrandbits(48):x}",

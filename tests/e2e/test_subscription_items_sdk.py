@@ -199,3 +199,157 @@ def test_an_invoice_line_shows_the_subscriptions_current_metadata_never_the_item
     assert [(line.quantity, line.metadata.to_dict()) for line in invoice.lines.data] == [(7, {"order": "42"})]
     stripe.Subscription.modify(subscription.id, metadata={"order": "43"})
     assert [line.metadata.to_dict() for line in stripe.Invoice.retrieve(invoice.id).lines.data] == [{"order": "43"}]
+
+
+def test_the_subscription_items_endpoints_through_the_sdk(api_base, secret_key, worker):
+    # /v1/subscription_items: metadata at once; a price, a new item and a deletion from the next period.
+    import stripe
+
+    walkthrough.configure(stripe, api_base, secret_key)
+    _, price_in = _metered_price(stripe, "input", "1")
+    _, price_out = _metered_price(stripe, "output", "2")
+    _, price_in_2 = _metered_price(stripe, "input2", "3")
+    _, price_cache = _metered_price(stripe, "cache", "4")
+    clock = stripe.test_helpers.TestClock.create(frozen_time=START_S, name="subscription items")
+    customer = stripe.Customer.create(name="Subscription items", test_clock=clock.id)
+    subscription = stripe.Subscription.create(
+        customer=customer.id, items=[{"price": price_in.id, "metadata": {"team": "ml"}}, {"price": price_out.id}])
+    period_1_end = subscription.current_period_end
+    item_in, item_out = (next(item for item in subscription["items"].data if item.price.id == price.id)
+                         for price in (price_in, price_out))
+
+    listed = stripe.SubscriptionItem.list(subscription=subscription.id)
+    assert [item.id for item in listed.data] == [item.id for item in subscription["items"].data]
+    assert listed.has_more is False
+    first_page = stripe.SubscriptionItem.list(subscription=subscription.id, limit=1)
+    assert (len(first_page.data), first_page.has_more) == (1, True)
+    second_page = stripe.SubscriptionItem.list(subscription=subscription.id, limit=1,
+                                               starting_after=first_page.data[0].id)
+    assert [item.id for item in first_page.data + second_page.data] == [item.id for item in listed.data]
+    assert second_page.has_more is False
+
+    retrieved = stripe.SubscriptionItem.retrieve(item_in.id)
+    assert (retrieved.object, retrieved.id, retrieved.price.id, retrieved.quantity, retrieved.subscription,
+            retrieved.metadata.to_dict()) == ("subscription_item", item_in.id, price_in.id, 1, subscription.id,
+                                              {"team": "ml"})
+    assert retrieved.created == subscription.created
+    assert stripe.SubscriptionItem.retrieve(item_in.id, expand=["subscription"]).subscription.id == subscription.id
+
+    # Metadata: at once, merged as Stripe merges it.
+    tagged = stripe.SubscriptionItem.modify(item_in.id, metadata={"tier": "1"})
+    assert tagged.metadata.to_dict() == {"team": "ml", "tier": "1"}
+    assert _item_metadata(stripe.Subscription.retrieve(subscription.id))[item_in.id] == {"team": "ml", "tier": "1"}
+    assert stripe.Subscription.retrieve(subscription.id)["next_period_items"] is None
+
+    # A price: from the next period, as items[] on a subscription update.
+    repriced = stripe.SubscriptionItem.modify(item_in.id, price=price_in_2.id, proration_behavior="none")
+    assert repriced.price.id == price_in.id  # this period keeps its price
+    added = stripe.SubscriptionItem.create(subscription=subscription.id, price=price_cache.id, quantity=1,
+                                           metadata={"team": "cache"})
+    assert (added.object, added.price.id, added.subscription, added.metadata.to_dict()) == \
+        ("subscription_item", price_cache.id, subscription.id, {"team": "cache"})
+    assert stripe.SubscriptionItem.retrieve(added.id).price.id == price_cache.id
+    deleted = stripe.SubscriptionItem.delete(item_out.id)
+    assert (deleted.id, deleted.deleted) == (item_out.id, True)
+    assert stripe.SubscriptionItem.retrieve(item_out.id).price.id == price_out.id  # it bills this period
+
+    waiting = stripe.Subscription.retrieve(subscription.id)
+    assert _prices(waiting["items"]) == sorted([price_in.id, price_out.id])
+    assert waiting["next_period_items"]["effective_at"] == period_1_end
+    assert sorted((item["id"], item["price"]["id"]) for item in waiting["next_period_items"]["data"]) == \
+        sorted([(item_in.id, price_in_2.id), (added.id, price_cache.id)])
+    assert [item.id for item in stripe.SubscriptionItem.list(subscription=subscription.id).data] == \
+        [item.id for item in listed.data]  # the list shows the items billing this period
+
+    stripe.test_helpers.TestClock.advance(clock.id, frozen_time=period_1_end + 60)
+    wait_for(lambda: stripe.Subscription.retrieve(subscription.id).current_period_start == period_1_end, 60,
+             "period 2")
+    period_2 = stripe.SubscriptionItem.list(subscription=subscription.id).data
+    assert sorted((item.id, item.price.id) for item in period_2) == \
+        sorted([(item_in.id, price_in_2.id), (added.id, price_cache.id)])
+    assert {item.id: item.metadata.to_dict() for item in period_2} == \
+        {item_in.id: {"team": "ml", "tier": "1"}, added.id: {"team": "cache"}}
+    with pytest.raises(stripe.InvalidRequestError) as gone:
+        stripe.SubscriptionItem.retrieve(item_out.id)
+    assert (gone.value.http_status, gone.value.code) == (404, "resource_missing")
+
+
+def test_the_subscription_items_endpoints_refuse_clearly(api_base, secret_key, worker):
+    import stripe
+
+    walkthrough.configure(stripe, api_base, secret_key)
+    _, price_in = _metered_price(stripe, "input", "1")
+    _, price_out = _metered_price(stripe, "output", "2")
+    product = stripe.Product.create(name="yearly")
+    yearly = stripe.Price.create(product=product.id, currency="usd", unit_amount=100, recurring={"interval": "year"})
+    customer = stripe.Customer.create(name="Subscription items refused")
+    subscription = stripe.Subscription.create(customer=customer.id, items=[{"price": price_in.id}])
+    item = subscription["items"].data[0]
+
+    with pytest.raises(stripe.InvalidRequestError) as missing_item:
+        stripe.SubscriptionItem.retrieve("si_missing")
+    assert (missing_item.value.http_status, missing_item.value.code, missing_item.value.param) == \
+        (404, "resource_missing", "id")
+    calls = [
+        (lambda: stripe.SubscriptionItem.list(), "subscription"),
+        (lambda: stripe.SubscriptionItem.list(subscription="sub_missing"), "subscription"),
+        (lambda: stripe.SubscriptionItem.list(subscription=subscription.id, starting_after="si_missing"),
+         "starting_after"),
+        (lambda: stripe.SubscriptionItem.modify(item.id, price=price_out.id, proration_behavior="create_prorations"),
+         "proration_behavior"),
+        (lambda: stripe.SubscriptionItem.modify(item.id, price=yearly.id), "price"),  # another interval
+        (lambda: stripe.SubscriptionItem.modify(item.id, quantity=0), "quantity"),
+        (lambda: stripe.SubscriptionItem.create(subscription=subscription.id, price=price_in.id), "price"),  # twice
+        (lambda: stripe.SubscriptionItem.create(subscription=subscription.id, price="price_missing"), "price"),
+        (lambda: stripe.SubscriptionItem.create(subscription="sub_missing", price=price_out.id), "subscription"),
+        (lambda: stripe.SubscriptionItem.create(subscription=subscription.id), "price"),
+        (lambda: stripe.SubscriptionItem.delete(item.id), "id"),  # the subscription's last item
+        (lambda: stripe.SubscriptionItem.delete(item.id, proration_behavior="always_invoice"), "proration_behavior"),
+    ]
+    for call, param in calls:
+        with pytest.raises(stripe.InvalidRequestError) as refused:
+            call()
+        assert (refused.value.http_status, refused.value.param) == (400, param), param
+    with pytest.raises(stripe.InvalidRequestError) as missing_modify:
+        stripe.SubscriptionItem.modify("si_missing", metadata={"a": "b"})
+    assert (missing_modify.value.http_status, missing_modify.value.param) == (404, "id")
+
+    stripe.Subscription.cancel(subscription.id)
+    for call in (lambda: stripe.SubscriptionItem.modify(item.id, price=price_out.id),
+                 lambda: stripe.SubscriptionItem.create(subscription=subscription.id, price=price_out.id),
+                 lambda: stripe.SubscriptionItem.delete(item.id)):
+        with pytest.raises(stripe.InvalidRequestError) as canceled:
+            call()
+        assert (canceled.value.http_status, canceled.value.code) == (400, "subscription_canceled")
+    assert stripe.SubscriptionItem.retrieve(item.id).price.id == price_in.id
+
+
+def test_a_finalized_invoice_keeps_the_subscription_metadata_it_was_finalized_with(api_base, secret_key, worker):
+    # Stripe: parent.subscription_details.metadata "becomes an immutable snapshot of the subscription
+    # metadata at the time of invoice finalization"; a preview shows the subscription's current one.
+    import stripe
+
+    walkthrough.configure(stripe, api_base, secret_key)
+    meter_in, price_in = _metered_price(stripe, "input", "1")
+    clock = stripe.test_helpers.TestClock.create(frozen_time=START_S, name="invoice metadata")
+    customer = stripe.Customer.create(name="Invoice metadata", test_clock=clock.id)
+    subscription = stripe.Subscription.create(customer=customer.id, metadata={"order": "42"},
+                                              items=[{"price": price_in.id}])
+    _send(stripe, meter_in, customer.id, 7, START_S + 60)
+    preview = stripe.Invoice.create_preview(subscription=subscription.id)
+    assert preview.parent.subscription_details.metadata.to_dict() == {"order": "42"}
+
+    stripe.test_helpers.TestClock.advance(clock.id, frozen_time=subscription.current_period_end + walkthrough.GRACE_S
+                                          + 60)
+    (invoice,) = wait_for(lambda: stripe.Invoice.list(customer=customer.id).data, 120, "the invoice")
+    assert (invoice.parent.subscription_details.subscription, invoice.parent.subscription_details.metadata.to_dict()) \
+        == (subscription.id, {"order": "42"})
+
+    stripe.Subscription.modify(subscription.id, metadata={"order": "43", "note": "renewed"})
+    again = stripe.Invoice.retrieve(invoice.id)
+    assert again.parent.subscription_details.metadata.to_dict() == {"order": "42"}
+    assert [line.metadata.to_dict() for line in again.lines.data] == [{"order": "43", "note": "renewed"}]  # current
+    assert stripe.Invoice.list(customer=customer.id).data[0].parent.subscription_details.metadata.to_dict() == \
+        {"order": "42"}
+    assert stripe.Invoice.create_preview(subscription=subscription.id).parent.subscription_details.metadata \
+        .to_dict() == {"order": "43", "note": "renewed"}
