@@ -153,7 +153,7 @@ def test_postgres_tls_settings_are_merged_into_the_database_url(pem: Path) -> No
 def test_without_postgres_tls_settings_the_database_url_is_untouched(tmp_path: Path) -> None:
     assert Settings(database_url="postgresql://h/db?sslmode=require").effective_database_url == \
         "postgresql://h/db?sslmode=require"
-    local_url = Settings(state_dir=tmp_path, postgres_port=15432, postgres_sslmode="require").effective_database_url
+    local_url = Settings(database_url="", state_dir=tmp_path, postgres_port=15432, postgres_sslmode="require").effective_database_url
     assert local_url == "postgresql://drawdown@127.0.0.1:15432/drawdown?sslmode=require"
 
 
