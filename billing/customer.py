@@ -14,7 +14,7 @@ and its guard are written together.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
@@ -105,10 +105,17 @@ class SubscriptionState:
     # Item changes waiting for a later period, oldest first (each after the open period's start):
     # `items` stays the open period's, which is what the fast path and finalization read.
     item_changes: tuple[ItemsChange, ...] = ()
+    # Its metadata as last updated (SubscriptionUpdated); None: as created. Nothing the money
+    # depends on: kept for the snapshot its invoices carry (Stripe's subscription_details.metadata).
+    metadata: Mapping[str, str] | None = None
 
     @property
     def subscription_id(self) -> str:
         return self.created.subscription_id
+
+    @property
+    def current_metadata(self) -> Mapping[str, str]:
+        return self.created.metadata if self.metadata is None else self.metadata
 
     def items_at(self, period_start_ms: int) -> tuple[SubscriptionItem, ...]:
         """The items that bill the period starting at `period_start_ms`: a period keeps the items it
@@ -406,8 +413,11 @@ def evolve(state: CustomerState, fact: object, catalog: Catalog, now_ms: int,
         if isinstance(fact, CustomerCreated):
             if state.created is None:
                 state.created = fact
-        elif isinstance(fact, (CustomerUpdated, SubscriptionUpdated, SubscriptionItemUpdated, InvoiceUpdated,
-                               InvoiceItemUpdated)):
+        elif isinstance(fact, SubscriptionUpdated):
+            sub = state.subscriptions.get(fact.subscription_id)
+            if sub is not None:  # (its metadata: what its next invoices say it had)
+                sub.metadata = fact.metadata
+        elif isinstance(fact, (CustomerUpdated, SubscriptionItemUpdated, InvoiceUpdated, InvoiceItemUpdated)):
             pass  # names and metadata: nothing the money depends on (the projection keeps them)
         elif isinstance(fact, CustomerDeleted):
             if state.deleted_at_ms is None:
@@ -654,8 +664,10 @@ def _finalize(state: CustomerState, sub: SubscriptionState, due_ms: int, catalog
         usage_by_meter_id=_period_usage_by_meter(state, sub, period.start_ms, catalog),
         grants=state.grants,
     )
+    # The subscription's metadata as it is now: Stripe's snapshot in parent.subscription_details.
+    invoice = replace(computation.invoice, subscription_metadata=dict(sub.current_metadata))
     state.grants = dict(computation.grants)
-    state.invoices[computation.invoice.invoice_id] = computation.invoice
+    state.invoices[invoice.invoice_id] = invoice
     for key in [key for key in state.period_usage if key[0] == sub.subscription_id and key[1] == period.start_ms]:
         del state.period_usage[key]
     if state.split_period_usage:
@@ -667,7 +679,7 @@ def _finalize(state: CustomerState, sub: SubscriptionState, due_ms: int, catalog
         sub.open_period = next_period(sub.open_period, sub.created.billing_cycle_anchor_ms, sub.interval,
                                       sub.interval_count)
         sub.roll_items()
-    return [computation.invoice, *computation.transactions]
+    return [invoice, *computation.transactions]
 
 
 # --- live balance --------------------------------------------------------------------------------

@@ -536,6 +536,9 @@ class InvoiceFinalized:
     subtotal_minor: int
     total_credits_minor: int
     amount_due_minor: int
+    # v3: the subscription's metadata when the invoice was finalized (Stripe's snapshot in
+    # parent.subscription_details.metadata); None on one-off invoices and on facts before v3.
+    subscription_metadata: Mapping[str, str] | None = None
 
 
 @_fact

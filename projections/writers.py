@@ -405,22 +405,24 @@ class Batch:
         status = str(status_after_finalization(fact.amount_due_minor))
         # A one-off invoice's draft row becomes the finalized invoice; a finalized row is left as it
         # is (a replayed fact must not turn a paid or void invoice back to open).
-        # A subscription invoice keeps its subscription's metadata as the projection has it now
-        # (Stripe's snapshot at finalization); a replayed fact finds the row written and changes
-        # nothing. (The projection's view, not the worker's: customer-facts and invoices are
-        # separate topics, so a rebuild that reads a later SubscriptionUpdated first snapshots that.)
+        # A subscription invoice keeps its subscription's metadata at finalization (Stripe's
+        # snapshot), which the workers put in the fact (v3). An older fact has none: the projection's
+        # view of the subscription as of now stands in (customer-facts and invoices are separate
+        # topics, so a rebuild that reads a later SubscriptionUpdated first would snapshot that).
         self.statements.append((
             "insert into invoices (id, customer_id, subscription_id, currency, period_start_ms, period_end_ms,"
             " billing_reason, finalized_ms, subtotal_minor, total_credits_minor, amount_due_minor, status, created_ms,"
             " subscription_metadata) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " (select metadata from subscriptions where id = %s)) on conflict (id) do update set"
+            " coalesce(%s::jsonb, (select metadata from subscriptions where id = %s))) on conflict (id) do update set"
             " finalized_ms = excluded.finalized_ms, subtotal_minor = excluded.subtotal_minor,"
             " total_credits_minor = excluded.total_credits_minor, amount_due_minor = excluded.amount_due_minor,"
             " status = excluded.status where invoices.status = 'draft'",
             (fact.invoice_id, fact.customer_id, fact.subscription_id, fact.currency, fact.period_start_ms,
              fact.period_end_ms, str(fact.billing_reason), fact.finalized_at_ms, fact.subtotal_minor,
              fact.total_credits_minor, fact.amount_due_minor, status,
-             fact.period_start_ms if fact.subscription_id is None else fact.finalized_at_ms, fact.subscription_id)))
+             fact.period_start_ms if fact.subscription_id is None else fact.finalized_at_ms,
+             None if fact.subscription_metadata is None else Jsonb(dict(fact.subscription_metadata)),
+             fact.subscription_id)))
         if fact.billing_reason == f.BillingReason.SUBSCRIPTION_CANCEL:
             # The final invoice: a subscription canceled at period end ends with the period it bills
             # (one canceled now has ended already: its own time stays).

@@ -240,6 +240,34 @@ def test_rebuild_replays_the_topics_into_tables_identical_to_the_live_projection
 
 
 @pytest.mark.parametrize("invoice_first", [False, True])
+def test_an_invoice_keeps_the_subscription_metadata_its_fact_carries_whichever_topic_comes_first(
+        topics, publish, schema, invoice_first):
+    # The workers snapshot the metadata at finalization (InvoiceFinalized v3): a later update of the
+    # subscription, read before or after the invoice (a rebuild may read either first), changes
+    # nothing on the invoice.
+    settings = topics
+    customer_id, subscription_id = unique("cus"), unique("sub")
+    publish("customer-facts", f.SubscriptionCreated(
+        subscription_id=subscription_id, customer_id=customer_id, currency="usd", billing_cycle_anchor_ms=NOW_MS,
+        created_at_ms=NOW_MS, items=(f.SubscriptionItem(item_id=unique("si"), price_id="price_x"),),
+        metadata={"plan": "pro"}), key=customer_id)
+    Projector(settings, schema=schema).catch_up(timeout_s=60)
+    invoice = f.InvoiceFinalized(
+        invoice_id=unique("in"), customer_id=customer_id, subscription_id=subscription_id, currency="usd",
+        period_start_ms=NOW_MS, period_end_ms=NOW_MS + 1000, billing_reason=f.BillingReason.SUBSCRIPTION_CYCLE,
+        finalized_at_ms=NOW_MS + 2000, lines=(), subtotal_minor=0, total_credits_minor=0, amount_due_minor=0,
+        subscription_metadata={"plan": "pro"})
+    later = f.SubscriptionUpdated(subscription_id=subscription_id, customer_id=customer_id,
+                                  metadata={"plan": "max"}, updated_at_ms=NOW_MS + 3000)
+    for topic, fact in ([("customer-facts", later), ("invoices", invoice)] if invoice_first is False
+                        else [("invoices", invoice), ("customer-facts", later)]):
+        publish(topic, fact, key=customer_id)
+    Projector(settings, schema=schema).catch_up(timeout_s=60)
+    assert query(settings, schema, "select subscription_metadata from invoices where id = %s", invoice.invoice_id) == [
+        ({"plan": "pro"},)]
+
+
+@pytest.mark.parametrize("invoice_first", [False, True])
 def test_a_subscription_canceled_at_period_end_ends_with_its_final_invoice(topics, publish, schema, invoice_first):
     settings = topics
     customer_id, subscription_id = unique("cus"), unique("sub")

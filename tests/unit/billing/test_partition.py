@@ -488,6 +488,24 @@ def test_the_invoice_of_a_mid_minute_period_bills_what_its_period_usage_said():
     assert (invoice.subtotal_minor, invoice.amount_due_minor) == (15, 0)
 
 
+def test_a_subscription_invoice_carries_the_subscription_metadata_it_was_finalized_with():
+    # Stripe's parent.subscription_details.metadata: a snapshot at finalization. Period 1 is
+    # finalized after the update to "pro", period 2 after the one to "max".
+    from billing.facts import SubscriptionUpdated
+
+    def updated(plan: str, at_ms: int) -> SubscriptionUpdated:
+        return SubscriptionUpdated(subscription_id="sub_cus_1", customer_id="cus_1", metadata={"plan": plan},
+                                   updated_at_ms=at_ms)
+
+    end_1, end_2 = w.first_period_end_ms(), w.first_period_end_ms(w.first_period_end_ms())
+    log = [w.clock_created("clock"), *w.customer_setup("cus_1", "clock"), updated("pro", w.START_MS + w.HOUR_MS),
+           w.clock_advanced("clock", end_1 + 2 * w.HOUR_MS), updated("max", end_1 + 3 * w.HOUR_MS),
+           w.clock_advanced("clock", end_2 + 2 * w.HOUR_MS)]
+    invoices = [f for f in fold(processor(), log) if isinstance(f, InvoiceFinalized)]
+    assert [(i.period_start_ms, i.subscription_metadata) for i in invoices] == [
+        (w.START_MS, {"plan": "pro"}), (end_1, {"plan": "max"})]
+
+
 # --- subscription items changed from the next period (hand-worked; walkthrough prices: an input
 # token 3 cents, an output token 5 cents) ---
 

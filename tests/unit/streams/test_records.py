@@ -165,7 +165,8 @@ _SUBSCRIPTIONS = _all_fields(
     ended=st.booleans(),
     item_changes=st.lists(st.builds(ItemsChange, effective_from_ms=INT64,
                                     items=st.lists(fact_strategy(SubscriptionItem), max_size=2).map(tuple)),
-                          max_size=2).map(tuple))
+                          max_size=2).map(tuple),
+    metadata=st.none() | st.dictionaries(TEXT, TEXT, max_size=2))
 _CUSTOMERS = _all_fields(
     CustomerState, customer_id=TEXT, applied_offset=INT64, created=st.none() | fact_strategy(CustomerCreated),
     grants=st.dictionaries(TEXT, _GRANTS, max_size=2),
@@ -244,6 +245,10 @@ def test_a_customer_record_written_in_the_pickle_format_loads_as_the_same_state(
     # Written before CustomerState.time_reached_ms was appended: the record reads its default.
     assert state.time_reached_ms == 0
     folded_today = dataclasses.replace(_walkthrough_customers()["cus_1"], time_reached_ms=0)
+    # Its invoice was stored before InvoiceFinalized.subscription_metadata (v3): it reads None.
+    assert {invoice.subscription_metadata for invoice in state.invoices.values()} == {None}
+    folded_today.invoices = {invoice_id: dataclasses.replace(invoice, subscription_metadata=None)
+                             for invoice_id, invoice in folded_today.invoices.items()}
     assert state == folded_today
     assert repr(state) == repr(folded_today)  # the same types too
     assert records.loads(records.dumps(state)) == state
