@@ -160,6 +160,48 @@ def _produce_events(settings: Settings, customers: list[str], rng: random.Random
     return events
 
 
+def _tree_bytes(path: Path) -> int:
+    """Bytes of the files under `path` (the worker's RocksDB stores)."""
+    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
+
+
+def _changelog_footprint(settings: Settings) -> tuple[int, int]:
+    """(records, bytes of keys and values) in the worker's two changelog topics, read to their ends."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topics = [f"{settings.topic_prefix}.worker-{table}-changelog" for table in ("customers", "usage")]
+    consumer = Consumer(settings.kafka_client_config() | {"group.id": f"{settings.topic_prefix}.footprint",
+                                                           "enable.auto.commit": False})
+    records = payload = 0
+    try:
+        ends = {}
+        for topic in topics:
+            for partition in range(settings.partitions):
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                if high > low:
+                    ends[(topic, partition)] = high
+        consumer.assign([TopicPartition(topic, partition, 0) for topic, partition in ends])
+        deadline = time.monotonic() + 120
+        while ends:
+            batch = consumer.consume(num_messages=10_000, timeout=1.0)
+            if not batch:  # (a partition may end in a transaction marker: its position tells)
+                for position in consumer.position([TopicPartition(t, p) for t, p in ends]):
+                    if position.offset >= ends[(position.topic, position.partition)]:
+                        ends.pop((position.topic, position.partition))
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"changelogs not read to their ends in 120 s: {sorted(ends)}")
+            for message in batch:
+                if message.error() is not None:
+                    continue
+                records += 1
+                payload += len(message.key() or b"") + len(message.value() or b"")
+                if message.offset() + 1 >= ends.get((message.topic(), message.partition()), 0):
+                    ends.pop((message.topic(), message.partition()), None)
+    finally:
+        consumer.close()
+    return records, payload
+
+
 def _end_offsets(settings: Settings) -> dict[int, int]:
     """The high watermark of every customer-facts partition."""
     from confluent_kafka import Consumer, TopicPartition
@@ -344,6 +386,15 @@ def run(settings: Settings) -> list[dict[str, Any]]:
         rss = worker.peak_rss_bytes()
         rows.append(measurement(f"worker peak RSS ({customer_count:,} customers x 2 meters, {2 * events:,} events)",
                                 "MiB", rss / 2**20, below=TARGET_RSS_BYTES / 2**20))
+        disk_bytes = _tree_bytes(work_dir / "worker")
+        records, payload_bytes = _changelog_footprint(settings)
+        print(f"  worker state after {2 * events:,} events: {disk_bytes:,} bytes on disk; changelogs "
+              f"{records:,} records, {payload_bytes:,} bytes of keys and values", file=sys.stderr)
+        rows.append(measurement(f"worker state on disk per event ({2 * events:,} events, {customer_count:,} customers; "
+                                "RocksDB, not purged yet)", "bytes", disk_bytes / (2 * events),
+                                info="sizing: state grows with every accepted event until purging lands"))
+        rows.append(measurement("worker changelog payload per event (keys and values, before compaction)", "bytes",
+                                payload_bytes / (2 * events), info="sizing: what a restore reads back"))
 
         before = worker.status()
         latencies = sorted(_freshness_ms(settings, worker, customers, rng,
