@@ -41,7 +41,7 @@ from psycopg import sql
 from api.routes.balances import LIVE_BALANCE_QUERY, SUMMARY_QUERY
 
 from benchmarks.harness import measurement, quick
-from drawdown.settings import PROJECT_ROOT, Settings
+from drawdown.settings import PROJECT_ROOT, Settings, with_database
 
 RATE_PER_SECOND = 1000
 RATE_SECONDS = 5
@@ -279,12 +279,12 @@ def run(settings: Settings) -> list[dict]:
     from projections.migrate import migrate
     from streams.topics import ensure_topics
 
-    server, _, _ = settings.effective_database_url.rpartition("/")
     database = f"bench_api_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(settings.effective_database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
     run_settings = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}-api",
-                                               "database_url": f"{server}/{database}", "api_port": _free_port()})
+                                               "database_url": with_database(settings.effective_database_url, database),
+                                               "api_port": _free_port()})
     database_url = run_settings.effective_database_url
     processes = settings.api_processes
     process = None

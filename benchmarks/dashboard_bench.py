@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from benchmarks.harness import measurement, quick
-from drawdown.settings import Settings
+from drawdown.settings import Settings, with_database
 
 GRANTS = 100
 INVOICES = 24
@@ -120,13 +120,12 @@ def run(settings: Settings) -> list[dict]:
 
     loads = QUICK_PAGE_LOADS if quick() else PAGE_LOADS
     rounds = QUICK_ROUNDS if quick() else ROUNDS
-    server_url, _, _ = settings.effective_database_url.rpartition("/")
     database = f"bench_dashboard_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(settings.effective_database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
     work_dir = Path(tempfile.mkdtemp(prefix="drawdown-bench-dashboard-"))
     run_settings = settings.model_copy(update={
-        "topic_prefix": f"{settings.topic_prefix}-dashboard", "database_url": f"{server_url}/{database}",
+        "topic_prefix": f"{settings.topic_prefix}-dashboard", "database_url": with_database(settings.effective_database_url, database),
         "worker_data_dir": work_dir / "worker", "worker_web_port": _free_port(),
         "read_your_writes_timeout_ms": 30_000, "rate_limit_per_second": 0})
     ensure_topics(run_settings)

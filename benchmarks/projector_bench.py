@@ -18,10 +18,11 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from benchmarks.harness import measurement, quick
 from billing import facts as f
-from drawdown.settings import Settings
+from drawdown.settings import Settings, with_database
 from schemas.codec import FactCodec
 from streams.topics import PRODUCER_PARTITIONER, ensure_topics
 
@@ -87,7 +88,6 @@ def run(settings: Settings) -> list[dict]:
 
     thresholds = gc.get_threshold()
     tune_gc()  # as `drawdown projector` does; restored below for the benchmarks that run after this one
-    server, _, name = settings.effective_database_url.rpartition("/")
     database = f"bench_projector_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(settings.effective_database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
@@ -101,7 +101,7 @@ def run(settings: Settings) -> list[dict]:
                  TRANSACTION_TYPES)):
             run_settings = settings.model_copy(update={
                 "topic_prefix": f"{settings.topic_prefix}-projector-{topic}",
-                "database_url": f"{server}/{database}"})
+                "database_url": with_database(settings.effective_database_url, database)})
             ensure_topics(run_settings)
             facts = [make(index) for index in range(facts_per_kind)]
             _produce(run_settings, topic, facts)
@@ -120,7 +120,8 @@ def run(settings: Settings) -> list[dict]:
                     projected = conn.execute(f"select count(*) from {table}").fetchone()[0]
                 assert projected == facts_per_kind, f"{projected} rows projected, expected {facts_per_kind}"
                 ceiling.append(_bare_copy_rows_per_second(
-                    f"{server}/{database}?options=-csearch_path%3D{schema}", table, columns, types, bare_rows))
+                    make_conninfo(run_settings.effective_database_url, options=f"-c search_path={schema}"),
+                    table, columns, types, bare_rows))
             rows.append(measurement(f"projector: {kind} (ceiling: bare binary COPY)", "rows/s", rows_per_second,
                                     ceiling, at_least=TARGET_ROWS_PER_SECOND))
     finally:

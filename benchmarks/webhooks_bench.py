@@ -37,7 +37,7 @@ import psycopg
 from psycopg import sql
 
 from benchmarks.harness import measurement, quick
-from drawdown.settings import PROJECT_ROOT, Settings
+from drawdown.settings import PROJECT_ROOT, Settings, with_database
 
 EVENTS = 4_000
 QUICK_EVENTS = 400
@@ -229,11 +229,10 @@ def _latency_rows(settings: Settings) -> list[dict]:
     from projections.migrate import migrate
 
     seconds = QUICK_LATENCY_SECONDS if quick() else LATENCY_SECONDS
-    server = settings.effective_database_url.rpartition("/")[0]
     database = f"bench_hooks_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(settings.effective_database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
-    database_url = f"{server}/{database}"
+    database_url = with_database(settings.effective_database_url, database)
     run_settings = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}-hooks",
                                                "database_url": database_url})
     work_dir = Path(tempfile.mkdtemp(prefix="drawdown-bench-hooks-"))

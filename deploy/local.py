@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from drawdown.settings import PROJECT_ROOT, Settings
+from drawdown.settings import PROJECT_ROOT, Settings, database_name, with_database
 
 POM_FILE = PROJECT_ROOT / "deploy" / "kafka" / "pom.xml"
 KAFKA_READY_TIMEOUT_S = 90.0
@@ -524,7 +524,7 @@ def require_password_authentication(settings: Settings, url: str, data: Path) ->
     from psycopg import sql
 
     say("switching the local PostgreSQL from trust to password authentication (once) ...")
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
+    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as connection:
         connection.execute("set password_encryption = 'scram-sha-256'")
         connection.execute(sql.SQL("alter role drawdown password {}").format(sql.Literal(postgres_password(settings))))
         for i in trusting:
@@ -599,7 +599,7 @@ def start_postgres(settings: Settings) -> str:
                            "-w", "-t", str(int(POSTGRES_READY_TIMEOUT_S)), "start"])
     if result.returncode != 0:
         raise LocalStackError(f"PostgreSQL did not start. Last lines of {log}:\n{tail(log)}\n{result.stderr}")
-    wait_until(lambda: postgres_ready(settings, url.rsplit("/", 1)[0] + "/postgres"), POSTGRES_READY_TIMEOUT_S,
+    wait_until(lambda: postgres_ready(settings, with_database(url, "postgres")), POSTGRES_READY_TIMEOUT_S,
                lambda: pid_alive(postgres_pid(settings)), "PostgreSQL", log)
     require_password_authentication(settings, url, data)
     ensure_database(url)
@@ -610,8 +610,8 @@ def ensure_database(url: str) -> None:
     """Create the URL's database if it does not exist yet."""
     import psycopg
     from psycopg import sql
-    server_url, database = url.rsplit("/", 1)
-    with psycopg.connect(server_url + "/postgres", autocommit=True) as connection:
+    database = database_name(url)
+    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as connection:
         exists = connection.execute("select 1 from pg_database where datname = %s", (database,)).fetchone()
         if not exists:
             connection.execute(sql.SQL("create database {}").format(sql.Identifier(database)))

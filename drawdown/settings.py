@@ -11,7 +11,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -306,3 +306,23 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def database_name(url: str) -> str:
+    """The database a PostgreSQL URL (or key=value conninfo) names."""
+    if "://" not in url:
+        from psycopg.conninfo import conninfo_to_dict
+
+        return str(conninfo_to_dict(url).get("dbname", ""))
+    return unquote(urlsplit(url).path.lstrip("/"))
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server, user and parameters (sslmode, ...) with another database: what tests,
+    benchmarks and the local stack use to reach a sibling database (cutting a URL at its last "/"
+    would keep the query in the name, or drop it)."""
+    if "://" not in url:
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(url, dbname=name)
+    return urlunsplit(urlsplit(url)._replace(path="/" + quote(name, safe="")))

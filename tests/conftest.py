@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from drawdown.settings import Settings
+from drawdown.settings import Settings, with_database
 
 
 def docker_answers() -> bool:
@@ -89,11 +89,10 @@ def database_url(postgres_server_url: str, session_id: str) -> Iterator[str]:
     import psycopg
     from psycopg import sql
 
-    server, _, _ = postgres_server_url.rpartition("/")
     name = f"drawdown_test_{session_id}"
     with psycopg.connect(postgres_server_url, autocommit=True) as admin:
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    yield f"{server}/{name}"
+    yield with_database(postgres_server_url, name)
     with psycopg.connect(postgres_server_url, autocommit=True) as admin:
         admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 

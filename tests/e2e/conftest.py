@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from drawdown.settings import PROJECT_ROOT, Settings
+from drawdown.settings import PROJECT_ROOT, Settings, database_name, with_database
 from tests.processes import wait_until_serving
 
 
@@ -32,12 +32,11 @@ def own_engine(settings: Settings, database_url: str, suffix: str) -> Iterator[S
     from projections.migrate import migrate
     from streams.topics import ensure_topics
 
-    server, _, name = database_url.rpartition("/")
-    own_database = f"{name}_{suffix}"
+    own_database = f"{database_name(database_url)}_{suffix}"
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(own_database)))
     own = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}-{suffix}",
-                                      "database_url": f"{server}/{own_database}",
+                                      "database_url": with_database(database_url, own_database),
                                       "read_your_writes_timeout_ms": 15_000})
     try:
         ensure_topics(own)

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from drawdown.settings import PROJECT_ROOT, Settings
+from drawdown.settings import PROJECT_ROOT, Settings, database_name, with_database
 from tests.e2e.conftest import free_port
 from tests.e2e.test_idempotent_retries import facts_on
 from tests.processes import wait_until_serving
@@ -37,12 +37,11 @@ def own_settings(settings: Settings, database_url: str) -> Iterator[Settings]:
     from projections.migrate import migrate
     from streams.topics import ensure_topics
 
-    server, _, name = database_url.rpartition("/")
-    own_database = f"{name}_kill"
+    own_database = f"{database_name(database_url)}_kill"
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(own_database)))
     own = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "-kill",
-                                      "database_url": f"{server}/{own_database}"})
+                                      "database_url": with_database(database_url, own_database)})
     ensure_topics(own)
     migrate(own.effective_database_url)
     yield own

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from drawdown.settings import Settings
+from drawdown.settings import Settings, database_name, with_database
 
 RETRIES_TRIED = 100  # SDK calls with a stalled projection, each retried by the SDK itself
 
@@ -63,12 +63,11 @@ def stalled(settings: Settings, database_url: str) -> Iterator[dict[str, Any]]:
     from projections.projector import Projector
     from streams.topics import ensure_topics
 
-    server, _, name = database_url.rpartition("/")
-    own_database = f"{name}_stall"
+    own_database = f"{database_name(database_url)}_stall"
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(own_database)))
     own = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "-stall",
-                                      "database_url": f"{server}/{own_database}",
+                                      "database_url": with_database(database_url, own_database),
                                       "read_your_writes_timeout_ms": 100})
     ensure_topics(own)
     migrate(own.effective_database_url)

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from deploy import local
-from drawdown.settings import Settings
+from drawdown.settings import Settings, database_name, with_database
 from tests.tls import certificate_authority
 
 PASSWORD = "pw-never-shown-4711"
@@ -142,7 +142,9 @@ def test_postgres_tls_settings_are_merged_into_the_database_url(pem: Path) -> No
     quoted = str(pem).replace("/", "%2F")
     assert url == ("postgresql://drawdown:pw@db.example:5432/billing?application_name=x&sslmode=verify-full"
                    f"&sslrootcert={quoted}&sslcert={quoted}&sslkey={quoted}")
-    assert url.rpartition("/")[0] == "postgresql://drawdown:pw@db.example:5432", "callers cut the database name there"
+    # a sibling database keeps the server and every parameter (tests and benchmarks make them)
+    assert (database_name(url), database_name(with_database(url, "billing_test"))) == ("billing", "billing_test")
+    assert with_database(url, "billing_test") == url.replace("/billing?", "/billing_test?")
     import psycopg
 
     info = psycopg.conninfo.conninfo_to_dict(url)  # libpq's own reading of it

@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from billing import facts as f
-from drawdown.settings import PROJECT_ROOT
+from drawdown.settings import PROJECT_ROOT, database_name, with_database
 from schemas.codec import encode
 from streams.topics import PRODUCER_PARTITIONER
 
@@ -31,11 +31,10 @@ def test_a_projector_killed_and_restarted_ends_with_exactly_its_facts_rows(topic
     from streams.topics import ensure_topics
 
     ensure_topics(settings)
-    server, _, name = settings.effective_database_url.rpartition("/")
-    database = f"{name}_kill"
+    database = f"{database_name(settings.effective_database_url)}_kill"
     with psycopg.connect(settings.effective_database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
-    database_url = f"{server}/{database}"
+    database_url = with_database(settings.effective_database_url, database)
     producer = Producer({**settings.kafka_client_config(), "enable.idempotence": True,
                          "partitioner": PRODUCER_PARTITIONER, "linger.ms": 20})
     rng = random.Random(11)
