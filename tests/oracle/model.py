@@ -223,6 +223,9 @@ class Subscription:
     ended: bool = False
     # (from instant, items): a period bills the items of the newest version from at or before its start
     item_versions: list[tuple[int, list]] = field(default_factory=list)
+    # its metadata as last set (None: as created); an invoice shows it as of its finalization
+    # (Stripe: parent.subscription_details.metadata is a snapshot)
+    metadata: dict | None = None
 
     def items_of_period(self, start_ms: int) -> list:
         items = self.created["items"]
@@ -436,6 +439,11 @@ class Oracle:
                 start = period_containing(c["billing_cycle_anchor_ms"], months, c["created_at_ms"], c["created_at_ms"])[0]
                 customer.subscriptions[fact["subscription_id"]] = Subscription(fact, months, start)
             return None
+        if name == "SubscriptionUpdated":
+            sub = customer.subscriptions.get(fact["subscription_id"])
+            if sub is not None:
+                sub.metadata = dict(fact["metadata"])
+            return None
         if name == "SubscriptionCanceled":
             sub = customer.subscriptions.get(fact["subscription_id"])
             if sub is None or sub.ended:
@@ -561,7 +569,8 @@ class Oracle:
             record = {"invoice_id": invoice_id_, "customer_id": customer.customer_id, "subscription_id": None,
                       "currency": draft["currency"], "period_start_ms": draft["created_at_ms"],
                       "period_end_ms": draft["created_at_ms"], "billing_reason": "manual", "finalized_at_ms": at,
-                      "lines": lines, "subtotal_minor": subtotal, "total_credits_minor": 0, "amount_due_minor": subtotal}
+                      "lines": lines, "subtotal_minor": subtotal, "total_credits_minor": 0, "amount_due_minor": subtotal,
+                      "subscription_metadata": None}
             customer.invoices[invoice_id_] = self.results.invoices[invoice_id_] = record
             return None
         if invoice is None:
@@ -673,7 +682,9 @@ class Oracle:
                   "period_start_ms": start_ms, "period_end_ms": end_ms,
                   "billing_reason": "subscription_cancel" if final and sub.final_is_cancel else "subscription_cycle",
                   "finalized_at_ms": due_ms, "lines": lines, "subtotal_minor": subtotal,
-                  "total_credits_minor": credits, "amount_due_minor": subtotal - credits}
+                  "total_credits_minor": credits, "amount_due_minor": subtotal - credits,
+                  "subscription_metadata": dict(sub.created.get("metadata") or {}) if sub.metadata is None
+                  else dict(sub.metadata)}
         customer.invoices[invoice] = self.results.invoices[invoice] = record
         if final:
             sub.ended = True
