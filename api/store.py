@@ -107,15 +107,22 @@ def read_customer_now_ms(pool: ConnectionPool, customer: dict[str, Any]) -> int:
     return customer_now_ms(now_ms(), None if clock is None else clock["frozen_time_ms"])
 
 
-def paginate(pool: ConnectionPool, params: Params, url: str, table: str, conditions: list[str],
-             arguments: list[Any], render: Any, order_column: str = "created_ms") -> dict[str, Any]:
-    """A Stripe list object: newest first, `limit` (1..100, default 10), `starting_after`, `ending_before`."""
+def _page_params(params: Params) -> tuple[int, str | None, str | None]:
+    """A list's `limit` (1..100, default 10) and its one cursor, `starting_after` or `ending_before`;
+    no other parameter is left."""
     limit = params.int("limit", minimum=1, maximum=LIST_LIMIT_MAX, default=LIST_LIMIT_DEFAULT)
     starting_after = params.str("starting_after", max_length=200)
     ending_before = params.str("ending_before", max_length=200)
     params.done()
     if starting_after and ending_before:
         raise invalid("ending_before", "You may only specify one of starting_after and ending_before.")
+    return limit, starting_after, ending_before
+
+
+def paginate(pool: ConnectionPool, params: Params, url: str, table: str, conditions: list[str],
+             arguments: list[Any], render: Any, order_column: str = "created_ms") -> dict[str, Any]:
+    """A Stripe list object: newest first, `limit` (1..100, default 10), `starting_after`, `ending_before`."""
+    limit, starting_after, ending_before = _page_params(params)
     conditions, arguments = list(conditions), list(arguments)
     cursor_id = starting_after or ending_before
     ascending = False
@@ -141,12 +148,7 @@ def paginate(pool: ConnectionPool, params: Params, url: str, table: str, conditi
 
 def page_of(params: Params, items: list[dict[str, Any]], url: str) -> dict[str, Any]:
     """`paginate` over a list already in hand (in its order): `limit`, `starting_after`, `ending_before`."""
-    limit = params.int("limit", minimum=1, maximum=LIST_LIMIT_MAX, default=LIST_LIMIT_DEFAULT)
-    starting_after = params.str("starting_after", max_length=200)
-    ending_before = params.str("ending_before", max_length=200)
-    params.done()
-    if starting_after and ending_before:
-        raise invalid("ending_before", "You may only specify one of starting_after and ending_before.")
+    limit, starting_after, ending_before = _page_params(params)
     ids = [item["id"] for item in items]
     start, stop = 0, len(items)
     if starting_after:
