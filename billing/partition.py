@@ -139,11 +139,16 @@ class PartitionState:
     # Usage alerts without a customer filter (they come to every partition), as template watches by
     # alert id: each customer of the meter adopts a copy (billing.alerts.adopt_meter_alerts).
     meter_alerts: dict[str, AlertWatch] = field(default_factory=dict)
+    # The latest received_at of a meter event counted here, and as of durable_offset: what the
+    # purge of usage state judges by (billing/retention.py, receipt_floor_ms).
+    latest_received_ms: int = 0
+    durable_latest_received_ms: int = 0
 
-    def mark_durable(self, offset: int, now_ms: int, clocks: dict[str, int]) -> None:
-        """Every fact up to `offset` is durable; `now_ms` and `clocks` are time as of `offset`."""
+    def mark_durable(self, offset: int, now_ms: int, clocks: dict[str, int], latest_received_ms: int = 0) -> None:
+        """Every fact up to `offset` is durable; `now_ms`, `clocks` and `latest_received_ms` are as of `offset`."""
         if offset >= self.durable_offset:
             self.durable_offset, self.durable_now_ms, self.durable_clocks = offset, now_ms, dict(clocks)
+            self.durable_latest_received_ms = max(self.durable_latest_received_ms, latest_received_ms)
 
     def resumed(self) -> PartitionState:
         """This state as a worker resumes it, at durable_offset + 1: time goes back to what it was
@@ -157,7 +162,9 @@ class PartitionState:
             now_ms, clocks = self.durable_now_ms, self.durable_clocks or {}
         return PartitionState(applied_offset=self.applied_offset, now_ms=now_ms, clocks=dict(clocks),
                               durable_offset=self.durable_offset, durable_now_ms=self.durable_now_ms,
-                              durable_clocks=self.durable_clocks, meter_alerts=dict(self.meter_alerts))
+                              durable_clocks=self.durable_clocks, meter_alerts=dict(self.meter_alerts),
+                              latest_received_ms=self.durable_latest_received_ms,
+                              durable_latest_received_ms=self.durable_latest_received_ms)
 
 
 class _PlainMeter(NamedTuple):
@@ -341,8 +348,11 @@ class PartitionProcessor:
             out.append(bucket_fact(customer_id, meter_id, bucket_start_ms, self._aggregator(meter_id), bucket,
                                    self.state.now_ms, carried.get(bucket_key, ())))
         touched_buckets.clear()
+        latest_received_ms = self.state.latest_received_ms
         for customer_id in sorted(self._touched_customers):
             state = self.customers[customer_id]
+            if state.last_received_ms > latest_received_ms:
+                latest_received_ms = state.last_received_ms
             if state.live_pending:
                 facts = self._live_balance_facts(state)
                 if facts:
@@ -353,6 +363,7 @@ class PartitionProcessor:
                 else:
                     self.live_pending.discard(customer_id)
         self._touched_customers.clear()
+        self.state.latest_received_ms = latest_received_ms
         if len(self._usage_keys) > CACHED_USAGE_KEYS:  # a cache: bounded like the records' caches
             self._usage_keys.clear()
         return out

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
                                        "dead-lettered (received_at_out_of_bound). Every window keyed on received_at "
                                        "rests on it. 0 trusts the producers' clocks (CreateTime): for loading "
                                        "history that carries its own times, as the tests do.")
+    purge_state: bool = Field(default=True, description="Forget the worker's dedupe records and minute buckets "
+                              "once nothing to come can read them (billing/retention.py), in its stores and, by "
+                              "tombstones, in their changelogs: what bounds the worker's state.")
     live_balance_interval_ms: int = Field(default=250, ge=0, description="Least time between live-balance facts per customer.")
     low_balance_thresholds_minor: list[int] = Field(default=[0], description="Live-balance thresholds that raise an alert when crossed downward.")
     tick_interval_ms: int = Field(default=1000, ge=10, description="How often the ticker writes a time fact to every partition.")

@@ -78,8 +78,15 @@ def set_persisted_offset(table: Any, changelog_topic: str, partition: int, offse
     table.data.set_persisted_offset(TP(changelog_topic, partition), offset)
 
 
-def transform_changelog_on_recovery(table: Any, transform: Callable[[Iterable[Any]], Iterator[Any]]) -> None:
-    """Faust recovers a table by applying batches of its changelog events: pass each batch through
-    `transform` first. Internal: Table.apply_changelog_batch."""
-    apply = table.apply_changelog_batch
-    table.apply_changelog_batch = lambda batch: apply(transform(batch))
+def apply_changelog_on_recovery(table: Any, apply: Callable[[Callable[[int], Any], Iterable[Any]], dict[Any, int]]
+                                ) -> None:
+    """Faust recovers a table by applying batches of its changelog events to its stores: do it with
+    `apply(db_for_partition, batch)` instead, which returns the latest offset applied per topic
+    partition. Internal: Table.apply_changelog_batch, Store._db_for_partition and set_persisted_offset."""
+    store = table.data
+
+    def apply_changelog_batch(batch: Iterable[Any]) -> None:
+        for tp, offset in apply(store._db_for_partition, batch).items():
+            store.set_persisted_offset(tp, offset)
+
+    table.apply_changelog_batch = apply_changelog_batch

@@ -25,7 +25,7 @@ from billing.partition import UNENCODABLE_OUTPUT, PartitionProcessor, PartitionS
 from billing.usage import UsageLedger
 from drawdown.settings import Settings
 from streams import faust_patches
-from streams import records
+from streams import records, retention
 from streams.catalog_follower import CatalogBehind, CatalogFollower
 from streams.output import OutputProducer
 from streams.source import SourceReader
@@ -66,7 +66,8 @@ class StateWrite:
     db: Any  # the partition's rocksdict (Faust's store)
     changelog_topic: str
     items: list[tuple[bytes, bytes]]  # for the local store
-    changelog_items: list[tuple[bytes, bytes]] | None = None  # for the changelog, when not `items` (packs)
+    changelog_items: list[tuple[bytes, bytes | None]] | None = None  # for the changelog, when not `items`
+    deletes: list[bytes] = ()  # keys the local store forgets (their tombstones are in changelog_items)
 
 
 def unbroken_runs(messages: list, next_offsets: dict[int, int],
@@ -98,6 +99,50 @@ def unbroken_runs(messages: list, next_offsets: dict[int, int],
     return runs, gaps
 
 
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How the worker's usage state is purged (streams/retention.py); None: it is not."""
+
+    dedupe_window_ms: int
+    receipt_bound_ms: int
+    grace_period_ms: int
+
+
+def retention_of(settings: Settings) -> Retention | None:
+    if not settings.purge_state:
+        return None
+    return Retention(settings.dedupe_window_seconds * 1000, settings.receipt_bound_seconds * 1000,
+                     settings.grace_period_seconds * 1000)
+
+
+def usage_state_writes(usage_db: Any, seen: records.BatchCache, buckets: records.BatchCache,
+                       customers: records.BatchCache, state: PartitionState, batch_id: bytes,
+                       retention_rule: Retention | None
+                       ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes | None]], list[bytes],
+                                  retention.Purge]:
+    """One partition's usage records of one batch: (local puts, changelog records (None: a tombstone),
+    local deletes, what was purged). The batch's changed records, its index records, and what the
+    purge forgets (judged before the batch's changes are taken: it never forgets a changed record).
+    Seen events go to the changelog in packs (records.packed) under keys no other pack has (`batch_id`)."""
+    purged = retention.Purge() if retention_rule is None else retention.purge(
+        usage_db, seen, buckets, state, dedupe_window_ms=retention_rule.dedupe_window_ms,
+        receipt_bound_ms=retention_rule.receipt_bound_ms, grace_period_ms=retention_rule.grace_period_ms)
+    seen_dirty, bucket_keys = seen.dirty, list(buckets.dirty)
+    seen_records, bucket_records = seen.take_dirty(), buckets.take_dirty()
+    packs = records.packed(seen_records, batch_id)
+    index = [] if retention_rule is None else retention.index_records(
+        batch_id, seen_dirty, [key for key, _ in packs], bucket_keys, _clock_of(customers), state.latest_received_ms)
+    return (seen_records + bucket_records + index + purged.puts, packs + bucket_records + index + purged.changelog,
+            purged.deletes, purged)
+
+
+def _clock_of(customers: records.BatchCache) -> Callable[[str], str | None]:
+    def clock_of(customer_id: str) -> str | None:
+        state = customers.get(customer_id)
+        return None if state is None else state.test_clock_id
+    return clock_of
+
+
 def fold_config(settings: Settings) -> FoldConfig:
     return FoldConfig(grace_period_ms=settings.grace_period_seconds * 1000,
                       live_balance_interval_ms=settings.live_balance_interval_ms,
@@ -118,6 +163,7 @@ class BatchPipeline:
         self.usage_table = usage_table
         self.config = fold_config(settings)
         self.receipt_bound_ms = settings.receipt_bound_seconds * 1000  # 0: off (see _decode)
+        self.retention = retention_of(settings)
         self.source_topic = settings.topic("customer-facts")
         self.topic_names = {name: settings.topic(name) for name in
                             ("invoices", "credit-balance-transactions", "usage-buckets", "live-balances",
@@ -127,6 +173,8 @@ class BatchPipeline:
         self.caches: dict[int, tuple[records.BatchCache, records.BatchCache, records.BatchCache]] = {}
         self.batches = 0
         self.facts_in = 0
+        self.forgotten_seen = 0  # usage records purged (streams/retention.py), for the ready page
+        self.forgotten_buckets = 0
         self.incarnation = uuid.uuid4().hex.encode()  # this process: keeps its changelog packs' keys unique
         self.ready = False
         self.source = SourceReader(settings, self.source_topic)
@@ -351,7 +399,8 @@ class BatchPipeline:
         state_records = self._take_state_records(partitions)
         durable_offsets = {partition: self.next_offsets.get(partition, 0) - 1 for partition in partitions}
         # time as of those offsets: the state of a later batch's fold is what the next record says
-        times_at = {partition: (self.processors[partition].state.now_ms, dict(self.processors[partition].state.clocks))
+        times_at = {partition: (self.processors[partition].state.now_ms, dict(self.processors[partition].state.clocks),
+                                self.processors[partition].state.latest_received_ms)
                     for partition in partitions}
         encode, topic_names, produce = self.codec.encode, self.topic_names, self.output.produce
         for index, output in enumerate(outputs):
@@ -437,16 +486,20 @@ class BatchPipeline:
             customer_records.append((records.PARTITION_KEY, records.dumps(self.processors[partition].state)))
             taken.append(StateWrite(self.customers_table, partition, self._db(self.customers_table, partition),
                                     self.customers_table.changelog_topic.get_topic_name(), customer_records))
-            # Seen events go to the changelog in packs (records.packed), under keys no other pack has.
-            seen_records, bucket_records = seen.take_dirty(), buckets.take_dirty()
-            pack_prefix = b"%s:%d:%d" % (self.incarnation, self.batches, partition)
-            taken.append(StateWrite(self.usage_table, partition, self._db(self.usage_table, partition),
-                                    self.usage_table.changelog_topic.get_topic_name(), seen_records + bucket_records,
-                                    records.packed(seen_records, pack_prefix) + bucket_records))
+            usage_db = self._db(self.usage_table, partition)
+            started = time.perf_counter()
+            puts, changelog, deletes, purged = usage_state_writes(
+                usage_db, seen, buckets, customers, self.processors[partition].state,
+                b"%s:%d:%d" % (self.incarnation, self.batches, partition), self.retention)
+            self.phase_seconds["purge_and_index"] += time.perf_counter() - started
+            self.forgotten_seen += purged.forgotten_seen
+            self.forgotten_buckets += purged.forgotten_buckets
+            taken.append(StateWrite(self.usage_table, partition, usage_db,
+                                    self.usage_table.changelog_topic.get_topic_name(), puts, changelog, deletes))
         return taken
 
     async def _complete(self, state_records: list[StateWrite], durable_offsets: dict[int, int],
-                        times_at: dict[int, tuple[int, dict[str, int]]]) -> None:
+                        times_at: dict[int, tuple[int, dict[str, int], int]]) -> None:
         """One batch, after its fold: (1) its output facts acknowledged by the broker, and only then
         (2) its state records sent to the changelogs and acknowledged, and only then (3) written to
         the local stores; then (4) it counts as durable (the partition's next record says so; the
@@ -476,6 +529,8 @@ class BatchPipeline:
                 put = batch.put
                 for key, value in write.items:
                     put(key, value)
+                for key in write.deletes:
+                    batch.delete(key)
                 write.db.write(batch)
             self.phase_seconds["state_write"] += time.perf_counter() - started
             last_offsets = output.take_last_offsets()

@@ -193,8 +193,15 @@ class BatchCache(MutableMapping):
     def __setitem__(self, key: Any, value: Any) -> None:
         self.cache[key] = self.dirty[key] = value
 
-    def __delitem__(self, key: Any) -> None:  # records are never deleted (no tombstones needed yet)
+    def __delitem__(self, key: Any) -> None:  # records are forgotten by a purge only (see forget)
         raise NotImplementedError
+
+    def forget(self, key: Any) -> None:
+        """Drop a record the purge deletes from the store (streams/retention.py), which never
+        forgets one changed in this batch."""
+        if key in self.dirty:
+            raise ValueError(f"{key!r} changed in this batch cannot be forgotten")
+        self.cache.pop(key, None)
 
     def __iter__(self) -> Iterator[Any]:
         return iter(k for k, v in self.cache.items() if v is not None)
@@ -224,7 +231,7 @@ PARTITION_KEY = b"\x00partition"
 # log compaction has nothing to gain from it: the records of a batch go to the changelog as a few
 # packs of up to PACK_BYTES, each under a key of its own (compaction must never drop a pack, which
 # a later pack under the same key would do), one Kafka record instead of thousands. Recovery
-# (unpacked_changelog) puts each record of a pack in the store, as if it had come alone. In the
+# (streams/retention.restore_usage_changelog) puts each record of a pack in the store, as if it had come alone. In the
 # local store the records stay one per key.
 
 PACK_PREFIX = b"\x00pack:"
@@ -483,35 +490,3 @@ _CUSTOMER = _FlatRecord(
     billing_alerts=_values_of(_FlatRecord(AlertWatch, alert_type=_enum(AlertType), status=_enum(AlertStatus),
                                           usage=_METER_USAGE).conversion()),
 )
-
-
-# --- changelog recovery: packs back into their records ----------------------------------------
-
-
-class _UnpackedMessage:
-    """One record of a changelog pack, as Faust's store reads a changelog message."""
-
-    __slots__ = ("tp", "offset", "partition", "key", "value")
-
-    def __init__(self, packed_in: Any, key: bytes, value: bytes | None) -> None:
-        self.tp, self.offset, self.partition = packed_in.tp, packed_in.offset, packed_in.partition
-        self.key, self.value = key, value
-
-
-class _UnpackedEvent:
-    __slots__ = ("message",)
-
-    def __init__(self, message: _UnpackedMessage) -> None:
-        self.message = message
-
-
-def unpacked_changelog(batch: Any) -> Iterator[Any]:
-    """Changelog events with every pack (streams/records.py, "packed changelog records") replaced by
-    the records it holds, in order, at the pack's offset."""
-    for event in batch:
-        message = event.message
-        if message.value is not None and message.key is not None and message.key.startswith(PACK_PREFIX):
-            for key, value in unpacked(message.key, message.value):
-                yield _UnpackedEvent(_UnpackedMessage(message, key, value))
-        else:
-            yield event

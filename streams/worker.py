@@ -40,7 +40,7 @@ from typing import Any
 from drawdown.settings import Settings
 from streams import faust_patches
 from streams.pipeline import BatchPipeline
-from streams.records import unpacked_changelog
+from streams.retention import restore_usage_changelog
 
 log = logging.getLogger("drawdown.worker")
 
@@ -87,7 +87,8 @@ def create_app(settings: Settings) -> tuple[Any, BatchPipeline]:
                                 options=dict(ROCKSDB_OPTIONS))
     usage_table = app.Table("usage", partitions=settings.partitions, key_type=bytes, value_type=bytes,
                             options=dict(ROCKSDB_OPTIONS))
-    faust_patches.transform_changelog_on_recovery(usage_table, unpacked_changelog)  # packs -> their records
+    # packs put as their records, purged seen records forgotten (streams/retention.py)
+    faust_patches.apply_changelog_on_recovery(usage_table, restore_usage_changelog)
     engine = BatchPipeline(app, settings, customers_table, usage_table)
 
     @app.agent(source)
@@ -130,6 +131,7 @@ def create_app(settings: Settings) -> tuple[Any, BatchPipeline]:
     async def ready(web: Any, request: Any) -> Any:
         lags = sorted(engine.batch_lags_ms)
         body = {"ready": engine.ready, "batches": engine.batches, "facts": engine.facts_in, "gaps": engine.gaps,
+                "forgotten": {"seen": engine.forgotten_seen, "buckets": engine.forgotten_buckets},
                 "seconds": {phase: round(value, 3) for phase, value in engine.phase_seconds.items()},
                 "recent_batch_lag_ms": {"p50": round(lags[len(lags) // 2]), "p99": round(lags[int(len(lags) * 0.99)]),
                                         "max": round(lags[-1]), "batches": len(lags)} if lags else None}

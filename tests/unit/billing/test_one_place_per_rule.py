@@ -69,9 +69,10 @@ def test_the_receipt_rule_accepts_received_at_within_the_bound_of_the_append_tim
 
 # (constant or expression, the only module allowed to compare with it)
 RULE_CONSTANTS = [
-    (r"MAX_EVENT_AGE_MS", {"billing/meter_events.py", "replay/usage.py"}),  # replay/usage.py: offset planning
+    # replay/usage.py: offset planning; billing/retention.py: how long past the limits state is kept
+    (r"MAX_EVENT_AGE_MS", {"billing/meter_events.py", "replay/usage.py", "billing/retention.py"}),
     (r"MAX_EVENT_LEAD_MS", {"billing/meter_events.py", "replay/usage.py"}),
-    (r"CANCEL_WINDOW_MS", {"billing/usage.py"}),
+    (r"CANCEL_WINDOW_MS", {"billing/usage.py", "billing/retention.py"}),
     (r"received_at_ms\s*-\s*\w+", {"billing/usage.py", "billing/meter_events.py"}),
     (r"-\s*[\w.]*received_at_ms\b", {"billing/usage.py", "billing/meter_events.py"}),  # e.g. the receipt rule
 ]

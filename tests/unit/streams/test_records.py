@@ -376,7 +376,6 @@ def test_bucket_records_written_before_buckets_kept_their_readings_still_load():
 
 # --- changelog packs ---------------------------------------------------------------------------------
 
-from types import SimpleNamespace  # noqa: E402
 
 from streams.records import PACK_BYTES, PACK_PREFIX, packed, unpacked  # noqa: E402
 
@@ -398,17 +397,3 @@ def test_packs_hold_every_record_in_order_under_keys_of_their_own(store_records)
 def test_a_record_that_is_not_a_pack_stands_for_itself_tombstones_too():
     assert unpacked(b"b\x1fcus\x1fmtr\x1f0", b"value") == [(b"b\x1fcus\x1fmtr\x1f0", b"value")]
     assert unpacked(PACK_PREFIX + b"x:0", None) == [(PACK_PREFIX + b"x:0", None)]
-
-
-def test_recovery_puts_each_record_of_a_pack_in_the_store_at_the_packs_offset():
-    from streams.records import unpacked_changelog
-
-    def event(key, value, offset):
-        return SimpleNamespace(message=SimpleNamespace(tp=("usage-changelog", 2), offset=offset, partition=2,
-                                                       key=key, value=value))
-
-    (pack_key, pack_value), = packed([(b"s1", b"v1"), (b"s2", b"v2")], b"i:1:2")
-    events = list(unpacked_changelog([event(b"b1", b"x", 10), event(pack_key, pack_value, 11), event(b"b1", None, 12)]))
-    assert [(e.message.key, e.message.value, e.message.offset, e.message.partition, e.message.tp) for e in events] == [
-        (b"b1", b"x", 10, 2, ("usage-changelog", 2)), (b"s1", b"v1", 11, 2, ("usage-changelog", 2)),
-        (b"s2", b"v2", 11, 2, ("usage-changelog", 2)), (b"b1", None, 12, 2, ("usage-changelog", 2))]
