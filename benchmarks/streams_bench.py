@@ -68,15 +68,16 @@ def _free_port() -> int:
 
 
 class _Worker:
-    def __init__(self, settings: Settings, log_path: Path) -> None:
-        self.settings, self.log_path = settings, log_path
+    def __init__(self, settings: Settings, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.settings, self.log_path, self.env = settings, log_path, env or {}
         self.process: subprocess.Popen | None = None
 
     def start(self) -> float:
         env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=self.settings.effective_kafka_bootstrap_servers,
                    DRAWDOWN_TOPIC_PREFIX=self.settings.topic_prefix, DRAWDOWN_PARTITIONS=str(self.settings.partitions),
                    DRAWDOWN_WORKER_DATA_DIR=str(self.settings.worker_data_dir),
-                   DRAWDOWN_WORKER_WEB_PORT=str(self.settings.worker_web_port), PYTHONPATH=str(PROJECT_ROOT))
+                   DRAWDOWN_WORKER_WEB_PORT=str(self.settings.worker_web_port), PYTHONPATH=str(PROJECT_ROOT),
+                   **self.env)
         # BENCH_WORKER_CMD: another worker entry point, e.g. a script that runs it under cProfile.
         command = os.environ.get("BENCH_WORKER_CMD", "-m drawdown worker").split()
         self.process = subprocess.Popen([sys.executable, *command], cwd=PROJECT_ROOT, env=env,

@@ -240,6 +240,11 @@ PACK_BYTES = 512 * 1024  # well under the broker's default message.max.bytes (1 
 
 def packed(records: list[tuple[bytes, bytes]], key_prefix: bytes) -> list[tuple[bytes, bytes]]:
     """Changelog records holding `records` (key, value) in packs: (PACK_PREFIX + key_prefix + n, pack)."""
+    return [(key, value) for key, value, _ in packs_of(records, key_prefix)]
+
+
+def packs_of(records: list[tuple[bytes, bytes]], key_prefix: bytes) -> list[tuple[bytes, bytes, list[bytes]]]:
+    """packed(), each pack with the keys of the records it holds."""
     packs, pack, size = [], [], 0
     for record in records:
         pack.append(record)
@@ -249,7 +254,7 @@ def packed(records: list[tuple[bytes, bytes]], key_prefix: bytes) -> list[tuple[
             pack, size = [], 0
     if pack:
         packs.append(pack)
-    return [(PACK_PREFIX + key_prefix + b":%d" % number, pickle.dumps(pack, protocol=5))
+    return [(PACK_PREFIX + key_prefix + b":%d" % number, pickle.dumps(pack, protocol=5), [key for key, _ in pack])
             for number, pack in enumerate(packs)]
 
 

@@ -5,9 +5,9 @@ from the changelog (so that compaction drops them and a restore never reads them
 What expires when is kept in index records in the usage store (and its changelog), one per batch,
 under keys that sort by their expiry, so that each batch finds what is due with one seek:
 
-    SEEN_INDEX   + received(13) + ":" + batch      the batch's seen keys and its changelog packs
-    BUCKET_INDEX + clock + SEP + minute(13) + ":" + batch   the batch's buckets of one clock's customers
-    ARMED_INDEX  + received(13) + ":" + batch      buckets past lateness, kept one cancel window more
+    SEEN_INDEX   + received(13) + ":" + pack            a changelog pack's seen keys
+    BUCKET_INDEX + clock + SEP + minute(13) + ":" + batch:n   a batch's buckets of one clock's customers
+    ARMED_INDEX  + received(13) + ":" + batch:n         buckets past lateness, kept one cancel window more
 
 `received` is the latest receipt among the index's records, `minute` the latest bucket minute, `clock`
 the customers' test clock ("" for the wall clock). A seen record may be written again after its index
@@ -35,6 +35,7 @@ SEEN_INDEX = b"\x00expiry:s:"
 BUCKET_INDEX = b"\x00expiry:b:"
 ARMED_INDEX = b"\x00expiry:a:"
 MAX_FORGOTTEN_PER_BATCH = 50_000  # a first purge of a long history is spread over batches
+BUCKET_KEYS_PER_INDEX = 4_000  # ~200 KiB: an index record stays far below a Kafka message's limit (1 MiB)
 
 
 def _time_key(ms: int) -> bytes:
@@ -50,21 +51,29 @@ def _latest_received(by_customer: Mapping[str, SeenEvent]) -> int:
 
 
 def index_records(batch_id: bytes, seen_dirty: Mapping[tuple[str, str], Mapping[str, SeenEvent]],
-                  seen_pack_keys: list[bytes], bucket_dirty: Iterable[tuple[str, str, int]],
+                  packs: list[tuple[bytes, bytes, list[bytes]]], bucket_dirty: Iterable[tuple[str, str, int]],
                   clock_of: Callable[[str], str | None], latest_received_ms: int) -> list[tuple[bytes, bytes]]:
-    """The index records of one batch's changed usage records (store and changelog alike)."""
+    """The index records of one batch's changed usage records (store and changelog alike): one per
+    changelog pack of seen records (records.packs_of: a pack goes as a whole, with the last of its
+    records), and per clock one per BUCKET_KEYS_PER_INDEX buckets (a record stays far below a Kafka
+    message's limit)."""
     out = []
     if seen_dirty:
-        received_ms = max(_latest_received(by_customer) for by_customer in seen_dirty.values())
-        out.append((SEEN_INDEX + _time_key(received_ms) + b":" + batch_id,
-                    pickle.dumps((received_ms, list(seen_dirty), seen_pack_keys), protocol=5)))
+        keys_of = {records.seen_key(key): key for key in seen_dirty}
+        for pack_key, _, stored_keys in packs:
+            keys = [keys_of[stored] for stored in stored_keys]
+            received_ms = max(_latest_received(seen_dirty[key]) for key in keys)
+            out.append((SEEN_INDEX + _time_key(received_ms) + b":" + pack_key[len(records.PACK_PREFIX):],
+                        pickle.dumps((received_ms, keys, [pack_key]), protocol=5)))
     by_clock: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
     for key in bucket_dirty:
         by_clock[clock_of(key[0]) or ""].append(key)
     for clock, keys in by_clock.items():
-        latest_minute_ms = max(key[2] for key in keys)
-        out.append((BUCKET_INDEX + clock.encode() + records.SEPARATOR.encode() + _time_key(latest_minute_ms) + b":"
-                    + batch_id, pickle.dumps((latest_received_ms, keys), protocol=5)))
+        for number, start in enumerate(range(0, len(keys), BUCKET_KEYS_PER_INDEX)):
+            chunk = keys[start:start + BUCKET_KEYS_PER_INDEX]
+            latest_minute_ms = max(key[2] for key in chunk)
+            out.append((BUCKET_INDEX + clock.encode() + records.SEPARATOR.encode() + _time_key(latest_minute_ms)
+                        + b":" + batch_id + b":%d" % number, pickle.dumps((latest_received_ms, chunk), protocol=5)))
     return out
 
 

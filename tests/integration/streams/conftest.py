@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from drawdown.settings import PROJECT_ROOT, Settings
+from streams.source import wait_until_durable_to_the_end  # noqa: F401 - the tests import it from here
 
 WORKER_READY_TIMEOUT_S = 90
 
@@ -124,37 +125,6 @@ class WorkerProcess:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self.kill()
-
-
-def wait_until_durable_to_the_end(settings: Settings, timeout_s: float = 240) -> None:
-    """Wait until the workers' progress group says every customer-facts partition is durable to its
-    end (every fact folded, its outputs and state acknowledged): only then are the derived topics
-    final. Outputs alone cannot tell: after a restart, a worker re-reading from its durable offsets
-    re-emits facts an earlier incarnation already sent, and may be stopped halfway."""
-    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient
-
-    from streams.source import progress_group
-
-    topic = settings.topic("customer-facts")
-    probe = Consumer({**settings.kafka_client_config(), "group.id": "unused-test-probe"})
-    admin = AdminClient(settings.kafka_client_config())
-    try:
-        ends = {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in range(settings.partitions)}
-        deadline = time.monotonic() + timeout_s
-        durable: dict[int, int] = {}
-        while time.monotonic() < deadline:
-            request = ConsumerGroupTopicPartitions(progress_group(settings),
-                                                   [TopicPartition(topic, p) for p in range(settings.partitions)])
-            answer = admin.list_consumer_group_offsets([request], request_timeout=10)
-            durable = {tp.partition: tp.offset for tp in answer[progress_group(settings)].result().topic_partitions}
-            if all(durable.get(p, -1) >= end for p, end in ends.items()):
-                return
-            time.sleep(0.5)
-        raise AssertionError(f"workers not durable to the end in {timeout_s}s: durable {durable}, ends {ends}")
-    finally:
-        probe.close()
 
 
 class OutputReader:

@@ -331,3 +331,30 @@ def test_the_index_keys_sort_by_their_expiry_time():
     assert len({SEEN_INDEX, BUCKET_INDEX, ARMED_INDEX}) == 3
     keys = sorted(SEEN_INDEX + b"%013d" % ms + b":x" for ms in (5, 40, 1_767_225_600_000))
     assert [int(key[len(SEEN_INDEX):len(SEEN_INDEX) + 13]) for key in keys] == [5, 40, 1_767_225_600_000]
+
+
+def test_a_large_batch_s_index_records_each_fit_in_a_kafka_message_and_together_list_every_record():
+    """A 40k-event batch once made one index record of 2 MB: the broker refused it (MSG_SIZE_TOO_LARGE)
+    and the worker stopped (tests/integration/streams/test_broker_failure.py found it)."""
+    import pickle
+
+    from billing.meters import MeterReading
+    from billing.usage import SeenEvent
+    from streams.retention import index_records
+
+    seen_dirty = {("hypernian_input_tokens", f"identifier-{n:08d}-{'x' * 40}"):
+                  {f"cus_{n % 5000}": SeenEvent(n, "mtr_in", MeterReading(START_MS, START_MS + n, f"i{n}", Decimal(1)))}
+                  for n in range(40_000)}
+    seen_records = [(records.seen_key(key), records.dump_seen(value)) for key, value in seen_dirty.items()]
+    packs = records.packs_of(seen_records, b"incarnation:7:3")
+    buckets = [(f"cus_{n % 5000}", "mtr_in", START_MS + n * MINUTE_MS) for n in range(40_000)]
+    index = index_records(b"incarnation:7:3", seen_dirty, packs, buckets, lambda customer: None, START_MS)
+    assert max(len(key) + len(value) for key, value in index) < 512 * 1024
+    seen_indexes = [pickle.loads(value) for key, value in index if key.startswith(SEEN_INDEX)]
+    assert sorted(key for _, keys, _ in seen_indexes for key in keys) == sorted(seen_dirty)
+    assert sorted(pack for _, _, packs_listed in seen_indexes for pack in packs_listed) == sorted(k for k, _, _ in packs)
+    # each lists its pack's records, and the latest receipt among them
+    for received_ms, keys, (pack_key,) in seen_indexes:
+        assert received_ms == max(seen_dirty[key][next(iter(seen_dirty[key]))].reading.received_at_ms for key in keys)
+    bucket_indexes = [pickle.loads(value) for key, value in index if key.startswith(BUCKET_INDEX)]
+    assert sorted(key for _, keys in bucket_indexes for key in keys) == sorted(buckets)
