@@ -129,9 +129,11 @@ def usage_state_writes(usage_db: Any, seen: records.BatchCache, buckets: records
         receipt_bound_ms=retention_rule.receipt_bound_ms, grace_period_ms=retention_rule.grace_period_ms)
     seen_dirty, bucket_keys = seen.dirty, list(buckets.dirty)
     seen_records, bucket_records = seen.take_dirty(), buckets.take_dirty()
-    packs = records.packs_of(seen_records, batch_id)
-    index = [] if retention_rule is None else retention.index_records(
-        batch_id, seen_dirty, packs, bucket_keys, _clock_of(customers), state.latest_received_ms)
+    if retention_rule is None:
+        packs, index = records.packs_of(seen_records, batch_id), []
+    else:
+        packs, index = retention.packs_and_index(batch_id, seen_dirty, seen_records, bucket_keys, _clock_of(customers),
+                                                 state.latest_received_ms)
     return (seen_records + bucket_records + index + purged.puts,
             [(key, value) for key, value, _ in packs] + bucket_records + index + purged.changelog, purged.deletes, purged)
 

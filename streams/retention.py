@@ -27,6 +27,7 @@ from typing import Any
 from rocksdict import WriteBatch
 
 from billing.partition import PartitionState
+from billing.periods import MILLISECONDS_PER_DAY
 from billing.retention import armed_buckets_expired, buckets_past_lateness, receipt_floor_ms, seen_expired
 from billing.usage import SeenEvent
 from streams import records
@@ -50,31 +51,39 @@ def _latest_received(by_customer: Mapping[str, SeenEvent]) -> int:
     return max(seen.reading.received_at_ms for seen in by_customer.values())
 
 
-def index_records(batch_id: bytes, seen_dirty: Mapping[tuple[str, str], Mapping[str, SeenEvent]],
-                  packs: list[tuple[bytes, bytes, list[bytes]]], bucket_dirty: Iterable[tuple[str, str, int]],
-                  clock_of: Callable[[str], str | None], latest_received_ms: int) -> list[tuple[bytes, bytes]]:
-    """The index records of one batch's changed usage records (store and changelog alike): one per
-    changelog pack of seen records (records.packs_of: a pack goes as a whole, with the last of its
-    records), and per clock one per BUCKET_KEYS_PER_INDEX buckets (a record stays far below a Kafka
-    message's limit)."""
-    out = []
-    if seen_dirty:
-        keys_of = {records.seen_key(key): key for key in seen_dirty}
-        for pack_key, _, stored_keys in packs:
+def packs_and_index(batch_id: bytes, seen_dirty: Mapping[tuple[str, str], Mapping[str, SeenEvent]],
+                    seen_records: list[tuple[bytes, bytes]], bucket_dirty: Iterable[tuple[str, str, int]],
+                    clock_of: Callable[[str], str | None], latest_received_ms: int
+                    ) -> tuple[list[tuple[bytes, bytes, list[bytes]]], list[tuple[bytes, bytes]]]:
+    """One batch's changelog packs of seen records (records.packs_of), and the index records of its
+    changed usage records (store and changelog alike): one per pack, which goes as a whole with the
+    last of its records; per clock one per BUCKET_KEYS_PER_INDEX buckets. Records of different days
+    (receipt, or bucket minute) never share a pack or an index: a batch that catches up on a backlog
+    of months is forgotten day by day, not with its latest record. Each index record stays far below
+    a Kafka message's limit."""
+    keys_of = {records.seen_key(key): key for key in seen_dirty}
+    by_day: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
+    for record in seen_records:
+        by_day[_latest_received(seen_dirty[keys_of[record[0]]]) // MILLISECONDS_PER_DAY].append(record)
+    packs, index = [], []
+    for day, day_records in sorted(by_day.items()):
+        for pack_key, pack_value, stored_keys in records.packs_of(day_records, batch_id + b":%d" % day):
             keys = [keys_of[stored] for stored in stored_keys]
             received_ms = max(_latest_received(seen_dirty[key]) for key in keys)
-            out.append((SEEN_INDEX + _time_key(received_ms) + b":" + pack_key[len(records.PACK_PREFIX):],
-                        pickle.dumps((received_ms, keys, [pack_key]), protocol=5)))
-    by_clock: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
+            packs.append((pack_key, pack_value, stored_keys))
+            index.append((SEEN_INDEX + _time_key(received_ms) + b":" + pack_key[len(records.PACK_PREFIX):],
+                          pickle.dumps((received_ms, keys, [pack_key]), protocol=5)))
+    by_clock_day: dict[tuple[str, int], list[tuple[str, str, int]]] = defaultdict(list)
     for key in bucket_dirty:
-        by_clock[clock_of(key[0]) or ""].append(key)
-    for clock, keys in by_clock.items():
+        by_clock_day[(clock_of(key[0]) or "", key[2] // MILLISECONDS_PER_DAY)].append(key)
+    for (clock, day), keys in by_clock_day.items():
         for number, start in enumerate(range(0, len(keys), BUCKET_KEYS_PER_INDEX)):
             chunk = keys[start:start + BUCKET_KEYS_PER_INDEX]
             latest_minute_ms = max(key[2] for key in chunk)
-            out.append((BUCKET_INDEX + clock.encode() + records.SEPARATOR.encode() + _time_key(latest_minute_ms)
-                        + b":" + batch_id + b":%d" % number, pickle.dumps((latest_received_ms, chunk), protocol=5)))
-    return out
+            index.append((BUCKET_INDEX + clock.encode() + records.SEPARATOR.encode() + _time_key(latest_minute_ms)
+                          + b":" + batch_id + b":%d:%d" % (day, number),
+                          pickle.dumps((latest_received_ms, chunk), protocol=5)))
+    return packs, index
 
 
 def expired_seen_keys(index_value: bytes, current: Callable[[tuple[str, str]], Mapping[str, SeenEvent] | None]
@@ -124,6 +133,7 @@ def purge(db: Any, seen: Any, buckets: Any, state: PartitionState, *, dedupe_win
         return done
     floor_ms = receipt_floor_ms(state.durable_latest_received_ms, receipt_bound_ms)
     budget = MAX_FORGOTTEN_PER_BATCH
+    forgotten: set = set()  # keys forgotten in this pass (their deletes are not in the store yet)
     # Seen records: a batch's index is due when its latest receipt is past the dedupe window.
     prefix_length = len(SEEN_INDEX)
     for index_key, value in _due(db, SEEN_INDEX,
@@ -132,7 +142,8 @@ def purge(db: Any, seen: Any, buckets: Any, state: PartitionState, *, dedupe_win
             break
         received_ms, keys, pack_keys = pickle.loads(value)
         for key in expired_seen_keys(value, seen.get):
-            if key not in seen.dirty:
+            if key not in seen.dirty and key not in forgotten:  # (a record another index listed too)
+                forgotten.add(key)
                 seen.forget(key)
                 done.deletes.append(records.seen_key(key))  # (in the changelog: its pack's tombstone)
                 done.forgotten_seen += 1
@@ -160,7 +171,8 @@ def purge(db: Any, seen: Any, buckets: Any, state: PartitionState, *, dedupe_win
             break
         keys = pickle.loads(value)[1]
         for key in keys:
-            if key not in buckets.dirty:
+            if key not in buckets.dirty and key not in forgotten:
+                forgotten.add(key)
                 buckets.forget(key)
                 done.forget(records.bucket_key(key))
                 done.forgotten_buckets += 1

@@ -40,6 +40,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "DRAWDOWN_GRACE_PERIOD_SECONDS": str(settings.grace_period_seconds),
         "DRAWDOWN_DEDUPE_WINDOW_SECONDS": str(settings.dedupe_window_seconds),
         "DRAWDOWN_RECEIPT_BOUND_SECONDS": str(settings.receipt_bound_seconds),
+        "DRAWDOWN_PURGE_STATE": str(settings.purge_state).lower(),
         "DRAWDOWN_LIVE_BALANCE_INTERVAL_MS": str(settings.live_balance_interval_ms),
         "DRAWDOWN_LOW_BALANCE_THRESHOLDS_MINOR": str(list(settings.low_balance_thresholds_minor)),
         "DRAWDOWN_TICK_INTERVAL_MS": str(settings.tick_interval_ms),

@@ -340,21 +340,45 @@ def test_a_large_batch_s_index_records_each_fit_in_a_kafka_message_and_together_
 
     from billing.meters import MeterReading
     from billing.usage import SeenEvent
-    from streams.retention import index_records
+    from streams.retention import packs_and_index
 
     seen_dirty = {("hypernian_input_tokens", f"identifier-{n:08d}-{'x' * 40}"):
                   {f"cus_{n % 5000}": SeenEvent(n, "mtr_in", MeterReading(START_MS, START_MS + n, f"i{n}", Decimal(1)))}
                   for n in range(40_000)}
     seen_records = [(records.seen_key(key), records.dump_seen(value)) for key, value in seen_dirty.items()]
-    packs = records.packs_of(seen_records, b"incarnation:7:3")
-    buckets = [(f"cus_{n % 5000}", "mtr_in", START_MS + n * MINUTE_MS) for n in range(40_000)]
-    index = index_records(b"incarnation:7:3", seen_dirty, packs, buckets, lambda customer: None, START_MS)
+    buckets = [(f"cus_{n % 5000}", "mtr_in", START_MS + n * 1000) for n in range(40_000)]  # 11 hours
+    packs, index = packs_and_index(b"incarnation:7:3", seen_dirty, seen_records, buckets, lambda customer: None,
+                                   START_MS)
     assert max(len(key) + len(value) for key, value in index) < 512 * 1024
     seen_indexes = [pickle.loads(value) for key, value in index if key.startswith(SEEN_INDEX)]
     assert sorted(key for _, keys, _ in seen_indexes for key in keys) == sorted(seen_dirty)
     assert sorted(pack for _, _, packs_listed in seen_indexes for pack in packs_listed) == sorted(k for k, _, _ in packs)
+    assert sorted(record for _, value, _ in packs for record in pickle.loads(value)) == sorted(seen_records)
     # each lists its pack's records, and the latest receipt among them
     for received_ms, keys, (pack_key,) in seen_indexes:
         assert received_ms == max(seen_dirty[key][next(iter(seen_dirty[key]))].reading.received_at_ms for key in keys)
     bucket_indexes = [pickle.loads(value) for key, value in index if key.startswith(BUCKET_INDEX)]
     assert sorted(key for _, keys in bucket_indexes for key in keys) == sorted(buckets)
+
+
+def test_a_backlog_batch_of_many_days_is_indexed_day_by_day():
+    """A worker catching up on months folds them in one batch: its index records must not wait for
+    the batch's latest record (all of it would be kept until then)."""
+    import pickle
+
+    from billing.meters import MeterReading
+    from billing.usage import SeenEvent
+    from streams.retention import packs_and_index
+
+    seen_dirty = {("hypernian_input_tokens", f"d{day}"):
+                  {"cus_a": SeenEvent(day, "mtr_in", MeterReading(START_MS + day * DAY_MS, START_MS + day * DAY_MS + 5,
+                                                                  f"d{day}", Decimal(1)))} for day in range(90)}
+    seen_records = [(records.seen_key(key), records.dump_seen(value)) for key, value in seen_dirty.items()]
+    buckets = [("cus_a", "mtr_in", START_MS + day * DAY_MS) for day in range(90)]
+    packs, index = packs_and_index(b"i:1:0", seen_dirty, seen_records, buckets, lambda customer: None, START_MS)
+    seen_times = sorted(pickle.loads(value)[0] for key, value in index if key.startswith(SEEN_INDEX))
+    assert seen_times == [START_MS + day * DAY_MS + 5 for day in range(90)]
+    bucket_minutes = sorted(int(key[len(BUCKET_INDEX) + 1:len(BUCKET_INDEX) + 14]) for key, _ in index
+                            if key.startswith(BUCKET_INDEX))
+    assert bucket_minutes == [START_MS + day * DAY_MS for day in range(90)]
+    assert len(packs) == 90
