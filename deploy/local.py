@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from drawdown.settings import PROJECT_ROOT, Settings, database_name, with_database
@@ -225,6 +226,32 @@ class BrokerTls:
 
     keystore: Path
     ca: Path
+
+
+@dataclass(frozen=True)
+class PostgresTls:
+    """The local PostgreSQL server's own TLS material (tests make it): its certificate for
+    127.0.0.1 and its private key (PEM). The server then takes TLS connections only (hostssl);
+    clients trust its CA through DRAWDOWN_POSTGRES_SSLROOTCERT."""
+
+    certificate: Path
+    key: Path
+
+
+def _install_postgres_tls(tls: PostgresTls, data: Path, owner: Any) -> str:
+    """Copy the server's certificate and key into its data folder (the key readable by its user
+    alone, as the server demands), make pg_hba.conf accept TLS connections only; -> server options."""
+    for source, name in ((tls.certificate, "server.crt"), (tls.key, "server.key")):
+        target = data / name
+        with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+            out.write(source.read_bytes())
+        if owner:
+            os.chown(target, owner.pw_uid, owner.pw_gid)
+    hba = data / "pg_hba.conf"
+    lines = [("hostssl" + line[len("host"):]) if line.startswith("host ") else line
+             for line in hba.read_text().splitlines(keepends=True)]
+    hba.write_text("".join(lines))  # in place: the file keeps its owner (the server's user)
+    return " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
 
 
 def local_kafka_listener(settings: Settings, tls: BrokerTls | None = None) -> str:
@@ -547,8 +574,9 @@ def postgres_pid(settings: Settings, create: bool = True) -> int | None:
     return read_pid(postgres_home(settings, create) / "data" / "postmaster.pid")
 
 
-def start_postgres(settings: Settings) -> str:
-    """Start the local server unless DATABASE_URL points elsewhere; return the URL to use."""
+def start_postgres(settings: Settings, tls: PostgresTls | None = None) -> str:
+    """Start the local server unless DATABASE_URL points elsewhere; return the URL to use. With
+    `tls`, the server takes TLS connections only, with that certificate."""
     if settings.database_url:
         if not postgres_ready(settings, settings.database_url):
             raise LocalStackError("DATABASE_URL is set but the server does not answer; start it or unset DATABASE_URL")
@@ -595,6 +623,8 @@ def start_postgres(settings: Settings) -> str:
     options = (f"-p {settings.postgres_port} -c listen_addresses=127.0.0.1 -k {sockets} "
                # Development and test server: durability of single commits is not worth the fsyncs.
                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+    if tls is not None:
+        options += _install_postgres_tls(tls, data, owner)
     result = run_as(user, [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
                            "-w", "-t", str(int(POSTGRES_READY_TIMEOUT_S)), "start"])
     if result.returncode != 0:
