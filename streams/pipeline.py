@@ -117,7 +117,7 @@ def retention_of(settings: Settings) -> Retention | None:
 
 def usage_state_writes(usage_db: Any, seen: records.BatchCache, buckets: records.BatchCache,
                        customers: records.BatchCache, state: PartitionState, batch_id: bytes,
-                       retention_rule: Retention | None
+                       retention_rule: Retention | None, clocks_scanned: dict[str, int] | None = None
                        ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes | None]], list[bytes],
                                   retention.Purge]:
     """One partition's usage records of one batch: (local puts, changelog records (None: a tombstone),
@@ -126,7 +126,8 @@ def usage_state_writes(usage_db: Any, seen: records.BatchCache, buckets: records
     Seen events go to the changelog in packs (records.packed) under keys no other pack has (`batch_id`)."""
     purged = retention.Purge() if retention_rule is None else retention.purge(
         usage_db, seen, buckets, state, dedupe_window_ms=retention_rule.dedupe_window_ms,
-        receipt_bound_ms=retention_rule.receipt_bound_ms, grace_period_ms=retention_rule.grace_period_ms)
+        receipt_bound_ms=retention_rule.receipt_bound_ms, grace_period_ms=retention_rule.grace_period_ms,
+        clocks_scanned=clocks_scanned)
     seen_dirty, bucket_keys = seen.dirty, list(buckets.dirty)
     seen_records, bucket_records = seen.take_dirty(), buckets.take_dirty()
     if retention_rule is None:
@@ -175,6 +176,7 @@ class BatchPipeline:
         self.caches: dict[int, tuple[records.BatchCache, records.BatchCache, records.BatchCache]] = {}
         self.batches = 0
         self.facts_in = 0
+        self.clocks_scanned: dict[int, dict[str, int]] = {}  # partition -> test clock -> time at its last purge scan
         self.forgotten_seen = 0  # usage records purged (streams/retention.py), for the ready page
         self.forgotten_buckets = 0
         self.incarnation = uuid.uuid4().hex.encode()  # this process: keeps its changelog packs' keys unique
@@ -211,6 +213,7 @@ class BatchPipeline:
         """After a rebalance: rebuild each partition's index from its table on next use."""
         self.processors.clear()
         self.caches.clear()
+        self.clocks_scanned.clear()
         self.seeking.clear()
         self.seeked_at.clear()
         self.next_offsets.clear()
@@ -492,7 +495,8 @@ class BatchPipeline:
             started = time.perf_counter()
             puts, changelog, deletes, purged = usage_state_writes(
                 usage_db, seen, buckets, customers, self.processors[partition].state,
-                b"%s:%d:%d" % (self.incarnation, self.batches, partition), self.retention)
+                b"%s:%d:%d" % (self.incarnation, self.batches, partition), self.retention,
+                self.clocks_scanned.setdefault(partition, {}))
             self.phase_seconds["purge_and_index"] += time.perf_counter() - started
             self.forgotten_seen += purged.forgotten_seen
             self.forgotten_buckets += purged.forgotten_buckets

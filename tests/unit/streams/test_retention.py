@@ -101,6 +101,7 @@ class WorkerState:
         self.offset = -1
         self.pending_durable: tuple | None = None
         self.forgotten_seen = self.forgotten_buckets = 0
+        self.clocks_scanned: dict[str, int] = {}
 
     def fold(self, facts: list) -> list:
         out = []
@@ -110,7 +111,8 @@ class WorkerState:
         out.extend(self.processor.finish_batch())
         self.customers.take_dirty()
         puts, changelog, deletes, purged = usage_state_writes(
-            self.db, self.seen, self.buckets, self.customers, self.state, b"i:%d:0" % self.batches, self.retention)
+            self.db, self.seen, self.buckets, self.customers, self.state, b"i:%d:0" % self.batches, self.retention,
+            self.clocks_scanned)
         self.forgotten_seen += purged.forgotten_seen
         self.forgotten_buckets += purged.forgotten_buckets
         self.changelog.extend(changelog)
