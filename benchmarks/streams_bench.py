@@ -392,8 +392,8 @@ def run(settings: Settings) -> list[dict[str, Any]]:
         print(f"  worker state after {2 * events:,} events: {disk_bytes:,} bytes on disk; changelogs "
               f"{records:,} records, {payload_bytes:,} bytes of keys and values", file=sys.stderr)
         rows.append(measurement(f"worker state on disk per event ({2 * events:,} events, {customer_count:,} customers; "
-                                "RocksDB, not purged yet)", "bytes", disk_bytes / (2 * events),
-                                info="sizing: state grows with every accepted event until purging lands"))
+                                "RocksDB, all within the dedupe window)", "bytes", disk_bytes / (2 * events),
+                                info="sizing: per event of the last ~37 days (the soak rows show it level off)"))
         rows.append(measurement("worker changelog payload per event (keys and values, before compaction)", "bytes",
                                 payload_bytes / (2 * events), info="sizing: what a restore reads back"))
 
