@@ -429,8 +429,13 @@ def start_kafka(settings: Settings, jars: Settings | None = None, tls: BrokerTls
 
 
 def base64_uuid() -> str:
+    """A random cluster id as Kafka makes one (Uuid.randomUuid): base64 of a UUID, drawn again when
+    it begins with "-", which `kafka-storage format -t` would read as an option."""
     import base64
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 # --------------------------------------------------------------------------------------------
