@@ -83,7 +83,9 @@ def run(settings: Settings) -> list[dict[str, Any]]:
                 compaction_set = True
             sample = {"day": day, **_store_sample(settings), **_settled_changelog_sample(settings)}
             series.append(sample)
-            print(f"  soak: day {day}: store {sample['store_bytes'] / 2**20:.1f} MiB on disk, "
+            print(f"  soak: day {day}: store {sample['store_bytes'] / 2**20:.1f} MiB on disk "
+                  f"({sample['store_wal_bytes'] / 2**20:.1f} write-ahead log, "
+                  f"{sample['store_sst_bytes'] / 2**20:.1f} table files), "
                   f"{sample['store_live_bytes'] / 2**20:.1f} MiB live, {sample['seen_records']:,} "
                   f"dedupe records, {sample['bucket_records']:,} buckets; changelogs "
                   f"{sample['changelog_bytes'] / 2**20:.1f} MiB, {sample['changelog_records']:,} records",
@@ -223,8 +225,14 @@ def _store_sample(settings: Settings) -> dict[str, int]:
     from rocksdict import AccessType, Options, Rdict
 
     stores = sorted(Path(settings.worker_data_dir).glob("**/usage-*.db"))
-    size = sum(path.stat().st_size for store in stores for path in store.rglob("*") if path.is_file())
-    counts = {"seen_records": 0, "bucket_records": 0, "index_records": 0, "store_live_bytes": 0}
+    files = [path for store in stores for path in store.rglob("*") if path.is_file()]
+    size = sum(path.stat().st_size for path in files)
+    # What the disk holds besides the live records: the write-ahead log of the memtables not yet
+    # flushed (up to 2 x 8 MiB per partition, streams/worker.py ROCKSDB_OPTIONS), and table files
+    # whose deleted records wait for a compaction.
+    counts = {"seen_records": 0, "bucket_records": 0, "index_records": 0, "store_live_bytes": 0,
+              "store_wal_bytes": sum(path.stat().st_size for path in files if path.suffix == ".log"),
+              "store_sst_bytes": sum(path.stat().st_size for path in files if path.suffix == ".sst")}
     for store in stores:
         db = Rdict(str(store), options=Options(raw_mode=True), access_type=AccessType.read_only())
         try:
@@ -263,6 +271,9 @@ def _write_series(series: list[dict[str, Any]], recoveries: dict[int, list[float
     days = [sample["day"] for sample in series]
     figure, (sizes, counts) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
     sizes.plot(days, [s["store_bytes"] / 2**20 for s in series], marker="o", label="worker usage store on disk")
+    sizes.plot(days, [s["store_live_bytes"] / 2**20 for s in series], marker="o", label="its live records")
+    sizes.plot(days, [s["store_wal_bytes"] / 2**20 for s in series], marker=".", linestyle=":",
+               label="of the disk: write-ahead log")
     sizes.plot(days, [s["changelog_bytes"] / 2**20 for s in series], marker="o", label="changelogs, as a restore reads them")
     sizes.set_ylabel("MiB")
     sizes.legend()
